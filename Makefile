@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both go through `make install`,
+# which does nothing while .venv is newer than pyproject.toml.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fullchain-installed
+RUN ?= runs/demo
+CONFIG ?= configs/demo.yaml
+
+.PHONY: install demo test head stop-head clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m jobs.pipeline --config $(CONFIG) --run-dir $(RUN)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+# A local Ray head on loopback for `ray job submit` (see README).
+head: install
+	$(BIN)/python -m cluster.head start
+
+stop-head:
+	$(BIN)/python -m cluster.head stop
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,1 @@
+"""Ray-free helpers every stage shares: typed configs and metrics writers."""

@@ -1,0 +1,1 @@
+"""Data stage: extract, normalize, filter, dedup, tokenize, pack; quarantine bad records; synthetic tasks."""

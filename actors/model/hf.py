@@ -1,0 +1,154 @@
+"""Hugging Face checkpoint I/O: `config.json` as LlamaForCausalLM + `model.safetensors` (+ tokenizer files).
+
+Our parameter names equal HF Llama's, so export is a dtype cast and import is a shape check.
+Each folder also carries `fullchain.json`: our model config, the step, and the lineage of stages that made it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from actors.model.config import ModelConfig
+from actors.model.transformer import Transformer
+
+LINEAGE_FILE = "fullchain.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "internlm2", "fullchain")
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "initializer_range": cfg.initializer_range,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+        "use_cache": True,
+    }
+
+
+def config_from_hf(d: dict, name: str = "hf") -> ModelConfig:
+    mt = d.get("model_type", "llama")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"config.json model_type={mt!r} is not a Llama-family model we can load; "
+                         f"supported: {SUPPORTED_MODEL_TYPES}")
+    if d.get("attention_bias") or d.get("mlp_bias"):
+        raise ValueError("config.json: attention_bias/mlp_bias=true is not supported (Llama has no biases)")
+    rope = d.get("rope_parameters") or {}
+    scaling = d.get("rope_scaling") or {}
+    rtype = (scaling.get("rope_type") or scaling.get("type") or rope.get("rope_type") or "default")
+    if rtype != "default":
+        raise ValueError(f"config.json: rope scaling {rtype!r} is not supported yet; only default RoPE")
+    theta = d.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    eos = d.get("eos_token_id", 0)
+    if isinstance(eos, list):
+        eos = eos[0]
+    nh = d["num_attention_heads"]
+    return ModelConfig(
+        name=name, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+        num_attention_heads=nh, num_key_value_heads=d.get("num_key_value_heads") or nh,
+        head_dim=d.get("head_dim") or d["hidden_size"] // nh,
+        max_position_embeddings=d.get("max_position_embeddings", 2048), rope_theta=float(theta),
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6), tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        initializer_range=d.get("initializer_range", 0.02), bos_token_id=d.get("bos_token_id"),
+        eos_token_id=eos if eos is not None else 0,
+        pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else (eos or 0),
+    )
+
+
+def save_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+            dtype: torch.dtype = torch.float32, lineage: list[dict] | None = None, step: int | None = None,
+            extra: dict | None = None) -> Path:
+    """Write a transformers-loadable folder; copies tokenizer files from `tokenizer_dir` when given."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    sd = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # tied: HF re-ties from embed_tokens
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    dname = str(dtype).replace("torch.", "")
+    (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, dname), indent=2))
+    gen = {"eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+    if cfg.bos_token_id is not None:
+        gen["bos_token_id"] = cfg.bos_token_id
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    (out / LINEAGE_FILE).write_text(json.dumps({
+        "model_config": dataclasses.asdict(cfg), "step": step, "lineage": lineage or [], **(extra or {}),
+    }, indent=2))
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out)
+    return out
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    for f in TOKENIZER_FILES:
+        if (Path(src) / f).exists():
+            shutil.copy2(Path(src) / f, Path(dst) / f)
+
+
+def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (d / "model.safetensors").exists():
+        return load_file(str(d / "model.safetensors"))
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        sd: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            sd.update(load_file(str(d / shard)))
+        return sd
+    if (d / "pytorch_model.bin").exists():
+        return torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
+    """Load our export or any local Llama-family HF directory."""
+    d = Path(path)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"{d}: not a Hugging Face model folder (no config.json)")
+    cfg = config_from_hf(json.loads((d / "config.json").read_text()), name=d.name)
+    model = Transformer(cfg)
+    sd = _load_state_dict(d)
+    if cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
+    unexpected = [k for k in unexpected if "rotary_emb" not in k]
+    if missing or unexpected:
+        raise ValueError(f"{d}: weights do not match config.json (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def read_lineage(path: str | Path) -> dict:
+    p = Path(path) / LINEAGE_FILE
+    return json.loads(p.read_text()) if p.exists() else {}

@@ -1,0 +1,173 @@
+"""Byte-level BPE tokenizer (trained with `tokenizers`) and the chat template with tool-call markup.
+
+Saved as `tokenizer.json` + `tokenizer_config.json` (chat template inside) so `AutoTokenizer` loads it;
+every stage loads it back as a `transformers.PreTrainedTokenizerFast` through `load_tokenizer()`.
+
+Chat format (ChatML, as InternLM2/Qwen use it):
+    <|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n
+An assistant turn may hold tool calls, one per line:
+    <tool_call>{"name": "calculator", "arguments": {"expression": "2 + 3"}}</tool_call>
+and a tool result comes back as a `tool` turn. HF renders templates with trim_blocks, so a newline
+right after a block tag is written as {{ '\\n' }}. Assistant content is wrapped in {% generation %} so
+`apply_chat_template(..., return_assistant_tokens_mask=True)` yields the SFT loss mask.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+SPECIAL_TOKENS = [EOS, IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
+
+CHAT_TEMPLATE = (
+    "{% set sys = messages[0].content if messages and messages[0].role == 'system' else none %}"
+    "{% if tools %}"
+    "<|im_start|>system\n"
+    "{% if sys %}{{ sys }}\n\n{% endif %}"
+    "# Tools\nYou may call these functions:"
+    "{% for tool in tools %}{{ '\\n' }}{{ (tool.function if tool.function is defined else tool) | tojson }}{% endfor %}{{ '\\n' }}"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|im_end|>\n"
+    "{% elif sys is not none %}"
+    "<|im_start|>system\n{{ sys }}<|im_end|>\n"
+    "{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}"
+    "{% if not loop.first %}<|im_start|>system\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{% elif m.role == 'assistant' %}"
+    "<|im_start|>assistant\n"
+    "{% generation %}"
+    "{% if m.content %}{{ m.content }}{% endif %}"
+    "{% if m.tool_calls %}"
+    "{% for tc in m.tool_calls %}"
+    "{% set f = tc.function if tc.function is defined else tc %}"
+    "{% if m.content or not loop.first %}{{ '\\n' }}{% endif %}"
+    "<tool_call>{\"name\": {{ f.name | tojson }}, \"arguments\": "
+    "{% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}"
+    "}</tool_call>"
+    "{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>"
+    "{% endgeneration %}{{ '\\n' }}"
+    "{% elif m.role == 'tool' %}"
+    "<|im_start|>tool\n{{ m.content }}<|im_end|>\n"
+    "{% else %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2,
+                    model_max_length: int = 1024) -> Path:
+    """Train byte-level BPE on `texts`; digits are split one by one (as Llama-3/InternLM2 do)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    write_tokenizer_config(out, model_max_length)
+    return out
+
+
+def write_tokenizer_config(out: Path, model_max_length: int = 1024) -> None:
+    added = {}
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for t in SPECIAL_TOKENS:
+        added[str(tok.token_to_id(t))] = {
+            "content": t, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
+            # tool-call markers are not "special": decode(skip_special_tokens=True) keeps them for parsing
+            "special": t not in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE),
+        }
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "unk_token": None,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "extra_special_tokens": {"im_start_token": IM_START, "im_end_token": IM_END},
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+    (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS, "pad_token": EOS}, indent=2))
+
+
+def load_tokenizer(path: str | Path):
+    """Our tokenizer folder (or any HF tokenizer folder) as a PreTrainedTokenizerFast."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not (p / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{p}: no tokenizer.json; run the data stage (it trains the tokenizer) "
+                                "or point at a Hugging Face tokenizer folder")
+    tok = AutoTokenizer.from_pretrained(str(p))
+    if tok.chat_template is None:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def stop_token_ids(tok) -> list[int]:
+    """Tokens that end an assistant turn."""
+    ids = {tok.convert_tokens_to_ids(t) for t in (EOS, IM_END)}
+    return sorted(i for i in ids if i is not None and i >= 0)
+
+
+_TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
+    """Split model output into (content, tool_calls, errors).
+
+    Each tool call is {"name": str, "arguments": dict}; a malformed one (bad JSON, no name) is reported in
+    `errors` with the reason and left out, so callers can count valid vs invalid calls honestly.
+    """
+    calls, errors = [], []
+    for m in _TOOL_CALL_RE.finditer(text):
+        raw = m.group(1).strip()
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            errors.append(f"tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:80]!r}")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            errors.append(f"tool call has no string 'name': {raw[:80]!r}")
+            continue
+        args = obj.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                errors.append(f"tool call arguments are not a JSON object: {args[:80]!r}")
+                continue
+        if not isinstance(args, dict):
+            errors.append(f"tool call arguments must be an object, got {type(args).__name__}")
+            continue
+        calls.append({"name": obj["name"], "arguments": args})
+    content = _TOOL_CALL_RE.sub("", text)
+    if TOOL_CALL_OPEN in content:  # unterminated call: the model ran out of tokens or never closed it
+        head, _, tail = content.partition(TOOL_CALL_OPEN)
+        errors.append(f"unterminated tool call: {tail[:80]!r}")
+        content = head
+    return content.strip(), calls, errors

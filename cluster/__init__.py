@@ -1,0 +1,13 @@
+"""Connecting to Ray, runtime env, storage and data roots.
+
+This package is the only place in fullchain that reads environment variables; everything else receives
+plain values from here.
+"""
+from cluster.env import Settings, settings
+from cluster.connect import connect, shutdown, runtime_env, cluster_info
+from cluster.storage import Storage, data_root, storage_root
+
+__all__ = [
+    "Settings", "settings", "connect", "shutdown", "runtime_env", "cluster_info",
+    "Storage", "data_root", "storage_root",
+]

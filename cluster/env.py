@@ -1,0 +1,48 @@
+"""Every environment variable fullchain reads, in one place."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    ray_address: str | None      # RAY_ADDRESS: a running cluster ("auto", "host:6379", set by `ray job submit`)
+    data_root: str | None        # FULLCHAIN_DATA_ROOT: the shared public data (default ../shared/data)
+    storage: str | None          # FULLCHAIN_STORAGE: root for runs (local path or pyarrow.fs URI such as s3://)
+    num_cpus: int | None         # FULLCHAIN_NUM_CPUS: logical CPUs of the embedded local Ray
+    ray_tmp: str | None          # FULLCHAIN_RAY_TMP: temp dir of the embedded local Ray
+    in_ray_job: bool             # RAY_JOB_ID present: we are a `ray job submit` driver
+    ci: bool                     # CI=true
+
+
+def settings() -> Settings:
+    env = os.environ
+    ncpu = env.get("FULLCHAIN_NUM_CPUS")
+    return Settings(
+        ray_address=env.get("RAY_ADDRESS") or None,
+        data_root=env.get("FULLCHAIN_DATA_ROOT") or None,
+        storage=env.get("FULLCHAIN_STORAGE") or None,
+        num_cpus=int(ncpu) if ncpu else None,
+        ray_tmp=env.get("FULLCHAIN_RAY_TMP") or None,
+        in_ray_job=bool(env.get("RAY_JOB_ID") or env.get("RAY_JOB_SUBMISSION_ID")),
+        ci=env.get("CI", "").lower() in ("1", "true", "yes"),
+    )
+
+
+def local_ray_env() -> dict[str, str]:
+    """Variables a single-machine Ray needs *before* it starts (Ray 2.60 traps).
+
+    - RAY_AUTH_MODE=disabled: 2.60 turns token auth on by default and the `ray` CLI then fails
+      against a local head.
+    - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: otherwise a single machine binds the eth0 address, not loopback.
+    """
+    return {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def apply_local_ray_env() -> None:
+    for k, v in local_ray_env().items():
+        os.environ.setdefault(k, v)

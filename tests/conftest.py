@@ -1,0 +1,37 @@
+"""Shared fixtures: one session-scoped local Ray (real, on loopback) for every test that needs Ray."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+# Tests run on CPU; a quiet Ray keeps CI logs readable.
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import cluster
+
+    info = cluster.connect()
+    yield info
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    import cluster
+
+    return cluster.data_root()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
