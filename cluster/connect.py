@@ -32,6 +32,14 @@ def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None 
     return renv
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _embedded_num_cpus() -> int:
     s = settings()
     if s.num_cpus:
@@ -68,7 +76,10 @@ def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
             address="local",                 # never attach to a stray `ray start` head by accident
             num_cpus=num_cpus or _embedded_num_cpus(),
             _node_ip_address="127.0.0.1",
-            include_dashboard=False,
+            # Ray Train v2 polls the State API, which lives in the dashboard: keep it, on loopback only.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
             namespace=NAMESPACE,
             _temp_dir=tmp,
             log_to_driver=log_to_driver,

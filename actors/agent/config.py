@@ -1,0 +1,41 @@
+"""Agent stage config: which tools the agent may call, its step cap, sampling and timeouts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.common.config import check
+
+# Must match actors.agent.tools.TOOL_CLASSES (kept literal here so the config imports nothing heavy).
+KNOWN_TOOLS = ("calculator", "python")
+
+
+@dataclass
+class AgentConfig:
+    # Order matters: it is the order of `tools=[...]` in every request, and the model was fine-tuned
+    # with synthetic.TOOLS = [calculator, python].
+    tools: list[str] = field(default_factory=lambda: ["calculator", "python"])
+    max_steps: int = 4                 # model calls per conversation (tool rounds + the final answer)
+    n_eval: int = 32                   # held-out records evaluated
+    temperature: float = 0.0
+    max_tokens: int = 64
+    request_timeout_s: float = 60.0    # one chat.completions request
+    tool_timeout_s: float = 10.0       # one tool actor call
+    n_transcripts: int = 3             # transcripts kept in the report
+
+    def __post_init__(self):
+        check(isinstance(self.tools, (list, tuple)) and len(self.tools) > 0, "agent.tools",
+              f"must be a non-empty list of tool names from {list(KNOWN_TOOLS)}, got {self.tools!r}")
+        self.tools = list(self.tools)
+        for i, t in enumerate(self.tools):
+            check(t in KNOWN_TOOLS, f"agent.tools[{i}]",
+                  f"unknown tool {t!r}; use names from {list(KNOWN_TOOLS)}")
+        check(len(set(self.tools)) == len(self.tools), "agent.tools", f"lists a tool twice: {self.tools}")
+        check(self.max_steps >= 1, "agent.max_steps", f"must be >= 1 (one model call), got {self.max_steps}")
+        check(self.n_eval >= 1, "agent.n_eval", f"must be >= 1 held-out record, got {self.n_eval}")
+        check(0.0 <= self.temperature <= 2.0, "agent.temperature",
+              f"must be in [0, 2] (0 = greedy), got {self.temperature}")
+        check(self.max_tokens >= 1, "agent.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        check(self.request_timeout_s > 0, "agent.request_timeout_s",
+              f"must be > 0 seconds, got {self.request_timeout_s}")
+        check(self.tool_timeout_s > 0, "agent.tool_timeout_s", f"must be > 0 seconds, got {self.tool_timeout_s}")
+        check(self.n_transcripts >= 0, "agent.n_transcripts", f"must be >= 0, got {self.n_transcripts}")

@@ -1,0 +1,213 @@
+"""The agent loop: talk to the served model only through the OpenAI chat API, run its tool calls on
+tool actors, feed the results back, stop at a final answer or at the step cap.
+
+One step = one `chat.completions.create` call. A reply with `tool_calls` is appended (with its calls),
+every call is dispatched and answered by a `tool` message; a reply without tool calls is the final answer.
+Nothing is retried: a malformed call is answered with an error message the model can read, and the
+transcript records it as invalid, so evaluation numbers stay honest.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import openai
+import ray
+
+from actors.agent.tools import ToolArgumentError, ToolResult, validate_arguments
+
+
+@dataclass
+class ToolCallRecord:
+    id: str
+    name: str
+    arguments: str                      # raw JSON text the model produced
+    args: dict | None = None            # parsed arguments (None when the JSON was bad)
+    known_tool: bool = False
+    valid: bool = False                 # known tool + JSON object + schema-valid arguments
+    ok: bool = False                    # the tool ran and returned a result
+    result: str = ""                    # the tool's content when ok
+    error: str | None = None
+
+    def tool_message(self) -> dict:
+        # "name" mirrors the synthetic training records' tool messages.
+        return {"role": "tool", "tool_call_id": self.id, "name": self.name,
+                "content": self.result if self.ok else f"error: {self.error}"}
+
+
+@dataclass
+class StepRecord:
+    index: int
+    content: str                        # the assistant text of this reply
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Transcript:
+    messages: list[dict]
+    steps: list[StepRecord] = field(default_factory=list)
+    stopped_reason: str = ""            # "answer" | "max_steps" | "error: ..."
+    final_answer: str | None = None
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def tool_calls(self) -> list[ToolCallRecord]:
+        return [c for s in self.steps for c in s.tool_calls]
+
+    def to_dict(self) -> dict:
+        return {"messages": self.messages, "steps": [asdict(s) for s in self.steps], "n_steps": self.n_steps,
+                "stopped_reason": self.stopped_reason, "final_answer": self.final_answer}
+
+    def to_text(self) -> str:
+        """Readable transcript: the conversation turn by turn, tool calls with their outcome."""
+        lines: list[str] = []
+        for m in self.messages:
+            role = m.get("role", "?")
+            if role == "assistant" and m.get("tool_calls"):
+                if m.get("content"):
+                    lines.append(f"assistant: {m['content']}")
+                for tc in m["tool_calls"]:
+                    fn = tc.get("function", {})
+                    lines.append(f"assistant -> {fn.get('name')}({fn.get('arguments')})")
+            elif role == "tool":
+                lines.append(f"tool[{m.get('name', '?')}]: {m.get('content')}")
+            else:
+                lines.append(f"{role}: {m.get('content')}")
+        lines.append(f"[{self.n_steps} step(s), stopped: {self.stopped_reason}]")
+        return "\n".join(lines)
+
+    __str__ = to_text
+
+
+def _tool_call_fields(tc: Any, fallback_id: str) -> tuple[str, str, str, Any]:
+    """(id, type, name, arguments) from an OpenAI tool-call object or a plain dict of the same shape."""
+    d = tc.model_dump() if hasattr(tc, "model_dump") else dict(tc)
+    fn = d.get("function") or {}
+    return (d.get("id") or fallback_id, d.get("type") or "function", fn.get("name") or "", fn.get("arguments"))
+
+
+def make_client(base_url: str, timeout_s: float = 60.0, api_key: str = "EMPTY") -> openai.OpenAI:
+    """An OpenAI client for our OpenAI-compatible server. max_retries=0: a failing request is reported,
+    never silently retried."""
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+
+
+class Agent:
+    def __init__(self, client: openai.OpenAI, model: str, tools: dict[str, Any], max_steps: int = 4,
+                 temperature: float = 0.0, max_tokens: int = 64, tool_timeout_s: float = 10.0):
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if not tools:
+            raise ValueError("tools must map at least one tool name to a ToolActor handle")
+        self.client, self.model = client, model
+        self.tools = dict(tools)
+        self.max_steps, self.temperature, self.max_tokens = max_steps, temperature, max_tokens
+        self.tool_timeout_s = tool_timeout_s
+        # Specs come from the actors themselves (one round trip), in the order of `tools`.
+        specs = ray.get([h.spec.remote() for h in self.tools.values()], timeout=60)
+        for name, spec in zip(self.tools, specs):
+            if spec["function"]["name"] != name:
+                raise ValueError(f"tools[{name!r}] is a {spec['function']['name']!r} tool; key it by its name")
+        self.specs: list[dict] = specs
+        self._params = {s["function"]["name"]: s["function"]["parameters"] for s in specs}
+
+    @classmethod
+    def from_config(cls, cfg, client: openai.OpenAI, model: str, tools: dict[str, Any]) -> "Agent":
+        """Build from an AgentConfig; `tools` must hold a handle for every name in cfg.tools."""
+        missing = [t for t in cfg.tools if t not in tools]
+        if missing:
+            raise ValueError(f"agent.tools lists {missing} but no ToolActor was started for them")
+        return cls(client, model, {t: tools[t] for t in cfg.tools}, max_steps=cfg.max_steps,
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, tool_timeout_s=cfg.tool_timeout_s)
+
+    # ------------------------------------------------------------------ tool dispatch (no LLM needed)
+    def dispatch(self, tool_calls: list[Any], step: int = 0) -> list[ToolCallRecord]:
+        """Run every tool call of one assistant reply; failures become records with an error, never raise.
+
+        Calls are submitted to the actors first and collected after, so the tools of one reply run
+        concurrently.
+        """
+        records: list[ToolCallRecord] = []
+        pending: list[tuple[ToolCallRecord, Any]] = []
+        for i, tc in enumerate(tool_calls):
+            cid, ctype, name, raw = _tool_call_fields(tc, f"call_{step}_{i}")
+            rec = ToolCallRecord(id=cid, name=name, arguments=raw if isinstance(raw, str) else json.dumps(raw))
+            records.append(rec)
+            if ctype != "function":
+                rec.error = f"unsupported tool call type {ctype!r}; only 'function' tools exist"
+                continue
+            if name not in self.tools:
+                rec.error = f"unknown tool {name!r}; available: {list(self.tools)}"
+                continue
+            rec.known_tool = True
+            if isinstance(raw, dict):
+                args = raw
+            else:
+                try:
+                    args = json.loads(raw) if raw not in (None, "") else {}
+                except (json.JSONDecodeError, TypeError) as e:
+                    rec.error = f"arguments of {name!r} are not valid JSON ({e}): {raw!r}"
+                    continue
+            try:
+                rec.args = validate_arguments(name, self._params[name], args)
+            except ToolArgumentError as e:
+                rec.error = str(e)
+                continue
+            rec.valid = True
+            pending.append((rec, self.tools[name].call.remote(rec.args)))
+        for rec, ref in pending:
+            try:
+                res = ToolResult.from_dict(ray.get(ref, timeout=self.tool_timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                ray.cancel(ref, force=False)
+                rec.error = f"tool {rec.name!r} timed out after {self.tool_timeout_s}s"
+                continue
+            except ray.exceptions.RayError as e:
+                rec.error = f"tool {rec.name!r} failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+                continue
+            rec.ok, rec.result, rec.error = res.ok, res.content, res.error
+        return records
+
+    def execute_tool_calls(self, tool_calls: list[Any]) -> list[dict]:
+        """The `tool` messages answering one assistant reply's tool calls (one per call, in order)."""
+        return [r.tool_message() for r in self.dispatch(tool_calls)]
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, prompt: str | list[dict]) -> Transcript:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        tr = Transcript(messages=messages)
+        for step in range(self.max_steps):
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.model, messages=messages, tools=self.specs, tool_choice="auto",
+                    temperature=self.temperature, max_tokens=self.max_tokens)
+            except openai.OpenAIError as e:
+                tr.stopped_reason = f"error: {type(e).__name__}: {e}"
+                return tr
+            if not resp.choices:
+                tr.stopped_reason = "error: the server returned no choices"
+                return tr
+            choice = resp.choices[0]
+            msg = choice.message
+            content = msg.content or ""
+            rec = StepRecord(index=step, content=content, finish_reason=choice.finish_reason)
+            tr.steps.append(rec)
+            if not msg.tool_calls:
+                messages.append({"role": "assistant", "content": content})
+                tr.final_answer, tr.stopped_reason = content, "answer"
+                return tr
+            rec.tool_calls = self.dispatch(msg.tool_calls, step)
+            messages.append({"role": "assistant", "content": content, "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in rec.tool_calls]})
+            messages.extend(c.tool_message() for c in rec.tool_calls)
+        tr.stopped_reason = "max_steps"
+        return tr
+
+
+__all__ = ["Agent", "Transcript", "StepRecord", "ToolCallRecord", "make_client"]

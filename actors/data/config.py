@@ -1,0 +1,145 @@
+"""Typed config of the data stage (`data:` section of a run config).
+
+Every value is checked in `__post_init__`; an error names the key (`data.filters.min_chars`) and the fix.
+Paths in `sources` are relative to the shared data root (cluster.data_root()) unless absolute; globs allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from actors.common.config import check
+
+Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown"]
+Split = Literal["document", "paragraphs", "lines"]
+FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown")
+SPLITS = ("document", "paragraphs", "lines")
+
+
+@dataclass
+class SourceConfig:
+    """One pretraining source: a file or a glob of files of one format."""
+
+    name: str
+    path: str                       # relative to the data root, or absolute; may hold * ? [..] globs
+    format: Format = "auto"         # auto: from the extension (.txt .jsonl .jsonl.gz .json .html .md)
+    text_field: str = "text"        # jsonl / json: the key holding the document text
+    split: Split = "document"       # how one file/record becomes documents
+    exclude: str = ""               # glob of file names to leave out (e.g. "*__expected.html")
+
+    def __post_init__(self):
+        check(bool(self.name.strip()), "data.sources[].name", "must be a non-empty name, e.g. 'c4'")
+        check(bool(self.path.strip()), f"data.sources[{self.name}].path",
+              "must be a file path or glob relative to the data root, e.g. 'tinyshakespeare/input.txt'")
+        check(self.format in FORMATS, f"data.sources[{self.name}].format", f"must be one of {FORMATS}")
+        check(self.split in SPLITS, f"data.sources[{self.name}].split", f"must be one of {SPLITS}")
+        check(bool(self.text_field), f"data.sources[{self.name}].text_field",
+              "must name the JSON key holding the text, e.g. 'text'")
+
+
+@dataclass
+class FilterConfig:
+    """Rule filters (Gopher/C4-style heuristics), applied after normalization in this order."""
+
+    min_chars: int = 16               # shorter documents (after normalization) are dropped; low because a
+                                      # 16-char classical Chinese couplet is a complete text
+    min_alpha_frac: float = 0.5       # letters (incl. CJK ideographs) / non-space chars
+    max_symbol_ratio: float = 0.2     # symbols and markup chars (# * / _ { } [ ] @ \\ and Unicode S*) / non-space
+    max_dup_line_frac: float = 0.3    # repeated non-empty lines / non-empty lines (boilerplate, spam)
+
+    def __post_init__(self):
+        check(self.min_chars >= 0, "data.filters.min_chars", f"must be >= 0, got {self.min_chars}")
+        for k in ("min_alpha_frac", "max_symbol_ratio", "max_dup_line_frac"):
+            v = getattr(self, k)
+            check(0.0 <= v <= 1.0, f"data.filters.{k}", f"is a fraction: must be in [0, 1], got {v}")
+
+
+@dataclass
+class SyntheticConfig:
+    """Calculator tool-call arithmetic task (actors.data.synthetic)."""
+
+    n_train: int = 2000
+    n_heldout: int = 200
+    seed: int = 1234
+    min_digits: int = 2
+    max_digits: int = 4
+
+    def __post_init__(self):
+        check(self.n_train >= 0, "data.synthetic.n_train", f"must be >= 0, got {self.n_train}")
+        check(self.n_heldout >= 0, "data.synthetic.n_heldout", f"must be >= 0, got {self.n_heldout}")
+        check(self.min_digits >= 1, "data.synthetic.min_digits", f"must be >= 1, got {self.min_digits}")
+        check(self.max_digits >= self.min_digits, "data.synthetic.max_digits",
+              f"must be >= min_digits={self.min_digits}, got {self.max_digits}")
+
+
+@dataclass
+class SFTSourceConfig:
+    """An Alpaca-format JSON file: a list of {instruction, input, output[, system, history]}."""
+
+    name: str
+    path: str
+    max_rows: int = 0                 # 0: all rows; otherwise the first max_rows rows of the file
+
+    def __post_init__(self):
+        check(bool(self.name.strip()), "data.sft_sources[].name", "must be a non-empty name, e.g. 'alpaca_en'")
+        check(bool(self.path.strip()), f"data.sft_sources[{self.name}].path",
+              "must be a JSON file relative to the data root, e.g. 'sft_alpaca_demo/alpaca_en_demo.json'")
+        check(self.max_rows >= 0, f"data.sft_sources[{self.name}].max_rows", "must be >= 0 (0 = all rows)")
+
+
+def default_sources() -> list[SourceConfig]:
+    """The shared public corpus: English (Shakespeare, C4, Wikipedia, HTML, Markdown) + classical Chinese."""
+    return [
+        # one 1.1 MB file of plays: a paragraph (one speech) is the natural document
+        SourceConfig("tinyshakespeare", "tinyshakespeare/input.txt", "text", split="paragraphs"),
+        SourceConfig("zh_classical", "zh_classical/zh_classical.jsonl.gz", "jsonl.gz", text_field="text"),
+        SourceConfig("c4_demo", "pretrain_demo_llamafactory/c4_demo.jsonl", "jsonl", text_field="text"),
+        # 30 lines, each one whole Wikipedia article
+        SourceConfig("wiki_demo", "pretrain_demo_llamafactory/wiki_demo.txt", "text", split="lines"),
+        # raw pages only: the __expected files are reference extractions (test fixtures), not more data
+        SourceConfig("html", "doc_extraction/html/*__source.html", "html"),
+        SourceConfig("markdown", "doc_extraction/markdown/*.md", "markdown"),
+    ]
+
+
+def default_sft_sources() -> list[SFTSourceConfig]:
+    return [SFTSourceConfig("alpaca", "sft_alpaca_demo/alpaca_en_demo.json")]
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=default_sources)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: bool = True                      # exact dedup of normalized text, global across all sources
+    vocab_size: int = 4096
+    tokenizer_sample_bytes: int = 8_000_000  # UTF-8 bytes of kept train text the tokenizer is trained on
+    tokenizer_min_frequency: int = 2
+    seq_len: int = 256
+    val_fraction: float = 0.02              # documents (by content hash) held out as the val shard
+    rows_per_shard: int = 4096              # packed rows per parquet file (at most)
+    pack_batch_docs: int = 2048             # documents packed together; each batch loses < seq_len tail tokens
+    seed: int = 0
+    # Parallel Ray Data tasks per step. Each new worker process pays ~2 s of imports (pyarrow, transformers),
+    # so on a 2-core box more workers cost more than they save; raise it on a real cluster.
+    num_workers: int = 2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    sft_sources: list[SFTSourceConfig] = field(default_factory=default_sft_sources)
+
+    def __post_init__(self):
+        check(len(self.sources) > 0, "data.sources", "needs at least one source (see default_sources())")
+        names = [s.name for s in self.sources]
+        check(len(set(names)) == len(names), "data.sources", f"source names must be unique, got {names}")
+        check(self.vocab_size >= 300, "data.vocab_size",
+              f"must be >= 300 (256 byte symbols + special tokens + merges), got {self.vocab_size}")
+        check(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes",
+              f"must be > 0, e.g. 8000000, got {self.tokenizer_sample_bytes}")
+        check(self.tokenizer_min_frequency >= 1, "data.tokenizer_min_frequency", "must be >= 1")
+        check(self.seq_len >= 2, "data.seq_len", f"must be >= 2 (next-token pairs), got {self.seq_len}")
+        check(0.0 <= self.val_fraction < 1.0, "data.val_fraction",
+              f"must be in [0, 1), e.g. 0.02, got {self.val_fraction}")
+        check(self.rows_per_shard > 0, "data.rows_per_shard", f"must be > 0, got {self.rows_per_shard}")
+        check(self.num_workers >= 1, "data.num_workers", f"must be >= 1, got {self.num_workers}")
+        check(self.pack_batch_docs > 0, "data.pack_batch_docs", f"must be > 0, got {self.pack_batch_docs}")
+        sft_names = [s.name for s in self.sft_sources]
+        check(len(set(sft_names)) == len(sft_names), "data.sft_sources",
+              f"names must be unique (they name the output files), got {sft_names}")

@@ -1,0 +1,433 @@
+"""Ray-free readers: files -> document records, bad input -> quarantine records (never an exception).
+
+Every reader yields uniform rows (one Arrow schema for Ray Data):
+    document:   {"source_name", "source", "doc_id", "text", "status": "ok", "reason_kind": "", "reason": "",
+                 "raw_preview": ""}
+    quarantine: {... "text": "", "status": "quarantined", "reason_kind": one of QUARANTINE_KINDS,
+                 "reason": precise message (byte offset, line number, JSON error), "raw_preview": first bytes}
+`doc_id` is globally unique: "<file relative to the data root><locator>", e.g. "c4/x.jsonl:12" (line 12),
+"tinyshakespeare/input.txt#p3" (paragraph 3), "wiki.txt#L7" (line 7), "a.json[4]" (element 4).
+
+Text is decoded as strict UTF-8 so mojibake never reaches the tokenizer: an undecodable unit (a line of a
+JSONL file, a paragraph/line of a text file, or the whole file for split="document") is quarantined with the
+byte offset of the first bad byte, and the other units go on.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import gzip
+import html
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+QUARANTINE_KINDS = ("invalid_utf8", "bad_json", "missing_field", "unreadable", "unsupported_format")
+PREVIEW_BYTES = 160
+
+_EXT_FORMATS = [  # longest suffix first
+    (".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
+    (".json", "json"), (".txt", "text"), (".text", "text"), (".html", "html"), (".htm", "html"),
+    (".markdown", "markdown"), (".md", "markdown"),
+]
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+def doc_record(task: dict, doc_id: str, text: str) -> dict:
+    return {"source_name": task["source_name"], "source": task["path"], "doc_id": doc_id, "text": text,
+            "status": "ok", "reason_kind": "", "reason": "", "raw_preview": ""}
+
+
+def quarantine_record(task: dict, doc_id: str, kind: str, reason: str, raw: bytes | str = b"") -> dict:
+    assert kind in QUARANTINE_KINDS, kind
+    if isinstance(raw, bytes):
+        raw = raw[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+    return {"source_name": task["source_name"], "source": task["path"], "doc_id": doc_id, "text": "",
+            "status": "quarantined", "reason_kind": kind, "reason": f"{kind}: {reason}",
+            "raw_preview": raw[:PREVIEW_BYTES]}
+
+
+def detect_format(path: str) -> str | None:
+    low = path.lower()
+    for ext, fmt in _EXT_FORMATS:
+        if low.endswith(ext):
+            return fmt
+    return None
+
+
+def expand_source(src, data_root: str | Path) -> list[dict]:
+    """One task per file matched by `src.path` (a SourceConfig); sorted so runs are reproducible.
+
+    Raises FileNotFoundError when nothing matches: a misspelled source is a config error, not bad data.
+    """
+    root = Path(data_root)
+    pattern = src.path if Path(src.path).is_absolute() else str(root / src.path)
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if src.exclude:
+        paths = [p for p in paths if not fnmatch.fnmatch(Path(p).name, src.exclude)]
+    paths = [p for p in paths if not Path(p).is_dir()]
+    if not paths or (not glob.has_magic(pattern) and not Path(pattern).exists()):
+        raise FileNotFoundError(f"data.sources[{src.name}].path: {src.path!r} matches no file under {root}; "
+                                "fix the path (relative to the data root, or absolute) or remove the source")
+    tasks = []
+    for p in paths:
+        try:
+            rel = str(Path(p).resolve().relative_to(root.resolve()))
+        except ValueError:
+            rel = p
+        tasks.append({"source_name": src.name, "path": p, "rel": rel, "format": src.format,
+                      "text_field": src.text_field, "split": src.split})
+    return tasks
+
+
+def read_task(task: dict) -> Iterator[dict]:
+    """All records of one file task (see `expand_source`). Never raises for bad input."""
+    fmt = task["format"] if task["format"] != "auto" else detect_format(task["path"])
+    rel = task["rel"]
+    if fmt is None:
+        yield quarantine_record(task, rel, "unsupported_format",
+                                f"{rel}: extension not one of {[e for e, _ in _EXT_FORMATS]}; set "
+                                "data.sources[].format explicitly or convert the file")
+        return
+    if fmt == "jsonl.gz":
+        yield from _read_jsonl(task, gz=True)
+        return
+    try:
+        data = Path(task["path"]).read_bytes()
+    except OSError as e:  # permission denied, vanished file, I/O error
+        yield quarantine_record(task, rel, "unreadable", f"{rel}: {type(e).__name__}: {e.strerror or e}")
+        return
+    if fmt == "jsonl":
+        yield from _jsonl_lines(task, _split_lines_bytes(data))
+    elif fmt == "json":
+        yield from _read_json(task, data)
+    elif fmt == "text":
+        yield from _read_text(task, data)
+    elif fmt in ("html", "markdown"):
+        text, err = _decode(data)
+        if err:
+            yield quarantine_record(task, rel, "invalid_utf8", f"{rel}: {err}", data[max(0, _err_pos(data) - 40):])
+            return
+        text = html_to_text(text) if fmt == "html" else markdown_to_text(text)
+        yield from _split_docs(task, rel, text)
+    else:  # config validation makes this unreachable; still a record, not a crash
+        yield quarantine_record(task, rel, "unsupported_format", f"{rel}: format {fmt!r}")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _decode(data: bytes) -> tuple[str, str]:
+    """(text, "") or ("", precise error) with strict UTF-8; a leading BOM is dropped."""
+    try:
+        return data.decode("utf-8-sig" if data[:3] == b"\xef\xbb\xbf" else "utf-8"), ""
+    except UnicodeDecodeError as e:
+        return "", f"invalid UTF-8 byte 0x{data[e.start]:02x} at byte offset {e.start} ({e.reason})"
+
+
+def _err_pos(data: bytes) -> int:
+    try:
+        data.decode("utf-8")
+        return 0
+    except UnicodeDecodeError as e:
+        return e.start
+
+
+def _split_lines_bytes(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset, line bytes without the newline)."""
+    off = 0
+    for i, line in enumerate(data.split(b"\n"), start=1):
+        yield i, off, line.rstrip(b"\r")
+        off += len(line) + 1
+
+
+_PARA_SPLIT_B = re.compile(rb"\n[ \t\r]*\n")
+_PARA_SPLIT = re.compile(r"\n[ \t\r]*\n")
+
+
+def _read_text(task: dict, data: bytes) -> Iterator[dict]:
+    rel, split = task["rel"], task["split"]
+    if split == "document":
+        units = [(rel, 0, data)]
+    elif split == "lines":
+        units = [(f"{rel}#L{n}", off, b) for n, off, b in _split_lines_bytes(data)]
+    else:  # paragraphs: split on blank lines at the byte level so one bad byte costs one paragraph
+        units, start, k = [], 0, 0
+        for m in _PARA_SPLIT_B.finditer(data):
+            units.append((start, data[start:m.start()]))
+            start = m.end()
+        units.append((start, data[start:]))
+        units = [(f"{rel}#p{k}", off, b) for k, (off, b) in enumerate(u for u in units if u[1].strip())]
+    for doc_id, off, b in units:
+        if not b.strip():
+            continue
+        text, err = _decode(b)
+        if err:
+            pos = _err_pos(b)
+            yield quarantine_record(task, doc_id, "invalid_utf8",
+                                    f"{rel}: {err.replace(f'offset {pos}', f'offset {off + pos}')}",
+                                    b[max(0, pos - 40):])
+        else:
+            yield doc_record(task, doc_id, text)
+
+
+def _split_docs(task: dict, doc_id: str, text: str) -> Iterator[dict]:
+    """Apply the source's `split` to an already decoded text (JSON/HTML/Markdown documents)."""
+    split = task["split"]
+    if split == "document":
+        parts = [(doc_id, text)]
+    elif split == "lines":
+        parts = [(f"{doc_id}#L{i}", t) for i, t in enumerate(text.split("\n"), start=1)]
+    else:
+        parts = [(f"{doc_id}#p{i}", t) for i, t in enumerate(p for p in _PARA_SPLIT.split(text) if p.strip())]
+    for d, t in parts:
+        if t.strip():
+            yield doc_record(task, d, t)
+
+
+def _json_record(task: dict, doc_id: str, obj, raw) -> Iterator[dict]:
+    field = task["text_field"]
+    if not isinstance(obj, dict):
+        yield quarantine_record(task, doc_id, "missing_field",
+                                f"{doc_id}: expected a JSON object with {field!r}, got {type(obj).__name__}", raw)
+    elif field not in obj:
+        yield quarantine_record(task, doc_id, "missing_field",
+                                f"{doc_id}: no {field!r} key (keys: {sorted(obj)[:8]}); set "
+                                "data.sources[].text_field if the text lives under another key", raw)
+    elif not isinstance(obj[field], str):
+        yield quarantine_record(task, doc_id, "missing_field",
+                                f"{doc_id}: {field!r} is {type(obj[field]).__name__}, not a string", raw)
+    else:
+        yield from _split_docs(task, doc_id, obj[field])
+
+
+def _jsonl_lines(task: dict, lines) -> Iterator[dict]:
+    rel = task["rel"]
+    for n, off, b in lines:
+        if not b.strip():
+            continue
+        doc_id = f"{rel}:{n}"
+        text, err = _decode(b)
+        if err:
+            pos = _err_pos(b)
+            yield quarantine_record(task, doc_id, "invalid_utf8",
+                                    f"line {n}: {err.replace(f'offset {pos}', f'offset {off + pos}')}",
+                                    b[max(0, pos - 40):])
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield quarantine_record(task, doc_id, "bad_json", f"line {n}: {e.msg} at column {e.colno}", b)
+            continue
+        yield from _json_record(task, doc_id, obj, b)
+
+
+def _read_jsonl(task: dict, gz: bool) -> Iterator[dict]:
+    """Streamed JSONL(.gz): a corrupt/truncated gzip keeps the lines before the damage, then quarantines."""
+    rel = task["rel"]
+    n, off = 0, 0
+    try:
+        with (gzip.open if gz else open)(task["path"], "rb") as f:
+            for raw in f:
+                n += 1
+                line = raw.rstrip(b"\n").rstrip(b"\r")
+                yield from _jsonl_lines(task, [(n, off, line)])
+                off += len(raw)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        what = "corrupt or truncated gzip" if gz else "read error"
+        yield quarantine_record(task, f"{rel}:{n + 1}", "unreadable",
+                                f"{rel}: {what} after {n} lines (uncompressed byte {off}): {type(e).__name__}: {e}")
+
+
+def _read_json(task: dict, data: bytes) -> Iterator[dict]:
+    rel = task["rel"]
+    text, err = _decode(data)
+    if err:
+        yield quarantine_record(task, rel, "invalid_utf8", f"{rel}: {err}", data[max(0, _err_pos(data) - 40):])
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield quarantine_record(task, rel, "bad_json", f"{rel}: {e.msg} at line {e.lineno} column {e.colno}",
+                                data[max(0, e.pos - 40):])
+        return
+    if isinstance(obj, list):
+        for i, o in enumerate(obj):
+            yield from _json_record(task, f"{rel}[{i}]", o, json.dumps(o, ensure_ascii=False)[:PREVIEW_BYTES])
+    else:
+        yield from _json_record(task, rel, obj, text[:PREVIEW_BYTES])
+
+
+# ----------------------------------------------------------------------------------------------- HTML
+
+_DROP_TAGS = {"script", "style", "nav", "header", "footer", "aside", "form", "noscript", "head", "template",
+              "svg", "iframe", "button", "select", "textarea", "object", "canvas", "map"}
+_VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+              "track", "wbr"}
+_BLOCK_TAGS = {"p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
+               "dl", "dt", "dd", "table", "tr", "thead", "tbody", "tfoot", "caption", "blockquote", "figure",
+               "figcaption", "pre", "address", "hr", "br", "center", "details", "summary"}
+_CELL_TAGS = {"td", "th"}
+_LINE_TAGS = {"li", "tr", "dt", "dd", "br", "hr", "caption", "figcaption", "summary"}  # one newline; others: blank line
+# Boilerplate containers by id/class token (MediaWiki chrome, site menus, share/cookie widgets). A token
+# must *start* with the word ("navbox", "footer-links"), so "feature-footer-v2" on <body> is not chrome.
+_BOILERPLATE = re.compile(
+    r"^(nav|navbar|navbox|navigation|menu|sidebar|footer|breadcrumbs?|cookie|share|social|advert|ads|banner|"
+    r"mw-jump-link|mw-editsection|printfooter|catlinks|mw-navigation|toc|noprint|sitenotice|site-notice|"
+    r"skip|hidden|comments?)([-_].*)?$", re.I)
+_NEVER_BOILERPLATE = {"html", "body", "main", "article"}
+
+
+def _break(tag: str) -> int:
+    return 1 if tag in _LINE_TAGS else 2
+
+
+class _TextExtractor(HTMLParser):
+    """Main-text extraction: drop chrome (scripts, navigation, headers/footers, forms, boilerplate by
+    id/class), keep headings, paragraphs, list items, <pre> verbatim and table cells, one block per line."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)   # entities (&amp; &#160;) decoded by the parser
+        self.out: list[str] = []
+        self.skip_tag: str | None = None          # tag that opened the dropped subtree
+        self.skip_depth = 0                       # nesting of skip_tag inside the dropped subtree
+        self.pre = 0
+
+    def _is_boilerplate(self, attrs) -> bool:
+        for k, v in attrs:
+            if k in ("id", "class", "role") and v and any(_BOILERPLATE.match(t) for t in v.split()):
+                return True
+            if k == "hidden" or (k == "aria-hidden" and v == "true"):
+                return True
+            if k == "style" and v and re.search(r"display\s*:\s*none", v):
+                return True
+        return False
+
+    def handle_starttag(self, tag, attrs):
+        if self.skip_tag is not None:
+            if tag == self.skip_tag and tag not in _VOID_TAGS:
+                self.skip_depth += 1
+            return
+        if tag in _DROP_TAGS or (tag not in _VOID_TAGS and tag not in _NEVER_BOILERPLATE
+                                 and self._is_boilerplate(attrs)):
+            if tag not in _VOID_TAGS:
+                self.skip_tag, self.skip_depth = tag, 1
+            return
+        if tag == "pre":
+            self.pre += 1
+        if tag in _BLOCK_TAGS:
+            self.out.append(_break(tag))
+            if tag == "li":
+                self.out.append("- ")
+        elif tag in _CELL_TAGS:
+            self.out.append("\t")
+        elif tag == "img":
+            pass  # alt text is mostly file names on real pages: left out
+
+    def handle_startendtag(self, tag, attrs):
+        if self.skip_tag is None and tag in ("br", "hr"):
+            self.out.append(1)
+
+    def handle_endtag(self, tag):
+        if self.skip_tag is not None:
+            if tag == self.skip_tag:
+                self.skip_depth -= 1
+                if self.skip_depth == 0:
+                    self.skip_tag = None
+            return
+        if tag == "pre":
+            self.pre = max(0, self.pre - 1)
+        if tag in _BLOCK_TAGS:
+            self.out.append(_break(tag))
+
+    def handle_data(self, data):
+        if self.skip_tag is not None:
+            return
+        if self.pre:
+            self.out.append(data)
+        else:  # HTML collapses source whitespace (newlines inside a <p> are spaces)
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(markup: str) -> str:
+    """Main text of an HTML page, one block (heading, paragraph, list item, table row) per line."""
+    p = _TextExtractor()
+    try:
+        p.feed(markup)
+        p.close()
+    except Exception:  # noqa: BLE001 - html.parser is lenient; keep what was parsed of a pathological page
+        pass
+    # consecutive breaks merge into the strongest one: 1 = newline, 2 = paragraph break
+    pieces, pending = [], 0
+    for x in p.out:
+        if isinstance(x, int):
+            pending = max(pending, x)
+        elif x.strip() or (x and not pending and pieces):  # whitespace between blocks is not content
+            if pending and pieces:
+                pieces.append("\n" * pending)
+            pending = 0
+            pieces.append(x)
+    text = "".join(pieces)
+    lines = [ln.strip(" ") for ln in text.split("\n")]
+    # blank-line runs left by nested blocks collapse to one paragraph break
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+# ----------------------------------------------------------------------------------------------- Markdown
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_MD_RULES = [
+    (re.compile(r"<!--.*?-->", re.S), ""),                              # HTML comments
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),                     # images -> alt text
+    (re.compile(r"\[([^\[\]]*)\]\([^)]*\)"), r"\1"),                    # [text](url) -> text
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),                     # [text][ref] -> text
+    (re.compile(r"<(https?://[^>\s]+)>"), r"\1"),                       # <http://autolink>
+    (re.compile(r"</?[A-Za-z][^>]*>"), ""),                             # inline/ block HTML tags
+    (re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"), r"\2"),              # **bold** __bold__
+    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"\1"),  # *em*
+    (re.compile(r"(?<![\w])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w])"), r"\1"),     # _em_ (not snake_case)
+    (re.compile(r"~~(.+?)~~"), r"\1"),                                   # ~~strike~~
+    (re.compile(r"`([^`\n]+)`"), r"\1"),                                 # `inline code`
+    (re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>])"), r"\1"),                # backslash escapes
+]
+_MD_LINE_RULES = [
+    (re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$"), r"\1"),             # ATX headings
+    (re.compile(r"^\s{0,3}>\s?"), ""),                                    # blockquotes
+    (re.compile(r"^(\s*)[-*+]\s+(\[[ xX]\]\s+)?"), r"\1"),                # bullets / task boxes
+]
+_HRULE = re.compile(r"^\s{0,3}([-*_=])(\s*\1){2,}\s*$")
+_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)+\|?\s*$")
+_REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s+\S+")
+
+
+def markdown_to_text(md: str) -> str:
+    """Plain text of a Markdown document: markup stripped, code blocks verbatim, table cells tab-joined."""
+    blocks: list[tuple[bool, list[str]]] = []   # (is_code, lines): inline rules never touch code
+    in_code = False
+    for line in md.replace("\r\n", "\n").split("\n"):
+        if _FENCE.match(line):
+            in_code = not in_code            # the fence line itself (```python) is markup
+            continue
+        if not in_code:
+            if _HRULE.match(line) or _TABLE_SEP.match(line) or _REF_DEF.match(line):
+                continue
+            for rx, rep in _MD_LINE_RULES:
+                line = rx.sub(rep, line)
+            s = line.strip()
+            if s.count("|") >= 2 and (s.startswith("|") or s.endswith("|")):   # GFM table row
+                line = "\t".join(c.strip() for c in s.strip("|").split("|") if c.strip())
+        if not blocks or blocks[-1][0] != in_code:
+            blocks.append((in_code, []))
+        blocks[-1][1].append(line)
+    parts = []
+    for is_code, lines in blocks:
+        text = "\n".join(lines)
+        if not is_code:
+            for rx, rep in _MD_RULES:
+                text = rx.sub(rep, text)
+            text = html.unescape(text)
+        parts.append(text)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)).strip()

@@ -1,0 +1,56 @@
+"""SFT examples: conversations rendered with the chat template; loss only on assistant tokens."""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+def read_jsonl(path: str | Path, max_rows: int | None = None) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if max_rows is not None and len(rows) >= max_rows:
+                    break
+    return rows
+
+
+def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
+    """input_ids + labels (-100 outside assistant turns), truncated to max_len; None if nothing to learn."""
+    out = tok.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=True,
+                                  return_dict=True, return_assistant_tokens_mask=True)
+    ids = list(out["input_ids"])[:max_len]
+    mask = list(out["assistant_masks"])[:max_len]
+    labels = [t if m else -100 for t, m in zip(ids, mask)]
+    if sum(m for m in mask[1:]) == 0:
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    T = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    for i, e in enumerate(examples):  # right padding: causal attention never looks at later pad tokens
+        ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+    return {"input_ids": ids, "labels": labels}
+
+
+def sft_batches(examples: list[dict], batch_size: int, pad_id: int, seed: int) -> Iterator[dict]:
+    """Endless shuffled batches; each epoch reshuffles (seeded, so every run is reproducible)."""
+    if not examples:
+        raise RuntimeError("no SFT examples for this worker: check finetune sources and max_len")
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield collate([examples[j] for j in order[i: i + batch_size]], pad_id)
+        epoch += 1

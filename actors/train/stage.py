@@ -1,0 +1,114 @@
+"""Driver side of the training stages: one `TorchTrainer` per stage, checkpoint exported as an HF folder."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from actors.common.metrics import plot_curves, read_jsonl
+from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
+
+
+def _scaling(p: ParallelConfig):
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=p.dp, use_gpu=p.use_gpu, resources_per_worker={"CPU": p.cpus_per_worker})
+
+
+def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str, datasets=None):
+    from ray.train import RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config=config,
+        scaling_config=_scaling(parallel),
+        torch_config=TorchConfig(backend="nccl" if parallel.use_gpu else "gloo"),
+        datasets=datasets,
+        run_config=RunConfig(name=name, storage_path=str((out_dir / "ray").resolve())),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result
+
+
+def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, unigram_baseline: float | None = None,
+                 model_overrides: dict | None = None, lineage: list | None = None) -> dict:
+    """Pretrain on the data stage's packed shards; returns {"outputs": {"hf": dir, ...}, "metrics": {...}}."""
+    import pyarrow.parquet as pq
+    import ray
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("metrics.jsonl",):
+        (out / f).unlink(missing_ok=True)
+    train_dir, val_dir = data_outputs["train_dir"], data_outputs["val_dir"]
+    first = next(Path(train_dir).glob("*.parquet"), None)
+    if first is None:
+        raise FileNotFoundError(f"{train_dir}: no parquet shards; run the data stage first")
+    row_len = len(pq.read_table(first, columns=["input_ids"]).column("input_ids")[0])
+    if row_len != cfg.seq_len:
+        raise ValueError(f"pretrain.seq_len={cfg.seq_len} but the data stage packed rows of {row_len} tokens; "
+                         f"set pretrain.seq_len={row_len} or re-run data with data.seq_len={cfg.seq_len}")
+    from actors.model.tokenizer import load_tokenizer
+
+    vocab = len(load_tokenizer(data_outputs["tokenizer_dir"]))
+    overrides = {"vocab_size": vocab, **(model_overrides or {})}
+    config = {"pretrain": dataclasses.asdict(cfg), "tokenizer_dir": str(data_outputs["tokenizer_dir"]),
+              "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or []}
+    datasets = {"train": ray.data.read_parquet(str(train_dir)), "val": ray.data.read_parquet(str(val_dir))}
+    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", datasets)
+    hf_dir = out / "hf"
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    result.checkpoint.to_directory(str(hf_dir))
+    rows = read_jsonl(out / "metrics.jsonl")
+    hl = {"unigram baseline": unigram_baseline} if unigram_baseline else None
+    plot_curves(rows, "step", ["loss", "val_loss"], out / "loss.png", title="pretrain loss (nats/token)", hlines=hl)
+    metrics = dict(result.metrics)
+    if unigram_baseline:
+        metrics["unigram_baseline"] = unigram_baseline
+        metrics["val_vs_unigram"] = metrics["val_loss"] / unigram_baseline
+    return {"outputs": {"hf": str(hf_dir), "metrics_jsonl": str(out / "metrics.jsonl"),
+                        "loss_png": str(out / "loss.png"), "tensorboard": str(out / "tb")}, "metrics": metrics}
+
+
+def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[tuple[str, int]],
+                 out_dir: str | Path, lineage: list | None = None) -> dict:
+    """LoRA (or full) SFT of `base_model_dir` on JSONL conversation files [(path, max_rows), ...]."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    sources = [(str(Path(p).resolve()), int(n)) for p, n in sources if n > 0]
+    for p, _ in sources:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"finetune source {p} does not exist; run the data stage first")
+    config = {"finetune": dataclasses.asdict(cfg), "base_model_dir": str(Path(base_model_dir).resolve()),
+              "out_dir": str(out.resolve()), "sources": sources, "lineage": lineage or []}
+    result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune")
+    ckpt = out / "checkpoint"
+    shutil.rmtree(ckpt, ignore_errors=True)
+    result.checkpoint.to_directory(str(ckpt))
+    for sub in ("hf", "adapter"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        if (ckpt / sub).exists():
+            shutil.move(str(ckpt / sub), str(out / sub))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    rows = read_jsonl(out / "metrics.jsonl")
+    plot_curves(rows, "step", ["loss"], out / "loss.png", title="fine-tune loss (assistant tokens)")
+    outputs = {"hf": str(out / "hf"), "metrics_jsonl": str(out / "metrics.jsonl"), "loss_png": str(out / "loss.png")}
+    if (out / "adapter").exists():
+        outputs["adapter"] = str(out / "adapter")
+    return {"outputs": outputs, "metrics": dict(result.metrics)}
+
+
+def _pretrain_fn():
+    from actors.train.workers import pretrain_worker
+
+    return pretrain_worker
+
+
+def _finetune_fn():
+    from actors.train.workers import finetune_worker
+
+    return finetune_worker

@@ -1,0 +1,140 @@
+"""Ray Train worker functions (the shell): build model, parallelize, loop with `Trainer`, report a checkpoint."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from actors.common.config import from_dict
+from actors.common.metrics import MetricsWriter
+from actors.model import Transformer, get_config, load_hf, save_hf
+from actors.model.tokenizer import load_tokenizer
+from actors.train.config import FinetuneConfig, PretrainConfig
+from actors.train.parallel import parallelize, unwrap
+from actors.train.sft import read_jsonl, sft_batches, tokenize_conversation
+from actors.train.trainer import Trainer, repeat_epochs
+
+
+def _context():
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _report(metrics: dict, ckpt_dir: str | None) -> None:
+    import ray.train
+
+    ckpt = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+    ray.train.report(metrics, checkpoint=ckpt)
+
+
+def pretrain_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(PretrainConfig, config["pretrain"])
+    tok_dir, out_dir = config["tokenizer_dir"], Path(config["out_dir"])
+    torch.set_num_threads(cfg.parallel.threads_per_worker)
+    torch.manual_seed(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+    rank, world = _context()
+    mcfg = get_config(cfg.model, **config.get("model_overrides", {}))
+    model = parallelize(Transformer(mcfg), cfg.parallel, prepare=ray.train.torch.prepare_model)
+    trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    # The held-out shard is small: hold it in memory so every evaluation sees the same rows.
+    val_batches = [{"input_ids": b["input_ids"]} for b in ray.train.get_dataset_shard("val").iter_torch_batches(
+        batch_size=cfg.batch_size, dtypes={"input_ids": torch.long})][: cfg.eval_max_batches]
+
+    def epoch_iter(epoch: int):
+        return train_shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes={"input_ids": torch.long},
+                                              drop_last=True)
+
+    writer = MetricsWriter(out_dir) if rank == 0 else None
+    t_start, tokens, last = time.perf_counter(), 0.0, {}
+    for batch in repeat_epochs(epoch_iter, cfg.max_steps):
+        m = trainer.train_step({"input_ids": batch["input_ids"]})
+        tokens += m["tokens"]
+        if trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps:
+            m.update(trainer.evaluate(val_batches))
+        if writer and (trainer.step % cfg.log_every == 0 or "val_loss" in m or trainer.step == 1):
+            writer.log({**m, "elapsed_s": time.perf_counter() - t_start})
+            print(f"[pretrain] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
+                  f"tok/s {m['tokens_per_s']:.0f}" + (f" val {m['val_loss']:.4f}" if "val_loss" in m else ""),
+                  flush=True)
+        last = m
+    elapsed = time.perf_counter() - t_start
+    final = {"step": trainer.step, "loss": last["loss"], "val_loss": last.get("val_loss"),
+             "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed,
+             "num_params": unwrap(model).num_params(), "world_size": world}
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            writer.close()
+            save_hf(unwrap(model), tmp, tokenizer_dir=tok_dir, step=trainer.step,
+                    lineage=config.get("lineage", []) + [{"stage": "pretrain", "steps": trainer.step,
+                                                          "tokens": tokens}])
+        _report(final, tmp if rank == 0 else None)
+
+
+def finetune_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(FinetuneConfig, config["finetune"])
+    base_dir, out_dir = config["base_model_dir"], Path(config["out_dir"])
+    torch.set_num_threads(cfg.parallel.threads_per_worker)
+    torch.manual_seed(cfg.seed)
+    rank, world = _context()
+    tok = load_tokenizer(base_dir)
+    base = load_hf(base_dir)
+    model = wrap_lora(base, cfg) if cfg.method == "lora" else base
+    model = parallelize(model, cfg.parallel, prepare=ray.train.torch.prepare_model)
+
+    # Each worker tokenizes its own 1/world of every source (rank::world), so no data crosses the network.
+    examples, n_skipped = [], 0
+    for path, cap in config["sources"]:
+        for rec in read_jsonl(path, cap)[rank::world]:
+            ex = tokenize_conversation(tok, rec, cfg.max_len)
+            if ex is None:
+                n_skipped += 1
+            else:
+                examples.append(ex)
+    batches = sft_batches(examples, cfg.batch_size, tok.pad_token_id, cfg.seed + rank)
+    trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
+    writer = MetricsWriter(out_dir) if rank == 0 else None
+    t_start, last = time.perf_counter(), {}
+    for _ in range(cfg.max_steps):
+        m = trainer.train_step(next(batches))
+        if writer and (trainer.step % cfg.log_every == 0 or trainer.step in (1, cfg.max_steps)):
+            writer.log({**m, "elapsed_s": time.perf_counter() - t_start})
+            print(f"[finetune] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e}", flush=True)
+        last = m
+    final = {"step": trainer.step, "loss": last["loss"], "train_s": time.perf_counter() - t_start,
+             "examples": len(examples) * world, "skipped_examples": n_skipped, "world_size": world}
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            writer.close()
+            export_finetuned(unwrap(model), cfg, Path(tmp), base_dir, config.get("lineage", []), trainer.step)
+        _report(final, tmp if rank == 0 else None)
+
+
+def wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none")
+    return get_peft_model(model, lcfg)
+
+
+def export_finetuned(model, cfg: FinetuneConfig, out: Path, base_dir: str, lineage: list, step: int) -> None:
+    """`out/adapter` (peft adapter) + `out/hf` (adapter merged into the base, a plain HF checkpoint)."""
+    lineage = lineage + [{"stage": "finetune", "method": cfg.method, "steps": step, "base": str(base_dir)}]
+    if cfg.method == "lora":
+        model.save_pretrained(str(out / "adapter"))
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+    save_hf(merged, out / "hf", tokenizer_dir=base_dir, step=step, lineage=lineage)

@@ -1,0 +1,1 @@
+"""Job drivers: one per stage (`python -m jobs.<stage>`) and `python -m jobs.pipeline` chaining all six."""

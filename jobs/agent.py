@@ -1,0 +1,33 @@
+"""`python -m jobs.agent`: an agent loop talks to the served model over the OpenAI API; tools are Ray actors."""
+from __future__ import annotations
+
+import json
+
+from jobs.runner import StageContext, main_for
+
+
+def run(ctx: StageContext) -> dict:
+    from actors.agent.actor import start_tools
+    from actors.agent.loop import Agent, make_client
+    from actors.agent.report import evaluate_agent
+
+    cfg = ctx.cfg.agent
+    serve = ctx.inputs("serve")
+    heldout = ctx.inputs("data")["synthetic_heldout"]
+    with open(heldout) as f:
+        records = [json.loads(line) for line in f if line.strip()][: cfg.n_eval]
+    tools = start_tools(cfg.tools)
+    client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
+    agent = Agent.from_config(cfg, client, serve["model_name"], tools)
+    report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts)
+    (ctx.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report["transcripts"]))
+    metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
+                                      "stopped_reasons")}
+    return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
+                        "first_transcript": report["transcripts"][0] if report["transcripts"] else ""},
+            "metrics": metrics}
+
+
+if __name__ == "__main__":
+    main_for(["agent"], "python -m jobs.agent")

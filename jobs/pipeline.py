@@ -1,0 +1,42 @@
+"""`python -m jobs.pipeline --config configs/demo.yaml [--run-dir runs/demo] [--set a.b=c ...]`
+
+Chains data -> pretrain -> finetune -> evaluate -> serve -> agent on the Ray cluster `cluster.connect()`
+finds (embedded local Ray by default; the cluster of a `ray job submit`). Completed stages are skipped
+on re-run; `runs/<name>/summary.md` is written and printed at the end.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from jobs.runner import main_for
+from jobs.summary import write_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    manifest = main_for(None, "python -m jobs.pipeline", argv)
+    manifest.data["pipeline_seconds"] = round(time.perf_counter() - t0, 1)
+    manifest.save()
+    write_summary(manifest)
+    cfg = manifest.data.get("config", {})
+    if cfg.get("serve", {}).get("keep_alive"):
+        base = manifest.stage("serve").get("outputs", {}).get("base_url")
+        print(f"serving at {base} (keep_alive); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    else:
+        try:
+            from jobs.serve import stop
+
+            stop()
+        except Exception:  # noqa: BLE001 - nothing served, nothing to stop
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Runs stages in order against a run dir; shared by `jobs.pipeline` and the per-stage drivers."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.common.config import ConfigError
+from jobs.config import STAGES, PipelineConfig, load_config
+from jobs.manifest import Manifest, fingerprint
+
+log = logging.getLogger("fullchain")
+
+# Which earlier stages each stage reads (drives fingerprints and "run it first" errors).
+UPSTREAM = {
+    "data": [],
+    "pretrain": ["data"],
+    "finetune": ["data", "pretrain"],
+    "evaluate": ["data", "pretrain", "finetune"],
+    "serve": ["finetune"],
+    "agent": ["data", "serve"],
+}
+SECTION = {"data": "data", "pretrain": "pretrain", "finetune": "finetune", "evaluate": "eval",
+           "serve": "serve", "agent": "agent"}
+
+
+@dataclass
+class StageContext:
+    cfg: PipelineConfig
+    run_dir: Path
+    manifest: Manifest
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        d = self.run_dir / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def inputs(self, stage: str) -> dict:
+        return self.manifest.outputs(stage)
+
+    def metrics(self, stage: str) -> dict:
+        return self.manifest.stage(stage).get("metrics", {})
+
+
+def stage_fingerprint(cfg: PipelineConfig, manifest: Manifest, name: str) -> str:
+    section = dataclasses.asdict(getattr(cfg, SECTION[name]))
+    ups = {u: manifest.stage(u).get("fingerprint") for u in UPSTREAM[name]}
+    return fingerprint({"config": section, "upstream": ups})
+
+
+def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | None = None,
+               force: list[str] | None = None, inputs: dict[str, dict] | None = None) -> Manifest:
+    import cluster
+
+    run_dir = Path(run_dir)
+    manifest = Manifest(run_dir)
+    manifest.data["run"] = cfg.run.name
+    manifest.data["config"] = dataclasses.asdict(cfg)
+    for stage, outs in (inputs or {}).items():
+        manifest.set_external(stage, {**manifest.stage(stage).get("outputs", {}), **outs})
+    manifest.save()
+    info = cluster.connect()
+    log.info("ray: %s", info)
+    todo = [s for s in STAGES if s in (stages or cfg.run.stages)]
+    force = set(force or [])
+    rerun_downstream = False
+    for name in todo:
+        fp = stage_fingerprint(cfg, manifest, name)
+        mod = importlib.import_module(f"jobs.{name}")
+        ctx = StageContext(cfg, run_dir, manifest, name)
+        if manifest.is_complete(name, fp) and name not in force and not rerun_downstream:
+            print(f"== {name}: complete, skipped (manifest {manifest.path})", flush=True)
+            if hasattr(mod, "on_skip"):
+                mod.on_skip(ctx, todo)
+            continue
+        rerun_downstream = True
+        print(f"== {name}: running", flush=True)
+        manifest.start(name, dataclasses.asdict(getattr(cfg, SECTION[name])), fp)
+        t0 = time.perf_counter()
+        try:
+            res = mod.run(ctx)
+        except Exception as e:
+            manifest.fail(name, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", time.perf_counter() - t0)
+            raise
+        manifest.complete(name, res["outputs"], res.get("metrics", {}), time.perf_counter() - t0)
+        print(f"== {name}: complete in {time.perf_counter() - t0:.1f}s", flush=True)
+    return manifest
+
+
+def base_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--config", default="configs/demo.yaml", help="YAML config (see configs/)")
+    p.add_argument("--run-dir", default=None, help="run folder (default: <storage root>/<run.name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set pretrain.max_steps=50 (repeatable)")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="STAGE.KEY=PATH",
+                   help="use an outside input instead of a stage's output, e.g. --input finetune.hf=/my/hf_model")
+    p.add_argument("--force", action="append", default=[], help="re-run this stage even if complete")
+    return p
+
+
+def parse_inputs(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--input {item!r}: expected STAGE.KEY=PATH, e.g. --input finetune.hf=/path/to/hf")
+        key, path = item.split("=", 1)
+        stage, k = key.split(".", 1)
+        if stage not in STAGES:
+            raise ConfigError(f"--input {item!r}: unknown stage {stage!r}; allowed: {list(STAGES)}")
+        out.setdefault(stage, {})[k] = str(Path(path).resolve()) if "://" not in path else path
+    return out
+
+
+def resolve_run_dir(cfg: PipelineConfig, run_dir: str | None) -> Path:
+    import cluster
+
+    if run_dir:
+        return Path(run_dir).resolve()
+    root = cluster.storage_root()
+    if "://" in root:
+        raise ConfigError(f"FULLCHAIN_STORAGE={root} is remote; pass a local --run-dir as the staging folder")
+    return Path(root) / cfg.run.name
+
+
+def main_for(stages: list[str] | None, prog: str, argv: list[str] | None = None) -> Manifest:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = base_parser(prog).parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        inputs = parse_inputs(args.inputs)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_dir = resolve_run_dir(cfg, args.run_dir)
+    return run_stages(cfg, run_dir, stages=stages, force=args.force + (stages or []) if stages else args.force,
+                      inputs=inputs)

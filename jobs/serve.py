@@ -1,0 +1,82 @@
+"""`python -m jobs.serve`: Ray Serve replicas expose the fine-tuned model as an OpenAI-compatible API."""
+from __future__ import annotations
+
+import socket
+import time
+
+from jobs.runner import StageContext, main_for
+
+APP_NAME = "fullchain"
+
+
+def _port(requested: int) -> int:
+    if requested:
+        return requested
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(ctx: StageContext, port: int) -> str:
+    from actors.serve.deployment import start_server
+
+    cfg = ctx.cfg.serve
+    model_dir = ctx.inputs("finetune")["hf"]
+    return start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
+                        num_replicas=cfg.num_replicas, app_name=APP_NAME)
+
+
+def run(ctx: StageContext) -> dict:
+    import openai
+
+    cfg = ctx.cfg.serve
+    t0 = time.perf_counter()
+    base_url = _start(ctx, _port(cfg.port))
+    startup = time.perf_counter() - t0
+    client = openai.OpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120)
+    t1 = time.perf_counter()
+    resp = client.chat.completions.create(
+        model=cfg.model_name, messages=[{"role": "user", "content": cfg.demo_prompt}],
+        max_tokens=cfg.demo_max_tokens, temperature=0.0)
+    latency = time.perf_counter() - t1
+    choice = resp.choices[0]
+    demo = {"request": {"messages": [{"role": "user", "content": cfg.demo_prompt}], "temperature": 0.0,
+                        "max_tokens": cfg.demo_max_tokens},
+            "response": {"content": choice.message.content, "finish_reason": choice.finish_reason,
+                         "tool_calls": [tc.model_dump() for tc in (choice.message.tool_calls or [])],
+                         "usage": resp.usage.model_dump() if resp.usage else None}}
+    return {"outputs": {"base_url": base_url, "model_name": cfg.model_name, "model_dir": ctx.inputs("finetune")["hf"],
+                        "app_name": APP_NAME, "demo_chat": demo},
+            "metrics": {"startup_s": round(startup, 2), "demo_latency_s": round(latency, 3),
+                        "demo_completion_tokens": resp.usage.completion_tokens if resp.usage else None}}
+
+
+def on_skip(ctx: StageContext, todo: list[str]) -> None:
+    """A completed serve stage from an earlier process has no live endpoint: bring it back for the agent."""
+    later = todo[todo.index("serve") + 1:]
+    if "agent" in later and not ctx.manifest.is_complete("agent", "") and not _alive(ctx):
+        url = ctx.inputs("serve")["base_url"]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        new_url = _start(ctx, port)
+        ctx.manifest.data["stages"]["serve"]["outputs"]["base_url"] = new_url
+        ctx.manifest.save()
+
+
+def _alive(ctx: StageContext) -> bool:
+    import httpx
+
+    try:
+        url = ctx.inputs("serve")["base_url"]
+        return httpx.get(url.rstrip("/") + "/models", timeout=2).status_code == 200
+    except Exception:  # noqa: BLE001 - any failure means "not serving"
+        return False
+
+
+def stop() -> None:
+    from actors.serve.deployment import stop_server
+
+    stop_server(APP_NAME)
+
+
+if __name__ == "__main__":
+    main_for(["serve"], "python -m jobs.serve")

@@ -1,0 +1,243 @@
+"""PlainEngine against a tiny real model: HF generate parity, seeded sampling, stop rules, abort, asyncio driver.
+
+`make_tiny_model` (also used by test_serve.py) trains a small tokenizer and overfits a 2-layer model on
+one synthetic tool-call conversation, so greedy decoding of that prompt really emits a `<tool_call>` turn.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.common.config import ConfigError
+from actors.data import synthetic
+from actors.model import Transformer, get_config, load_hf, save_hf
+from actors.model.tokenizer import EOS, load_tokenizer, parse_tool_calls, stop_token_ids, train_tokenizer
+from actors.model.transformer import causal_lm_loss
+from actors.serve.engine import AsyncEngine, PlainEngine, SamplingParams
+
+SHAKESPEARE = Path(__file__).resolve().parent.parent.parent / "shared/data/tinyshakespeare/input.txt"
+
+
+@dataclass
+class TinyModel:
+    dir: Path
+    record: dict                 # the synthetic conversation the model was overfit on
+    prompt_messages: list[dict]  # messages before its tool-call turn
+
+
+def _shakespeare_path() -> Path:
+    import cluster
+
+    p = Path(cluster.data_root()) / "tinyshakespeare" / "input.txt"
+    return p if p.exists() else SHAKESPEARE
+
+
+def make_tiny_model(root: Path, steps: int = 200) -> TinyModel:
+    """Build (once per pytest session: cached under `root`) a tiny model that emits a real tool call."""
+    train, _ = synthetic.generate(20, 0, seed=0)
+    record = train[0]
+    tm = TinyModel(root / "tiny-model" / "hf", record, synthetic.prompt_messages(record))
+    if (tm.dir / "model.safetensors").exists():
+        return tm
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster than two on a shared 2-core box
+    try:
+        text = _shakespeare_path().read_text()[:200_000]
+        # shakespeare for general text, the synthetic records so JSON/tool markup gets merged tokens
+        docs = [text[i:i + 2000] for i in range(0, len(text), 2000)]
+        docs += [json.dumps(r["messages"]) for r in train] + [json.dumps(synthetic.TOOLS)] * 20
+        tok_dir = train_tokenizer(docs, 1000, root / "tiny-model" / "tokenizer")
+        tok = load_tokenizer(tok_dir)
+        eos = tok.convert_tokens_to_ids(EOS)
+        cfg = get_config("debug", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=eos, pad_token_id=eos)
+        model = Transformer(cfg)
+        convo = tok.apply_chat_template(record["messages"][:2], tools=synthetic.TOOLS, tokenize=False)
+        x = torch.tensor([tok(convo, add_special_tokens=False)["input_ids"]])  # (1, T)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = causal_lm_loss(model(x), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        save_hf(model.eval(), tm.dir, tokenizer_dir=tok_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return tm
+
+
+def prompt_ids(tok, messages, tools=synthetic.TOOLS) -> list[int]:
+    text = tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> TinyModel:
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    return load_hf(tiny.dir), load_tokenizer(tiny.dir)
+
+
+@pytest.fixture
+def engine(loaded) -> PlainEngine:
+    model, tok = loaded
+    return PlainEngine(model, tok)
+
+
+def greedy(tok, max_tokens=64, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, stop_token_ids=stop_token_ids(tok), **kw)
+
+
+def test_overfit_model_emits_the_tool_call(engine, tiny):
+    """The fixture's premise: greedy decoding of the conversation's prompt is its tool-call turn."""
+    tok = engine.tokenizer
+    out = engine.generate(prompt_ids(tok, tiny.prompt_messages), greedy(tok))
+    assert out.finished and out.finish_reason == "stop"
+    assert out.token_ids[-1] in stop_token_ids(tok)
+    content, calls, errors = parse_tool_calls(out.text)
+    assert errors == [] and content == ""
+    assert calls == [{"name": "calculator", "arguments": {"expression": tiny.record["expression"]}}]
+
+
+def test_greedy_matches_transformers_generate(engine, tiny):
+    from transformers import AutoModelForCausalLM
+
+    tok = engine.tokenizer
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny.dir)).eval()
+    prompts = [
+        prompt_ids(tok, tiny.prompt_messages),
+        prompt_ids(tok, [{"role": "user", "content": "What is 12 + 30?"}]),
+        tok("ROMEO:\nBut soft, what light", add_special_tokens=False)["input_ids"],
+    ]
+    stops = stop_token_ids(tok)
+    for ids in prompts:
+        ours = engine.generate(ids, greedy(tok, max_tokens=24))
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              do_sample=False, max_new_tokens=24, eos_token_id=stops,
+                              pad_token_id=tok.pad_token_id)
+        assert ours.token_ids == ref[0, len(ids):].tolist()
+        assert ours.prompt_tokens == len(ids) and ours.completion_tokens == len(ours.token_ids)
+
+
+def test_seeded_sampling_is_reproducible_and_per_request(engine):
+    tok = engine.tokenizer
+    ids = tok("KING HENRY:\nNow", add_special_tokens=False)["input_ids"]
+
+    def params(seed):
+        return SamplingParams(temperature=1.5, top_p=0.95, max_tokens=20, seed=seed)
+
+    a = engine.generate(ids, params(1234)).token_ids
+    b = engine.generate(ids, params(1234)).token_ids
+    assert a == b
+    others = [engine.generate(ids, params(s)).token_ids for s in (1, 2, 3)]
+    assert any(o != a for o in others), "different seeds should give different samples"
+    # two requests in flight together keep their own generators
+    engine.add_request("x", ids, params(1234))
+    engine.add_request("y", ids, params(1234))
+    done = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.token_ids
+    assert done["x"] == done["y"] == a
+
+
+def test_top_p_tiny_keeps_only_the_argmax(engine):
+    tok = engine.tokenizer
+    ids = tok("First Citizen:\n", add_special_tokens=False)["input_ids"]
+    g = engine.generate(ids, SamplingParams(temperature=0, max_tokens=12)).token_ids
+    s = engine.generate(ids, SamplingParams(temperature=1.0, top_p=1e-6, max_tokens=12, seed=7)).token_ids
+    assert s == g
+
+
+def test_stop_string_cuts_output_and_never_streams_it(engine, tiny):
+    tok = engine.tokenizer
+    ids = prompt_ids(tok, tiny.prompt_messages)
+    full = engine.generate(ids, greedy(tok)).text
+    stop = '"arguments"'
+    assert stop in full
+    engine.add_request("s", ids, greedy(tok, stop=["never-appears", stop]))
+    deltas, last = [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            deltas.append(out.delta_text)
+            last = out
+    assert last.finished and last.finish_reason == "stop"
+    assert last.text == full[:full.index(stop)]
+    assert "".join(deltas) == last.text
+
+
+def test_max_tokens_and_context_length_give_length(engine, loaded, tiny):
+    tok = engine.tokenizer
+    ids = prompt_ids(tok, tiny.prompt_messages)
+    out = engine.generate(ids, greedy(tok, max_tokens=5))
+    assert out.finish_reason == "length" and out.completion_tokens == 5 and len(out.token_ids) == 5
+    small = PlainEngine(loaded[0], tok, max_model_len=len(ids) + 3)
+    out = small.generate(ids, greedy(tok, max_tokens=50))
+    assert out.finish_reason == "length" and out.completion_tokens == 3
+    with pytest.raises(ValueError, match="context length"):
+        small.add_request("too-long", ids + ids[:3], greedy(tok))
+
+
+def test_abort_drops_the_request(engine):
+    tok = engine.tokenizer
+    ids = tok("To be, or not", add_special_tokens=False)["input_ids"]
+    engine.add_request("keep", ids, greedy(tok, max_tokens=6))
+    engine.add_request("drop", ids, greedy(tok, max_tokens=6))
+    assert {o.request_id for o in engine.step()} == {"keep", "drop"}
+    assert engine.abort("drop") is True
+    assert engine.abort("drop") is False and engine.abort("unknown") is False
+    seen = set()
+    while engine.has_unfinished():
+        seen |= {o.request_id for o in engine.step()}
+    assert seen == {"keep"}
+
+
+def test_sampling_params_validation_names_the_field():
+    for kwargs, field in [({"temperature": -0.1}, "temperature"), ({"top_p": 0}, "top_p"),
+                          ({"top_p": 1.5}, "top_p"), ({"max_tokens": 0}, "max_tokens"),
+                          ({"stop": [""]}, "stop"), ({"seed": 1.5}, "seed")]:
+        with pytest.raises(ConfigError, match=field):
+            SamplingParams(**kwargs)
+    assert SamplingParams(stop="END").stop == ["END"]
+
+
+def test_async_engine_serves_concurrent_requests(engine):
+    tok = engine.tokenizer
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ("ROMEO:", "JULIET:\nO", "First Citizen:")]
+    expected = [engine.generate(ids, greedy(tok, max_tokens=10)).text for ids in prompts]
+    aengine = AsyncEngine(engine)
+
+    async def one(ids):
+        text = ""
+        async for out in aengine.generate(ids, greedy(tok, max_tokens=10)):
+            text += out.delta_text
+        return text
+
+    async def abandoned(ids):  # a consumer that stops early aborts its request
+        async for _ in aengine.generate(ids, greedy(tok, max_tokens=50)):
+            break
+
+    async def main():
+        got = await asyncio.gather(*(one(ids) for ids in prompts), abandoned(prompts[0]))
+        for _ in range(100):  # the abort is applied by the engine loop between steps
+            if not engine.has_unfinished():
+                break
+            await asyncio.sleep(0.01)
+        return got[:3]
+
+    t0 = time.time()
+    assert asyncio.run(main()) == expected
+    assert not engine.has_unfinished()
+    assert time.time() - t0 < 30

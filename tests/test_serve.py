@@ -1,0 +1,186 @@
+"""The OpenAI API on Ray Serve, end to end: real Ray, real HTTP, the official `openai` client, a real tiny model."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from actors.data import synthetic
+from actors.model.tokenizer import load_tokenizer, parse_tool_calls
+from conftest import free_port
+from test_engine import make_tiny_model
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+MODEL = "fullchain-test"
+APP = "fullchain-test"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_session, tiny):
+    from actors.serve.deployment import start_server, stop_server
+
+    url = start_server(str(tiny.dir), model_name=MODEL, port=free_port(), app_name=APP)
+    yield url
+    stop_server(APP)
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_and_health(client, base_url):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    r = httpx.get(f"{base_url}/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_chat_streaming_joins_to_non_streaming(client):
+    kw = dict(model=MODEL, messages=[{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Who art thou?"}],
+              temperature=0, max_tokens=24)
+    resp = client.chat.completions.create(**kw)
+    assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    u = resp.usage
+    assert 1 <= u.completion_tokens <= 24 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [choice.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == u.completion_tokens
+
+
+def test_tool_call(client, tiny):
+    resp = client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages, tools=synthetic.TOOLS,
+                                          temperature=0, max_tokens=64)
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "calculator"
+    assert json.loads(call.function.arguments) == {"expression": tiny.record["expression"]}
+
+    # streamed: the call arrives whole as one delta.tool_calls chunk, no markup leaks into content
+    chunks = list(client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages,
+                                                 tools=synthetic.TOOLS, temperature=0, max_tokens=64,
+                                                 stream=True))
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(deltas) == 1 and deltas[0].index == 0
+    assert deltas[0].function.name == "calculator"
+    assert json.loads(deltas[0].function.arguments) == {"expression": tiny.record["expression"]}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_renders_without_tools(client, tiny):
+    resp = client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages, tools=synthetic.TOOLS,
+                                          tool_choice="none", temperature=0, max_tokens=8)
+    plain = client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages, temperature=0,
+                                           max_tokens=8)
+    assert resp.choices[0].message.tool_calls is None
+    assert resp.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert resp.choices[0].message.content == plain.choices[0].message.content
+
+
+def test_follow_up_turn_with_tool_result_is_accepted(client, tiny):
+    first = client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages, tools=synthetic.TOOLS,
+                                           temperature=0, max_tokens=64).choices[0].message
+    messages = [*tiny.prompt_messages,
+                {"role": "assistant", "content": None,
+                 "tool_calls": [tc.model_dump() for tc in first.tool_calls]},
+                {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": tiny.record["answer"]}]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, tools=synthetic.TOOLS,
+                                          temperature=0, max_tokens=16)
+    assert resp.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    # the rendered history (both extra turns) is longer than the first prompt
+    first_prompt = client.chat.completions.create(model=MODEL, messages=tiny.prompt_messages,
+                                                  tools=synthetic.TOOLS, max_tokens=1).usage.prompt_tokens
+    assert resp.usage.prompt_tokens > first_prompt
+
+
+def test_completions_see_the_raw_markup(client, tiny):
+    tok = load_tokenizer(tiny.dir)
+    prompt = tok.apply_chat_template(tiny.prompt_messages, tools=synthetic.TOOLS, add_generation_prompt=True,
+                                     tokenize=False)
+    resp = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=64)
+    assert resp.object == "text_completion" and resp.choices[0].finish_reason == "stop"
+    _, calls, errors = parse_tool_calls(resp.choices[0].text)
+    assert errors == [] and calls[0]["arguments"] == {"expression": tiny.record["expression"]}
+    stream = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=64, stream=True)
+    assert "".join(c.choices[0].text for c in stream) == resp.choices[0].text
+    short = client.completions.create(model=MODEL, prompt="ROMEO:", temperature=0, max_tokens=5)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 5
+
+
+def test_concurrent_requests_are_served_consistently(base_url):
+    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    prompts = ["ROMEO:", "JULIET:\nO", "First Citizen:", "KING HENRY:"]
+
+    async def one(p):
+        r = await client.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=12)
+        return r.choices[0].text
+
+    async def main():
+        together = await asyncio.gather(*(one(p) for p in prompts))
+        alone = [await one(p) for p in prompts]
+        return together, alone
+
+    together, alone = asyncio.run(main())
+    assert together == alone
+
+
+BAD_REQUESTS = [
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
+    ({}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, "tool_choice"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_token": 5}, "max_token"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, "max_tokens"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0]"),
+]
+
+
+@pytest.mark.parametrize("body,param", BAD_REQUESTS, ids=[p for _, p in BAD_REQUESTS])
+def test_bad_chat_requests_get_openai_errors(base_url, body, param):
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": MODEL, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert param.split("[")[0] in err["message"]
+
+
+def test_malformed_json_unknown_model_and_client_errors(base_url, client):
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=b'{"model": "x", "messages": [',
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+    r = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
+                   json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404
+    assert r.json()["error"]["param"] == "model" and r.json()["error"]["code"] == "model_not_found"
+
+    r = httpx.post(f"{base_url}/v1/completions", json={"model": MODEL, "prompt": ["a", "b"]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
+    assert e.value.body["param"] == "n"
