@@ -56,11 +56,13 @@ def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
     - RAY_ADDRESS set (a `ray job submit` driver, or `ray up`/KubeRay): join that cluster.
     - Otherwise: start an embedded local Ray bound to 127.0.0.1.
     """
+    s = settings()
+    if not s.ray_address:
+        apply_local_ray_env()
     import ray
 
     if ray.is_initialized():
         return cluster_info()
-    s = settings()
     address = s.ray_address
     if address and address.startswith("http"):
         # An http:// address is the job-submission endpoint; a driver joins the cluster itself.

@@ -46,3 +46,10 @@ def local_ray_env() -> dict[str, str]:
 def apply_local_ray_env() -> None:
     for k, v in local_ray_env().items():
         os.environ.setdefault(k, v)
+
+
+# Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when `ray` is first imported: apply the local-Ray
+# variables as soon as this package is imported (jobs/ and tests import it before anything imports ray).
+# Joining a real cluster (RAY_ADDRESS set) keeps Ray's own defaults so nodes advertise routable addresses.
+if not os.environ.get("RAY_ADDRESS"):
+    apply_local_ray_env()

@@ -22,6 +22,8 @@ GCS_PORT = 6380
 def head_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(local_ray_env())
+    # job drivers run `python` from the head's PATH: make it this interpreter (the venv), not the system one
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("FULLCHAIN_DATA_ROOT", str(data_root()))
     env.setdefault("FULLCHAIN_STORAGE", storage_root())
     return env
@@ -39,15 +41,36 @@ def start(port: int = GCS_PORT, dashboard_port: int = DASHBOARD_PORT, num_cpus: 
            f"--num-cpus={num_cpus or max(8, (os.cpu_count() or 2) * 2)}", "--disable-usage-stats"]
     if temp_dir:
         cmd.append(f"--temp-dir={temp_dir}")
-    subprocess.run(cmd, check=True, env=head_env(), cwd=REPO_ROOT)
+    subprocess.run(cmd, check=True, env=head_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard_port}"
     print(f"\nhead up. Submit jobs with:\n  export RAY_ADDRESS={address} RAY_AUTH_MODE=disabled\n"
           "  ray job submit --working-dir . -- python -m jobs.pipeline --config configs/demo.yaml")
     return address
 
 
-def stop() -> None:
-    subprocess.run([ray_cli(), "stop", "--force"], check=False, env=head_env())
+def stop(temp_dir: str | None = None) -> None:
+    """Stop the head. With `temp_dir`, only the Ray processes of that head are stopped (`ray stop` would
+    also kill any other Ray on this machine, e.g. an embedded one in a test session)."""
+    if temp_dir is None:
+        subprocess.run([ray_cli(), "stop", "--force"], check=False, env=head_env())
+        return
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in (p.info["cmdline"] or [])) and p.pid != os.getpid():
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
 
 
 def main(argv: list[str] | None = None) -> None:

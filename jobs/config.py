@@ -29,6 +29,7 @@ class ServeConfig:
     num_replicas: int = 1
     keep_alive: bool = False           # leave the endpoint up after the pipeline (Ctrl-C stops it)
     demo_prompt: str = "What is 4821 + 937?"
+    demo_with_tools: bool = True       # send the synthetic task's tool specs with the demo chat
     demo_max_tokens: int = 48
 
     def __post_init__(self):

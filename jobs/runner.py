@@ -23,7 +23,7 @@ UPSTREAM = {
     "pretrain": ["data"],
     "finetune": ["data", "pretrain"],
     "evaluate": ["data", "pretrain", "finetune"],
-    "serve": ["finetune"],
+    "serve": ["data", "finetune"],
     "agent": ["data", "serve"],
 }
 SECTION = {"data": "data", "pretrain": "pretrain", "finetune": "finetune", "evaluate": "eval",

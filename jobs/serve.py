@@ -34,14 +34,16 @@ def run(ctx: StageContext) -> dict:
     base_url = _start(ctx, _port(cfg.port))
     startup = time.perf_counter() - t0
     client = openai.OpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120)
+    tools = _demo_tools(ctx) if cfg.demo_with_tools else None
     t1 = time.perf_counter()
     resp = client.chat.completions.create(
         model=cfg.model_name, messages=[{"role": "user", "content": cfg.demo_prompt}],
-        max_tokens=cfg.demo_max_tokens, temperature=0.0)
+        max_tokens=cfg.demo_max_tokens, temperature=0.0, **({"tools": tools} if tools else {}))
     latency = time.perf_counter() - t1
     choice = resp.choices[0]
     demo = {"request": {"messages": [{"role": "user", "content": cfg.demo_prompt}], "temperature": 0.0,
-                        "max_tokens": cfg.demo_max_tokens},
+                        "max_tokens": cfg.demo_max_tokens,
+                        "tools": [t["function"]["name"] for t in tools] if tools else None},
             "response": {"content": choice.message.content, "finish_reason": choice.finish_reason,
                          "tool_calls": [tc.model_dump() for tc in (choice.message.tool_calls or [])],
                          "usage": resp.usage.model_dump() if resp.usage else None}}
@@ -49,6 +51,18 @@ def run(ctx: StageContext) -> dict:
                         "app_name": APP_NAME, "demo_chat": demo},
             "metrics": {"startup_s": round(startup, 2), "demo_latency_s": round(latency, 3),
                         "demo_completion_tokens": resp.usage.completion_tokens if resp.usage else None}}
+
+
+def _demo_tools(ctx: StageContext) -> list[dict] | None:
+    """The tool specs of the synthetic task (what the model was fine-tuned with), from the data stage."""
+    import json
+
+    path = ctx.manifest.stage("data").get("outputs", {}).get("synthetic_heldout")
+    if not path:
+        return None
+    with open(path) as f:
+        first = f.readline()
+    return json.loads(first).get("tools") if first.strip() else None
 
 
 def on_skip(ctx: StageContext, todo: list[str]) -> None:

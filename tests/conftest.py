@@ -10,6 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import cluster  # noqa: E402,F401 - before ray is imported: loopback-only local Ray
 # Tests run on CPU; a quiet Ray keeps CI logs readable.
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -115,9 +115,23 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{prefix + ': ' if prefix else ''}{e}") from None
+        raise ConfigError(_rooted(prefix, str(e))) from None
     except TypeError as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def _rooted(prefix: str, msg: str) -> str:
+    """Give a nested section's error its full key: prefix 'pretrain.optim' + 'optim.lr: ...' ->
+    'pretrain.optim.lr: ...'; a message already rooted at the top section is left alone."""
+    if not prefix:
+        return msg
+    top, last = prefix.split(".")[0], prefix.split(".")[-1]
+    if msg.split(":")[0].split(".")[0].split("[")[0] == top:
+        return msg
+    if msg.startswith((last + ".", last + ":", last + "[")):
+        head = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+        return f"{head}.{msg}" if head else msg
+    return f"{prefix}: {msg}"
 
 
 def _join(prefix: str, key: str) -> str:

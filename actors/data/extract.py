@@ -281,6 +281,10 @@ _BOILERPLATE = re.compile(
 _NEVER_BOILERPLATE = {"html", "body", "main", "article"}
 
 
+class _Pre(str):
+    """Text from inside <pre>: its whitespace is content, never trimmed."""
+
+
 def _break(tag: str) -> int:
     return 1 if tag in _LINE_TAGS else 2
 
@@ -347,7 +351,7 @@ class _TextExtractor(HTMLParser):
         if self.skip_tag is not None:
             return
         if self.pre:
-            self.out.append(data)
+            self.out.append(_Pre(data))
         else:  # HTML collapses source whitespace (newlines inside a <p> are spaces)
             self.out.append(re.sub(r"\s+", " ", data))
 
@@ -366,12 +370,14 @@ def html_to_text(markup: str) -> str:
         if isinstance(x, int):
             pending = max(pending, x)
         elif x.strip() or (x and not pending and pieces):  # whitespace between blocks is not content
+            if (pending or not pieces) and not isinstance(x, _Pre):
+                x = x.lstrip(" ")                 # a block starts at the left margin
             if pending and pieces:
                 pieces.append("\n" * pending)
             pending = 0
             pieces.append(x)
     text = "".join(pieces)
-    lines = [ln.strip(" ") for ln in text.split("\n")]
+    lines = [ln.rstrip(" ") for ln in text.split("\n")]
     # blank-line runs left by nested blocks collapse to one paragraph break
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 

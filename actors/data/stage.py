@@ -24,11 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.data.expressions import col
 
 from actors.data import extract, sft, synthetic
 from actors.data import transforms as T
 from actors.data.config import DataConfig
-from actors.model.tokenizer import EOS, load_tokenizer, train_tokenizer
+from actors.model.tokenizer import EOS, train_tokenizer
 
 ORDER_STRIDE = 1 << 32             # order = file index * stride + record index within the file
 DROPPED_SAMPLE_PER_RULE = 20
@@ -64,12 +65,12 @@ def _mark_duplicates(batch: pa.Table, dups: frozenset) -> pa.Table:
 
 @functools.lru_cache(maxsize=2)
 def _cached_tokenizer(tok_dir: str):
-    return load_tokenizer(tok_dir)        # once per worker process, not once per batch
+    return T.load_fast_tokenizer(tok_dir)        # once per worker process, not once per batch
 
 
 def _tokenize_batch(batch: pa.Table, tok_dir: str) -> pa.Table:
     tok = _cached_tokenizer(tok_dir)
-    ids = T.tokenize_texts(tok, batch.column("text").to_pylist(), tok.convert_tokens_to_ids(EOS))
+    ids = T.tokenize_texts(tok, batch.column("text").to_pylist(), tok.token_to_id(EOS))
     return pa.table({"ids": pa.array(ids, type=pa.list_(pa.int32())),
                      "n_tokens": pa.array([len(x) for x in ids], type=pa.int64())})
 
@@ -112,14 +113,15 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
         t["task_idx"] = i
     _progress(t0, f"{len(tasks)} files from {len(cfg.sources)} sources")
 
+    pool = ray.data.TaskPoolStrategy(size=cfg.num_workers)   # at most num_workers tasks per step
     ctx = ray.data.DataContext.get_current()
     old_order = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True   # deterministic shards: same input -> same parquet rows
     try:
         # 1. extract + normalize + rule filters + hash/split: one fused task per file
         cleaned = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
-                   .flat_map(_read_file, concurrency=cfg.num_workers)
-                   .map_batches(_clean_batch, batch_format="pyarrow", batch_size=1024, concurrency=cfg.num_workers,
+                   .flat_map(_read_file, compute=pool)
+                   .map_batches(_clean_batch, batch_format="pyarrow", batch_size=None, compute=pool,  # None: fuses
                                 fn_kwargs={"filters": cfg.filters, "val_fraction": cfg.val_fraction,
                                            "seed": cfg.seed})
                    .materialize())
@@ -132,7 +134,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
             k = meta[meta.status == "kept"]
             dups = frozenset(T.find_duplicates(k.hash.tolist(), k.order.tolist(), k.doc_id.tolist()))
         final = cleaned.map_batches(_mark_duplicates, batch_format="pyarrow", batch_size=4096,
-                                    concurrency=cfg.num_workers,
+                                    compute=pool,
                                     fn_kwargs={"dups": dups}).materialize()
         meta = final.select_columns(META_COLUMNS).to_pandas()
 
@@ -164,8 +166,8 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
                                         "preview": r.raw_preview}, ensure_ascii=False) + "\n")
 
         # 4. tokenizer on a deterministic sample of kept TRAIN text (hash order = a seeded shuffle)
-        kept = final.filter(expr="status == 'kept'")
-        train_docs = kept.filter(expr="split == 'train'").select_columns(["text", "hash"]).to_pandas()
+        kept = final.filter(expr=col("status") == "kept")
+        train_docs = kept.filter(expr=col("split") == "train").select_columns(["text", "hash"]).to_pandas()
         if train_docs.empty:
             raise ValueError("data stage: no training document survived the filters; check data.sources and "
                              f"data.filters (dropped: {dropped}, quarantined: {quarantined})")
@@ -178,24 +180,23 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
         del train_docs
         ray.get(ray.remote(num_cpus=1)(train_tokenizer).remote(
             sample, cfg.vocab_size, str(tok_dir), cfg.tokenizer_min_frequency, max(1024, cfg.seq_len)))
-        tok = load_tokenizer(tok_dir)
-        vocab = len(tok)
+        vocab = T.load_fast_tokenizer(str(tok_dir)).get_vocab_size(with_added_tokens=True)
         _progress(t0, f"tokenizer trained on {len(sample)} docs / {nbytes / 1e6:.2f} MB, vocab {vocab}")
 
         # 5. tokenize + EOS, pack to seq_len rows, write parquet
         split_metrics = {}
         packed_ds = {}
         for split, sdir in (("train", train_dir), ("val", val_dir)):
-            toks = (kept.filter(expr=f"split == '{split}'").select_columns(["text"])
+            toks = (kept.filter(expr=col("split") == split).select_columns(["text"])
                     .map_batches(_tokenize_batch, batch_format="pyarrow", batch_size=512,
-                                 concurrency=cfg.num_workers,
+                                 compute=pool,
                                  fn_kwargs={"tok_dir": str(tok_dir)})
                     .materialize())
             n_docs = toks.count()
             # summed on the driver: Dataset.sum() is a hash aggregation, seconds of overhead on 2 cores
             n_tokens = int(toks.select_columns(["n_tokens"]).to_pandas().n_tokens.sum()) if n_docs else 0
             packed = toks.map_batches(_pack_batch, batch_format="pyarrow", batch_size=cfg.pack_batch_docs,
-                                      concurrency=cfg.num_workers,
+                                      compute=pool,
                                       fn_kwargs={"seq_len": cfg.seq_len}).materialize()
             n_rows = packed.count()
             if n_rows:

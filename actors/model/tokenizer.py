@@ -81,8 +81,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
+    _unmark_tool_markers(out / "tokenizer.json")
     write_tokenizer_config(out, model_max_length)
     return out
+
+
+def _unmark_tool_markers(path: Path) -> None:
+    """Tool-call markers stay atomic added tokens but are not "special": tokenizer.json decides decoding,
+    so decode(skip_special_tokens=True) keeps them and `parse_tool_calls` can find the calls."""
+    data = json.loads(path.read_text())
+    for t in data.get("added_tokens", []):
+        if t["content"] in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE):
+            t["special"] = False
+    path.write_text(json.dumps(data, ensure_ascii=False))
 
 
 def write_tokenizer_config(out: Path, model_max_length: int = 1024) -> None:

@@ -81,16 +81,17 @@ class LLMServer:
         tokenizer = load_tokenizer(a.model_dir)
         self.engine = AsyncEngine(PlainEngine(model, tokenizer, max_num_seqs=a.max_num_seqs,
                                               max_model_len=a.max_model_len or None))
-        self.app = create_app(self.engine, tokenizer, a.model_name)
+        # not `self.app`: the ingress wrapper owns that name (a read-only property)
+        self.api = create_app(self.engine, tokenizer, a.model_name)
 
     def __serve_build_asgi_app__(self):
-        return self.app
+        return self.api
 
     def check_health(self) -> None:
         """Serve restarts a replica whose engine loop died (it would hang every request)."""
-        task = self.engine._task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-            raise RuntimeError(f"engine loop died: {task.exception()!r}")
+        err = self.engine.loop_error()
+        if err is not None:
+            raise RuntimeError(f"engine loop died: {err!r}")
 
 
 def parse_args(args: dict | None) -> ServeArgs:

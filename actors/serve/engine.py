@@ -289,7 +289,8 @@ class PlainEngine(Engine):
             gen.seed()  # fresh nondeterministic seed
         else:
             gen.manual_seed(params.seed)
-        self.scheduler.add(RequestState(request_id, ids, params, gen, IncrementalDetokenizer(self.tokenizer, self._skip_ids)))
+        detok = IncrementalDetokenizer(self.tokenizer, self._skip_ids)
+        self.scheduler.add(RequestState(request_id, ids, params, gen, detok))
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
@@ -371,6 +372,13 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    def loop_error(self) -> BaseException | None:
+        """Why the background loop died, if it did (a health check should then fail)."""
+        t = self._task
+        if t is None or not t.done() or t.cancelled():
+            return None
+        return t.exception()
 
     def _ensure_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from actors.serve.engine import AsyncEngine, RequestOutput, SamplingParams
 from actors.serve.protocol import (
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
     CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo, ErrorResponse,
-    FunctionCall, ModelCard, ModelList, ResponseMessage, ToolCall, Usage, _id, new_tool_call_id,
+    FunctionCall, ModelCard, ModelList, ResponseMessage, ToolCall, Usage, new_id, new_tool_call_id,
 )
 
 
@@ -239,7 +239,7 @@ class OpenAIServing:
         ).model_dump()
 
     async def _chat_stream(self, ids, params, tools_on: bool, include_usage: bool) -> AsyncIterator[str]:
-        cid, created = _id("chatcmpl"), int(time.time())
+        cid, created = new_id("chatcmpl"), int(time.time())
 
         def chunk(delta: DeltaMessage | None, finish=None, usage: Usage | None = None) -> str:
             choices = [] if delta is None else [{"index": 0, "delta": delta.model_dump(exclude_none=True),
@@ -303,7 +303,7 @@ class OpenAIServing:
         ).model_dump()
 
     async def _completion_stream(self, ids, params, echo: str, include_usage: bool) -> AsyncIterator[str]:
-        cid, created = _id("cmpl"), int(time.time())
+        cid, created = new_id("cmpl"), int(time.time())
 
         def chunk(text: str | None, finish=None, usage: Usage | None = None) -> str:
             choices = [] if text is None else [{"index": 0, "text": text, "finish_reason": finish,

@@ -57,7 +57,10 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
     overrides = {"vocab_size": vocab, **(model_overrides or {})}
     config = {"pretrain": dataclasses.asdict(cfg), "tokenizer_dir": str(data_outputs["tokenizer_dir"]),
               "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or []}
-    datasets = {"train": ray.data.read_parquet(str(train_dir)), "val": ray.data.read_parquet(str(val_dir))}
+    # The data stage writes rows in source order (all Shakespeare, then all Chinese, ...): shuffle globally so
+    # every step sees the whole mix.
+    datasets = {"train": ray.data.read_parquet(str(train_dir)).random_shuffle(seed=cfg.seed),
+                "val": ray.data.read_parquet(str(val_dir))}
     result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", datasets)
     hf_dir = out / "hf"
     shutil.rmtree(hf_dir, ignore_errors=True)

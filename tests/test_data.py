@@ -1,0 +1,358 @@
+"""Data stage: readers, quarantine, normalization, filters, dedup, packing, Alpaca conversion, and one real
+Ray Data run over a folder of good and deliberately broken files whose counts must reconcile exactly."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from actors.common.config import ConfigError, from_dict
+from actors.data import extract
+from actors.data import transforms as T
+from actors.data.config import DataConfig, FilterConfig, SFTSourceConfig, SourceConfig, SyntheticConfig
+from actors.data.extract import html_to_text, markdown_to_text
+from actors.data.sft import alpaca_to_messages, convert_alpaca_file
+
+# ------------------------------------------------------------------------------------------ extraction
+
+
+def _words(text: str) -> Counter:
+    return Counter(re.findall(r"\w+", text.lower()))
+
+
+def _recall(expected: str, got: str) -> float:
+    e, g = _words(expected), _words(got)
+    return sum(min(c, g[w]) for w, c in e.items()) / sum(e.values())
+
+
+@pytest.mark.parametrize("page", ["wikipedia", "qq"])
+def test_html_extraction_matches_reference(data_root, page):
+    d = data_root / "doc_extraction" / "html"
+    got = html_to_text((d / f"{page}__source.html").read_text(encoding="utf-8"))
+    expected = html_to_text((d / f"{page}__expected.html").read_text(encoding="utf-8"))
+    # readability's main-content extraction is the reference: we must keep (nearly) all of its words
+    assert _recall(expected, got) >= 0.95
+    # and not drown it in chrome: scripts/styles/navigation are gone
+    assert "function(" not in got and "mw.config" not in got and "{" not in got[:2000]
+    assert len(got) < 3 * len(expected)
+
+
+def test_html_structure_entities_and_dropped_chrome():
+    page = """<html><head><title>T</title><style>p{color:red}</style></head><body>
+      <nav><a href="/">Home</a> | <a href="/a">About</a></nav>
+      <header>Site header</header>
+      <div class="sidebar-left">Sidebar junk</div>
+      <h1>Main&nbsp;title</h1><p>First   paragraph &amp; more
+      text.</p><ul><li>one</li><li>two</li></ul>
+      <table><tr><th>k</th><td>v &lt;1&gt;</td></tr></table>
+      <pre>def f():
+    return 1</pre>
+      <script>var x = "<p>not text</p>";</script><noscript>enable js</noscript>
+      <form><input name=q>Search</form><footer>Copyright</footer></body></html>"""
+    text = html_to_text(page)
+    for junk in ("Home", "Site header", "Sidebar junk", "color:red", "not text", "enable js", "Search",
+                 "Copyright", "T\n"):
+        assert junk not in text, junk
+    lines = text.split("\n")
+    assert "Main title" in lines                 # &nbsp; decoded (then collapsed like any space)
+    assert "First paragraph & more text." in lines
+    assert "- one" in lines and "- two" in lines
+    assert any(ln.split() == ["k", "v", "<1>"] for ln in lines)
+    assert "def f():\n    return 1" in text          # <pre> keeps its whitespace
+
+
+def test_markdown_to_text():
+    md = """# Title **bold** and *em* and snake_case_name
+
+[![badge](https://img.shields.io/x.svg)](https://x) See [the docs](https://d.io) and <b>html</b> &amp; more.
+<!-- a comment -->
+
+| Model | Size |
+|-------|:----:|
+| LLaMA | 7B   |
+
+```python
+def f(**kwargs):  # <tag> *not emphasis*
+    return [x](y)
+```
+- item ~~old~~ `code`
+> quoted
+[ref]: https://example.com
+---
+"""
+    text = markdown_to_text(md)
+    assert text.startswith("Title bold and em and snake_case_name")
+    assert "badge See the docs and html & more." in text
+    assert "comment" not in text and "https://" not in text and "---" not in text
+    assert "Model\tSize" in text and "LLaMA\t7B" in text
+    assert "def f(**kwargs):  # <tag> *not emphasis*\n    return [x](y)" in text   # code is verbatim
+    assert "item old code" in text and "quoted" in text and "```" not in text
+
+
+def test_markdown_files_extract(data_root):
+    for p in sorted((data_root / "doc_extraction" / "markdown").glob("*.md")):
+        text = markdown_to_text(p.read_text(encoding="utf-8"))
+        assert len(text) > 0.25 * len(p.read_text(encoding="utf-8"))
+        assert "![" not in text[:3000] and "](http" not in text[:3000]   # the prose head: links/badges stripped
+        assert T.first_failing_rule(T.normalize(text), FilterConfig()) is None, p.name
+
+
+def _task(path: Path, fmt="auto", split="document", field="text") -> dict:
+    return {"source_name": "t", "path": str(path), "rel": path.name, "format": fmt, "text_field": field,
+            "split": split}
+
+
+def test_readers_quarantine_and_continue(tmp_path):
+    # JSONL: a broken line and an invalid-UTF-8 line among good ones; the rest still comes through
+    p = tmp_path / "a.jsonl"
+    raw = b'{"text": "one"}\n{"text": "tw\n' + b'{"text": "bad \xff byte"}\n\n{"text": "four"}\n'
+    p.write_bytes(raw)
+    recs = list(extract.read_task(_task(p)))
+    assert [r["text"] for r in recs if r["status"] == "ok"] == ["one", "four"]
+    bad = {r["doc_id"]: r for r in recs if r["status"] == "quarantined"}
+    assert bad["a.jsonl:2"]["reason_kind"] == "bad_json"
+    assert bad["a.jsonl:3"]["reason_kind"] == "invalid_utf8"
+    off = raw.index(b"\xff")
+    assert f"byte offset {off} " in bad["a.jsonl:3"]["reason"]     # offset in the file, not in the line
+
+    # truncated gzip: the lines before the damage are kept, then one 'unreadable' record
+    full = gzip.compress(b"".join(b'{"text": "doc %d %s"}\n' % (i, b"x" * 200) for i in range(200)))
+    g = tmp_path / "b.jsonl.gz"
+    g.write_bytes(full[: len(full) // 2])
+    recs = list(extract.read_task(_task(g)))
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert 0 < len(ok) < 200 and recs[-1]["reason_kind"] == "unreadable" and "truncated" in recs[-1]["reason"]
+    assert [r["text"] for r in ok] == [f"doc {i} {'x' * 200}" for i in range(len(ok))]
+
+    # paragraphs: one bad byte costs one paragraph, with its absolute byte offset
+    t = tmp_path / "c.txt"
+    raw = b"First para.\n\nSecond \xc3 para.\n\nThird para."
+    t.write_bytes(raw)
+    recs = list(extract.read_task(_task(t, split="paragraphs")))
+    assert [(r["doc_id"], r["status"]) for r in recs] == [
+        ("c.txt#p0", "ok"), ("c.txt#p1", "quarantined"), ("c.txt#p2", "ok")]
+    off = raw.index(b"\xc3")
+    assert f"byte offset {off} " in recs[1]["reason"]
+
+    # unsupported extension, JSON element without the field, missing file: records, not exceptions
+    assert next(extract.read_task(_task(tmp_path / "x.pdf")))["reason_kind"] == "unsupported_format"
+    j = tmp_path / "d.json"
+    j.write_text(json.dumps([{"text": "ok doc"}, {"body": "no text"}, {"text": 5}]))
+    kinds = [r["reason_kind"] or r["text"] for r in extract.read_task(_task(j))]
+    assert kinds == ["ok doc", "missing_field", "missing_field"]
+    assert next(extract.read_task(_task(tmp_path / "gone.txt", fmt="text")))["reason_kind"] == "unreadable"
+
+
+# ------------------------------------------------------------------------------------------ transforms
+
+
+def test_normalize_keeps_chinese_punctuation_and_cleans():
+    zh = "子曰：“学而时习之，不亦说乎？”（《论语》）！ＡＢＣ１２３"
+    assert T.normalize(zh) == zh                                  # NFKC would rewrite ：“，？（）！ＡＢＣ１２３
+    assert T.normalize("cafe\u0301") == "caf\u00e9"                # NFC composes
+    assert T.normalize("a\x00b\x1bc\u200bd\ufeff") == "abcd"       # controls / zero-width gone
+    assert T.normalize("  x  \t y\u3000z \r\n\r\n\r\n\n  w  ") == "x y z\n\n  w"
+    assert T.normalize("def f():\n    return  1") == "def f():\n    return 1"   # indentation kept
+
+
+def test_filters_report_first_failing_rule():
+    f = FilterConfig(min_chars=10, min_alpha_frac=0.5, max_symbol_ratio=0.2, max_dup_line_frac=0.3)
+    assert T.first_failing_rule("", f) == "empty"
+    assert T.first_failing_rule("short", f) == "min_chars"
+    assert T.first_failing_rule("1234 5678 9012 !!!", f) == "min_alpha_frac"
+    assert T.first_failing_rule("word word word word ## ** {} ==", f) == "max_symbol_ratio"
+    assert T.first_failing_rule("same line here\nsame line here\nsame line here\nother", f) == "max_dup_line_frac"
+    assert T.first_failing_rule("学而时习之，不亦说乎？有朋自远方来。", f) is None   # CJK counts as letters
+    assert T.alpha_frac("学而，") == pytest.approx(2 / 3)
+
+
+def test_dedup_keeps_first_by_order_and_split_is_stable():
+    hashes = [T.content_hash(t) for t in ["a", "b", "a", "a"]]
+    assert T.find_duplicates(hashes, [5, 1, 2, 9], ["d0", "d1", "d2", "d3"]) == {"d0", "d3"}
+    h = T.content_hash("some document")
+    assert T.split_of(h, 0.5, seed=1) == T.split_of(h, 0.5, seed=1)
+    splits = Counter(T.split_of(T.content_hash(str(i)), 0.2) for i in range(5000))
+    assert 0.17 < splits["val"] / 5000 < 0.23
+    assert T.split_of(h, 0.0) == "train"
+
+
+def test_pack_rows_and_tail():
+    rows, tail = T.pack([[1, 2, 3], [4, 5], [6, 7, 8, 9]], seq_len=4)
+    assert rows.dtype == np.int32 and rows.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]] and tail == 1
+    rows, tail = T.pack([[1, 2]], seq_len=4)
+    assert rows.shape == (0, 4) and tail == 2
+
+
+def test_unigram_cross_entropy():
+    v = 8
+    assert T.unigram_cross_entropy(np.zeros(v), np.ones(v)) == pytest.approx(np.log(v))  # add-one -> uniform
+    train = np.array([97, 1, 0, 0])  # p = (c+1)/(98+4)
+    assert T.unigram_cross_entropy(train, np.array([1, 0, 0, 0])) == pytest.approx(-np.log(98 / 102))
+
+
+def test_alpaca_converter(tmp_path):
+    rec, err = alpaca_to_messages({"instruction": "Add", "input": "2 and 3", "output": "5", "system": "Be brief",
+                                   "history": [["hi", "hello"]]}, "x-0")
+    assert err is None and rec == {"id": "x-0", "messages": [
+        {"role": "system", "content": "Be brief"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Add\n2 and 3"},
+        {"role": "assistant", "content": "5"}]}
+    rows = [{"instruction": "Say hi", "input": "", "output": "hi"}, {"instruction": "", "output": "x"},
+            {"instruction": "q"}, {"instruction": "q", "output": ["a", "b"]}, "not a row",
+            {"instruction": "q", "output": "a", "history": [["only one"]]}]
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(rows))
+    recs, bad, counts = convert_alpaca_file(p, "a")
+    assert counts == {"read": 6, "kept": 1, "quarantined": 5}
+    assert recs[0]["messages"] == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    assert [b["reason_kind"] for b in bad] == ["empty_field", "missing_field", "wrong_type", "wrong_type",
+                                                "wrong_type"]
+    assert [b["doc_id"] for b in bad] == ["a-1", "a-2", "a-3", "a-4", "a-5"]
+    (tmp_path / "b.json").write_text("[{broken")
+    assert convert_alpaca_file(tmp_path / "b.json", "b")[2] == {"read": 1, "kept": 0, "quarantined": 1}
+
+
+def test_config_errors_name_key_and_fix():
+    with pytest.raises(ConfigError, match=r"data.seq_len.*>= 2"):
+        DataConfig(seq_len=1)
+    with pytest.raises(ConfigError, match=r"split"):
+        from_dict(DataConfig, {"sources": [{"name": "a", "path": "x", "split": "para"}]})
+    with pytest.raises(ConfigError, match=r"did you mean 'vocab_size'"):
+        from_dict(DataConfig, {"vocab": 10})
+    with pytest.raises(ConfigError, match=r"data.filters.min_alpha_frac"):
+        FilterConfig(min_alpha_frac=2)
+    srcs = {s.name: s for s in DataConfig().sources}
+    assert srcs["tinyshakespeare"].split == "paragraphs" and srcs["wiki_demo"].split == "lines"
+
+
+def test_default_sources_resolve(data_root):
+    tasks = [t for s in DataConfig().sources for t in extract.expand_source(s, data_root)]
+    rels = [t["rel"] for t in tasks]
+    assert sum(r.endswith("__source.html") for r in rels) == 4 and not any("__expected" in r for r in rels)
+    assert sum(r.endswith(".md") for r in rels) == 3
+    with pytest.raises(FileNotFoundError, match="data.sources\\[nope\\].path"):
+        extract.expand_source(SourceConfig("nope", "no/such/*.txt"), data_root)
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def _good_paragraphs(data_root: Path, n: int) -> list[str]:
+    seen, out = set(), []
+    for p in (data_root / "tinyshakespeare" / "input.txt").read_text().split("\n\n"):
+        p = p.strip()
+        if len(p) >= 120 and p not in seen and T.first_failing_rule(p, FilterConfig()) is None:
+            seen.add(p)
+            out.append(p)
+        if len(out) == n:
+            return out
+    raise AssertionError("not enough paragraphs")
+
+
+def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_path):
+    import ray
+
+    from actors.common.config import to_dict
+    from actors.data.actor import DataWorker
+    from actors.model.tokenizer import load_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    paras = _good_paragraphs(data_root, 60)
+    (src / "good.txt").write_text("\n\n".join(paras) + "\n")
+    prefix = b"This file starts as perfectly good English text, then "
+    (src / "bad_utf8.txt").write_bytes(prefix + b"\xff\xfe breaks with bytes that are not UTF-8 at all.")
+    jsonl_docs = [
+        "The quick brown fox jumps over the lazy dog while the farmer watches from the barn door.",
+        "子曰：“学而时习之，不亦说乎？有朋自远方来，不亦乐乎？人不知而不愠，不亦君子乎？”",
+        "A third ordinary document about rivers, mountains and the weather in early spring.",
+    ]
+    lines = [json.dumps({"text": jsonl_docs[0]}, ensure_ascii=False),
+             '{"text": "this line is cut off',
+             json.dumps({"text": jsonl_docs[1]}, ensure_ascii=False),
+             json.dumps({"body": "no text field on this line"}),
+             json.dumps({"text": jsonl_docs[2]})]
+    (src / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    (src / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not really gzip data")
+    (src / "dup.txt").write_text("  " + jsonl_docs[2].replace(" ", "   ") + "\n")   # same after normalize
+    (src / "short.txt").write_text("Too short.")
+    (src / "scan.pdf").write_bytes(b"%PDF-1.4 binary")
+    alpaca = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
+              {"instruction": "Missing output"}, {"instruction": "", "output": "empty instruction"}]
+    (src / "alpaca.json").write_text(json.dumps(alpaca))
+
+    # docs.jsonl first: the tail of each split's token stream (< seq_len, dropped) is then a paragraph
+    sources = [SourceConfig(n, str(src / f), split=s) for n, f, s in [
+        ("docs", "docs.jsonl", "document"), ("good", "good.txt", "paragraphs"),
+        ("bad_utf8", "bad_utf8.txt", "document"), ("corrupt", "corrupt.jsonl.gz", "document"),
+        ("dup", "dup.txt", "document"), ("short", "short.txt", "document"), ("pdf", "scan.pdf", "document")]]
+    cfg = DataConfig(sources=sources, vocab_size=512, seq_len=64, val_fraction=0.2, rows_per_shard=16,
+                     synthetic=SyntheticConfig(n_train=20, n_heldout=5),
+                     sft_sources=[SFTSourceConfig("alpaca", str(src / "alpaca.json"))])
+    out = tmp_path / "out"
+    # through the actor shell, as a pipeline runs it: the config travels as a plain dict and is re-validated
+    worker = DataWorker.remote()
+    res = ray.get(worker.run.remote(to_dict(cfg), str(out), str(tmp_path)))
+    ray.kill(worker)
+    m, o = res["metrics"], res["outputs"]
+
+    # exact accounting: 60 + 1 + 5 + 1 + 1 + 1 + 1 records read
+    assert m["read"] == 70
+    assert m["kept"] == 63
+    assert m["dropped"] == {"duplicate": 1, "min_chars": 1}
+    assert m["quarantined"] == {"bad_json": 1, "invalid_utf8": 1, "missing_field": 1, "unreadable": 1,
+                                "unsupported_format": 1}
+    assert m["read"] == m["kept"] + sum(m["dropped"].values()) + sum(m["quarantined"].values())
+    assert m["by_source"]["dup"]["dropped"] == 1 and m["by_source"]["docs"]["kept"] == 3
+
+    # every bad record is in quarantine.jsonl with its source and a precise reason
+    q = [json.loads(x) for x in Path(o["quarantine"]).read_text().splitlines()]
+    pre = {r["reason_kind"]: r for r in q if r["stage"] == "pretrain"}
+    assert len(pre) == 5
+    assert pre["invalid_utf8"]["source"].endswith("bad_utf8.txt")
+    assert f"byte offset {len(prefix)}" in pre["invalid_utf8"]["reason"]
+    assert pre["bad_json"]["source"].endswith("docs.jsonl") and pre["bad_json"]["doc_id"].endswith(":2")
+    assert pre["missing_field"]["doc_id"].endswith(":4") and "'text'" in pre["missing_field"]["reason"]
+    assert pre["unreadable"]["source"].endswith("corrupt.jsonl.gz") and "gzip" in pre["unreadable"]["reason"]
+    assert pre["unsupported_format"]["source"].endswith("scan.pdf")
+    sft_bad = [r for r in q if r["stage"] == "sft"]
+    assert sorted(r["reason_kind"] for r in sft_bad) == ["empty_field", "missing_field"]
+    assert m["sft"]["alpaca"] == {"read": 3, "kept": 1, "quarantined": 2}
+
+    # packed parquet: int32 rows of exactly seq_len; token counts reconcile with the tail
+    rows = {}
+    for split in ("train", "val"):
+        files = sorted(Path(o[f"{split}_dir"]).glob("*.parquet"))
+        tables = [pq.read_table(f) for f in files]
+        assert all(t.num_rows <= cfg.rows_per_shard for t in tables)
+        assert all(str(t.schema.field("input_ids").type) == "list<element: int32>" for t in tables)
+        rows[split] = [r for t in tables for r in t.column("input_ids").to_pylist()]
+        assert rows[split] and all(len(r) == cfg.seq_len for r in rows[split])
+        assert len(rows[split]) == m[f"{split}_sequences"]
+    assert m["train_tokens"] + m["val_tokens"] == (
+        (m["train_sequences"] + m["val_sequences"]) * cfg.seq_len + m["tokens_dropped_tail"])
+    assert 0 <= m["tokens_dropped_tail"] < 2 * cfg.seq_len
+
+    # the good text survives: decoded rows hold the documents (all but possibly each split's tail doc)
+    tok = load_tokenizer(o["tokenizer_dir"])
+    assert len(tok) == 512
+    decoded = "".join(tok.decode([i for r in rows[s] for i in r]) for s in ("train", "val"))
+    assert all(d in decoded for d in jsonl_docs)                   # incl. the Chinese one, punctuation intact
+    assert sum(T.normalize(p) in decoded for p in paras) >= len(paras) - 2
+    assert "not UTF-8" not in decoded and "Too short" not in decoded
+    assert decoded.count(jsonl_docs[2]) <= 1                        # the duplicate is gone
+    assert decoded.count("<|endoftext|>") >= 60                     # documents separated by EOS
+
+    # baseline entropy: a real number below log(vocab) (the unigram beats uniform)
+    assert 0 < m["unigram_entropy_nats"] < np.log(512)
+    assert json.loads(Path(o["stats"]).read_text())["metrics"]["read"] == 70
+    assert len(Path(o["synthetic_train"]).read_text().splitlines()) == 20
+    assert len(Path(o["synthetic_heldout"]).read_text().splitlines()) == 5
+    assert [json.loads(x)["messages"][-1]["content"] for x in Path(o["sft"][0]).read_text().splitlines()] == [
+        "Blue."]
