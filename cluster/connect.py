@@ -87,9 +87,22 @@ def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
             log_to_driver=log_to_driver,
             runtime_env=runtime_env(),
         )
+    _quiet_data_progress()
     info = cluster_info()
     log.info("ray connected: %s", info)
     return info
+
+
+def _quiet_data_progress() -> None:
+    """Ray Data's tqdm bars flood non-interactive logs (CI, `ray job` logs); stages print their own progress."""
+    import sys
+
+    if not sys.stdout.isatty():
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
 
 
 def cluster_info() -> dict:

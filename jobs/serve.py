@@ -22,8 +22,9 @@ def _start(ctx: StageContext, port: int) -> str:
 
     cfg = ctx.cfg.serve
     model_dir = ctx.inputs("finetune")["hf"]
-    return start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
+    root = start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
                         num_replicas=cfg.num_replicas, app_name=APP_NAME)
+    return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
 
 
 def run(ctx: StageContext) -> dict:
@@ -70,7 +71,7 @@ def on_skip(ctx: StageContext, todo: list[str]) -> None:
     later = todo[todo.index("serve") + 1:]
     if "agent" in later and not ctx.manifest.is_complete("agent", "") and not _alive(ctx):
         url = ctx.inputs("serve")["base_url"]
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        port = int(url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])
         new_url = _start(ctx, port)
         ctx.manifest.data["stages"]["serve"]["outputs"]["base_url"] = new_url
         ctx.manifest.save()

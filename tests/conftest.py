@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Triton kernels run through the interpreter on CPU, checked against their torch references. Triton decides
+# this when a kernel is decorated, so it must be set before anything imports `kernels`.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
 sys.path.insert(0, str(REPO))
 import cluster  # noqa: E402,F401 - before ray is imported: loopback-only local Ray
 # Tests run on CPU; a quiet Ray keeps CI logs readable.

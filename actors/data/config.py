@@ -116,7 +116,8 @@ class DataConfig:
     tokenizer_min_frequency: int = 2
     seq_len: int = 256
     val_fraction: float = 0.02              # documents (by content hash) held out as the val shard
-    rows_per_shard: int = 4096              # packed rows per parquet file (at most)
+    rows_per_shard: int = 1024              # packed rows per parquet file: several shards let pretrain
+                                            # mix sources by shuffling shard order (no all-to-all shuffle)
     pack_batch_docs: int = 2048             # documents packed together; each batch loses < seq_len tail tokens
     seed: int = 0
     # Parallel Ray Data tasks per step. Each new worker process pays ~2 s of imports (pyarrow, transformers),

@@ -54,6 +54,7 @@ class PretrainConfig:
     eval_every: int = 50
     eval_max_batches: int = 8
     log_every: int = 5
+    shuffle_buffer_rows: int = 2048      # per-worker local shuffle buffer (packed rows; 2048x256 int64 = 4 MB)
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

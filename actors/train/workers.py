@@ -51,7 +51,8 @@ def pretrain_worker(config: dict) -> None:
 
     def epoch_iter(epoch: int):
         return train_shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes={"input_ids": torch.long},
-                                              drop_last=True)
+                                              drop_last=True, local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
+                                              local_shuffle_seed=cfg.seed + 1000 * rank + epoch)
 
     writer = MetricsWriter(out_dir) if rank == 0 else None
     t_start, tokens, last = time.perf_counter(), 0.0, {}
