@@ -32,7 +32,7 @@ def runtime_env(working_dir: str | None = None, env_vars: dict[str, str] | None 
     return renv
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -81,7 +81,7 @@ def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
             # Ray Train v2 polls the State API, which lives in the dashboard: keep it, on loopback only.
             include_dashboard=True,
             dashboard_host="127.0.0.1",
-            dashboard_port=_free_port(),
+            dashboard_port=free_port(),
             namespace=NAMESPACE,
             _temp_dir=tmp,
             log_to_driver=log_to_driver,

@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
+from cluster.connect import free_port
 from cluster.env import REPO_ROOT, local_ray_env
 from cluster.storage import data_root, storage_root
 
@@ -38,14 +40,44 @@ def start(port: int = GCS_PORT, dashboard_port: int = DASHBOARD_PORT, num_cpus: 
           temp_dir: str | None = None) -> str:
     cmd = [ray_cli(), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-           f"--num-cpus={num_cpus or max(8, (os.cpu_count() or 2) * 2)}", "--disable-usage-stats"]
+           f"--num-cpus={num_cpus or max(8, (os.cpu_count() or 2) * 2)}", "--disable-usage-stats",
+           # the agent's fixed default port 52365 is also taken by any embedded Ray on this machine (a test
+           # session, a demo); a second agent that cannot bind it disables its HTTP service and every
+           # `ray job submit` then fails with "No available agent to submit job"
+           f"--dashboard-agent-listen-port={free_port()}"]
     if temp_dir:
         cmd.append(f"--temp-dir={temp_dir}")
     subprocess.run(cmd, check=True, env=head_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    wait_for_job_agent(f"127.0.0.1:{port}")
     address = f"http://127.0.0.1:{dashboard_port}"
     print(f"\nhead up. Submit jobs with:\n  export RAY_ADDRESS={address} RAY_AUTH_MODE=disabled\n"
           "  ray job submit --working-dir . -- python -m jobs.pipeline --config configs/demo.yaml")
     return address
+
+
+def wait_for_job_agent(gcs_address: str, timeout_s: float = 180.0) -> None:
+    """Block until the head's dashboard agent has registered. `ray start` returns before it has, and a
+    `ray job submit` that arrives first fails after 10 s with "No available agent to submit job" (seen on
+    a 2-core CI machine, where the agent needs longer than that to come up)."""
+    from ray._private import ray_constants
+    from ray._raylet import GcsClient
+    from ray.dashboard.consts import DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX
+
+    client = GcsClient(address=gcs_address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            head_id = client.internal_kv_get(ray_constants.KV_HEAD_NODE_ID_KEY,
+                                             namespace=ray_constants.KV_NAMESPACE_JOB, timeout=5)
+            if head_id and client.internal_kv_get(f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{head_id.decode()}".encode(),
+                                                  namespace=ray_constants.KV_NAMESPACE_DASHBOARD, timeout=5):
+                return
+        except Exception:  # GCS still starting: keep polling until the deadline
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray head at {gcs_address} started but its dashboard agent did not register "
+                               f"within {timeout_s:.0f}s; see <temp-dir>/session_latest/logs/dashboard_agent.log")
+        time.sleep(0.5)
 
 
 def stop(temp_dir: str | None = None) -> None:
@@ -56,13 +88,17 @@ def stop(temp_dir: str | None = None) -> None:
         return
     import psutil
 
-    procs = []
+    procs: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any(temp_dir in arg for arg in (p.info["cmdline"] or [])) and p.pid != os.getpid():
-                procs.append(p)
+                # the dashboard agent and the dashboard's module processes do not name the temp dir: take
+                # every descendant of a process that does
+                for q in [p, *p.children(recursive=True)]:
+                    procs[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    procs = list(procs.values())
     for p in procs:
         try:
             p.terminate()

@@ -49,7 +49,8 @@ class Manifest:
 
     def complete(self, name: str, outputs: dict, metrics: dict, seconds: float) -> None:
         s = self.data["stages"][name]
-        s.update(status="complete", outputs=outputs, metrics=metrics, seconds=round(seconds, 2))
+        s.update(status="complete", outputs=outputs, metrics=metrics, seconds=round(seconds, 2),
+                 finished=time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}")
         self.save()
 
     def fail(self, name: str, error: str, seconds: float) -> None:
@@ -60,5 +61,6 @@ class Manifest:
     def set_external(self, name: str, outputs: dict) -> None:
         """Outputs supplied from outside (a user's own HF model or JSONL) instead of a stage of this run."""
         self.data["stages"][name] = {"status": "complete", "outputs": outputs, "metrics": {}, "seconds": 0.0,
-                                     "config": {"external": True}, "fingerprint": fingerprint(outputs)}
+                                     "config": {"external": True}, "fingerprint": fingerprint(outputs),
+                                     "finished": fingerprint(outputs)}
         self.save()

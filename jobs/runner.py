@@ -52,7 +52,8 @@ class StageContext:
 
 def stage_fingerprint(cfg: PipelineConfig, manifest: Manifest, name: str) -> str:
     section = dataclasses.asdict(getattr(cfg, SECTION[name]))
-    ups = {u: manifest.stage(u).get("fingerprint") for u in UPSTREAM[name]}
+    # an upstream stage that re-ran (even with the same config) produced new outputs: include when it finished
+    ups = {u: [manifest.stage(u).get("fingerprint"), manifest.stage(u).get("finished")] for u in UPSTREAM[name]}
     return fingerprint({"config": section, "upstream": ups})
 
 
@@ -71,17 +72,15 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
     log.info("ray: %s", info)
     todo = [s for s in STAGES if s in (stages or cfg.run.stages)]
     force = set(force or [])
-    rerun_downstream = False
     for name in todo:
         fp = stage_fingerprint(cfg, manifest, name)
         mod = importlib.import_module(f"jobs.{name}")
         ctx = StageContext(cfg, run_dir, manifest, name)
-        if manifest.is_complete(name, fp) and name not in force and not rerun_downstream:
+        if manifest.is_complete(name, fp) and name not in force:
             print(f"== {name}: complete, skipped (manifest {manifest.path})", flush=True)
             if hasattr(mod, "on_skip"):
                 mod.on_skip(ctx, todo)
             continue
-        rerun_downstream = True
         print(f"== {name}: running", flush=True)
         manifest.start(name, dataclasses.asdict(getattr(cfg, SECTION[name])), fp)
         t0 = time.perf_counter()

@@ -68,8 +68,12 @@ def _demo_tools(ctx: StageContext) -> list[dict] | None:
 
 def on_skip(ctx: StageContext, todo: list[str]) -> None:
     """A completed serve stage from an earlier process has no live endpoint: bring it back for the agent."""
+    from jobs.runner import stage_fingerprint
+
     later = todo[todo.index("serve") + 1:]
-    if "agent" in later and not ctx.manifest.is_complete("agent", "") and not _alive(ctx):
+    agent_pending = "agent" in later and not ctx.manifest.is_complete(
+        "agent", stage_fingerprint(ctx.cfg, ctx.manifest, "agent"))
+    if agent_pending and not _alive(ctx):
         url = ctx.inputs("serve")["base_url"]
         port = int(url.split("://", 1)[1].split("/")[0].rsplit(":", 1)[1])
         new_url = _start(ctx, port)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,11 +24,11 @@ def head():
 
     tmp = tempfile.mkdtemp(prefix="fc-head-")
     dport = free_port()
-    address = h.start(port=free_port(), dashboard_port=dport, num_cpus=4, temp_dir=tmp)
     try:
-        yield address
-    finally:
+        yield h.start(port=free_port(), dashboard_port=dport, num_cpus=4, temp_dir=tmp)
+    finally:  # also when start() itself failed half-way
         h.stop(temp_dir=tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_job_submit_runs_data_stage_on_loopback(head, tmp_path):
@@ -39,7 +41,8 @@ def test_job_submit_runs_data_stage_on_loopback(head, tmp_path):
     t0 = time.time()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "SUCCEEDED" in out.stdout + out.stderr
+    log = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # the CLI colours its output
+    assert re.search(r"Job '\S+' succeeded", log), log[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     data = manifest["stages"]["data"]
     assert data["status"] == "complete"

@@ -40,6 +40,22 @@ META_COLUMNS = ["source_name", "source", "doc_id", "status", "reason_kind", "rea
 # ------------------------------------------------------------------------------------------ Ray Data UDFs
 # Module-level functions (pickled by reference); each is a thin wrapper around Ray-free logic.
 
+def _write_shuffled_shards(packed, sdir: Path, rows_per_shard: int, seed: int) -> None:
+    """Write packed rows in one seeded global permutation, `rows_per_shard` rows a file.
+
+    Packing follows source order (all Shakespeare, then all Chinese, ...); a trainer that streams shards
+    would otherwise see one source at a time and its loss would track the source, not the mix. At this
+    scale (MBs of tokens) the permutation runs on the driver; a web-scale corpus would shuffle per shard.
+    """
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([ray.get(ref) for ref in packed.to_arrow_refs()])
+    table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+    sdir.mkdir(parents=True, exist_ok=True)
+    for i in range(0, table.num_rows, rows_per_shard):
+        pq.write_table(table.slice(i, rows_per_shard), sdir / f"part-{i // rows_per_shard:05d}.parquet")
+
+
 def _read_file(task: dict) -> list[dict]:
     rows = []
     for i, rec in enumerate(extract.read_task(task)):
@@ -200,7 +216,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
                                       fn_kwargs={"seq_len": cfg.seq_len}).materialize()
             n_rows = packed.count()
             if n_rows:
-                packed.write_parquet(str(sdir), max_rows_per_file=cfg.rows_per_shard)
+                _write_shuffled_shards(packed, sdir, cfg.rows_per_shard, cfg.seed)
             split_metrics[split] = {"docs": n_docs, "tokens": n_tokens, "sequences": n_rows,
                                     "tail": n_tokens - n_rows * cfg.seq_len}
             packed_ds[split] = packed

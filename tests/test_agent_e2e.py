@@ -1,0 +1,45 @@
+"""An agent run end to end: real Serve over HTTP, a model that really emits a tool call, tool actors on Ray."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import free_port
+from test_engine import make_tiny_model
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+APP = "agent-e2e"
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from actors.serve.deployment import start_server, stop_server
+
+    tiny = make_tiny_model(tmp_path_factory.getbasetemp())
+    url = start_server(str(tiny.dir), model_name="tiny", port=free_port(), app_name=APP)
+    yield url + "/v1", tiny
+    stop_server(APP)
+
+
+def test_agent_calls_the_calculator_actor_through_the_openai_api(served):
+    from actors.agent.actor import start_tools
+    from actors.agent.loop import Agent, make_client
+
+    base_url, tiny = served
+    tools = start_tools(["calculator", "python"])
+    agent = Agent(make_client(base_url), "tiny", tools, max_steps=2, max_tokens=48)
+    transcript = agent.run(tiny.prompt_messages)
+    calls = [c for step in transcript.steps for c in step.tool_calls]
+    assert calls, transcript.to_text()
+    first = calls[0]
+    expr = tiny.record["expression"]
+    assert first.name == "calculator" and first.valid and first.ok
+    assert first.args == {"expression": expr}
+    # the ToolActor computed the real value, and it went back to the model as a `tool` message
+    assert first.result == tiny.record["answer"]
+    tool_msgs = [m for m in transcript.messages if m["role"] == "tool"]
+    assert tool_msgs and tool_msgs[0]["content"] == tiny.record["answer"]
+    assert "calculator" in transcript.to_text()
+    assert transcript.stopped_reason in ("answer", "max_steps")
+    json.dumps(transcript.to_dict())  # serializable for the run report

@@ -1,0 +1,102 @@
+"""The whole chain on the tiny config: manifest hand-offs, resume, HF interop of the fine-tuned export."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+STAGES = ["data", "pretrain", "finetune", "evaluate", "serve", "agent"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_session, tmp_path_factory):
+    from jobs.config import load_config
+    from jobs.runner import run_stages
+    from jobs.serve import stop
+    from jobs.summary import write_summary
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
+    manifest = run_stages(cfg, run_dir)
+    write_summary(manifest)
+    stop()
+    return run_dir
+
+
+def _manifest(run_dir):
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_every_stage_completes_and_hands_off(tiny_run):
+    m = _manifest(tiny_run)
+    assert [s for s in STAGES if m["stages"][s]["status"] == "complete"] == STAGES
+    st = m["stages"]
+    d = st["data"]["metrics"]
+    assert d["read"] == d["kept"] + sum(d["dropped"].values()) + sum(d["quarantined"].values())
+    # each stage's inputs are the previous stage's recorded outputs
+    assert st["finetune"]["config"]["method"] == "lora"
+    assert json.loads((tiny_run / "finetune" / "hf" / "fullchain.json").read_text())["lineage"][0]["hf"] == \
+        st["pretrain"]["outputs"]["hf"]
+    results = json.loads((tiny_run / "evaluate" / "results.json").read_text())
+    assert set(results["results"]) == {"pretrain", "finetune"}
+    for label in ("pretrain", "finetune"):
+        assert {"perplexity", "arc_easy", "arith_tool"} <= set(results["results"][label])
+    assert st["pretrain"]["metrics"]["world_size"] == 2
+    assert (tiny_run / "pretrain" / "loss.png").exists() and (tiny_run / "pretrain" / "metrics.jsonl").exists()
+    assert st["serve"]["outputs"]["base_url"].startswith("http://127.0.0.1:")
+    assert st["serve"]["outputs"]["demo_chat"]["response"]["finish_reason"] in ("stop", "length", "tool_calls")
+    assert st["agent"]["metrics"]["n"] == 2
+    summary = (tiny_run / "summary.md").read_text()
+    for section in ("## Stages", "## Pretrain", "## Evaluation", "## Served chat completion", "## Agent"):
+        assert section in summary
+
+
+def test_rerun_skips_completed_stages(tiny_run, capsys):
+    from jobs.config import load_config
+    from jobs.runner import run_stages
+
+    before = _manifest(tiny_run)
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
+    run_stages(cfg, tiny_run)
+    out = capsys.readouterr().out
+    after = _manifest(tiny_run)
+    for s in STAGES:
+        assert f"== {s}: complete, skipped" in out
+        assert after["stages"][s]["started"] == before["stages"][s]["started"]
+
+
+def test_changed_section_reruns_only_that_stage(tiny_run, capsys):
+    from jobs.config import load_config
+    from jobs.runner import run_stages
+
+    before = _manifest(tiny_run)
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), ["eval.arc_limit=4"])
+    run_stages(cfg, tiny_run)
+    out = capsys.readouterr().out
+    after = _manifest(tiny_run)
+    assert "== evaluate: running" in out
+    for s in ("data", "pretrain", "finetune", "serve", "agent"):
+        assert after["stages"][s]["started"] == before["stages"][s]["started"], s
+    results = json.loads((tiny_run / "evaluate" / "results.json").read_text())
+    assert results["results"]["finetune"]["arc_easy"]["n"] == 4
+
+
+def test_finetuned_export_loads_in_transformers(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.model import load_hf
+
+    hf_dir = _manifest(tiny_run)["stages"]["finetune"]["outputs"]["hf"]
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ours = load_hf(hf_dir)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 30? 十二加三十"}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
