@@ -25,7 +25,8 @@ def run(ctx: StageContext) -> dict:
     metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
                                       "stopped_reasons")}
     return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
-                        "first_transcript": report["transcripts"][0] if report["transcripts"] else ""},
+                        "first_transcript": report["tool_transcript"] or
+                                            (report["transcripts"][0] if report["transcripts"] else "")},
             "metrics": metrics}
 
 

@@ -60,7 +60,8 @@ def build_summary(manifest: Manifest) -> str:
         lines += ["", "## Agent (held-out synthetic prompts, tools as Ray actors)", "",
                   f"valid tool call rate {_fmt(m.get('valid_tool_call_rate'), 3)}, tool call rate "
                   f"{_fmt(m.get('tool_call_rate'), 3)}, task accuracy with the tool {_fmt(m.get('accuracy'), 3)} "
-                  f"over n={m.get('n')}, mean steps {_fmt(m.get('mean_steps'), 2)}, stops {m.get('stopped_reasons')}",
+                  f"over n={m.get('n')}, mean steps {_fmt(m.get('mean_steps'), 2)}, stops {m.get('stopped_reasons')}. "
+                  "The transcript is the first run in which a tool actor answered (else the first run):",
                   "", "```", a.get("outputs", {}).get("first_transcript", "").strip(), "```"]
     return "\n".join(lines) + "\n"
 

@@ -85,7 +85,7 @@ def test_chat_template_tool_call_and_assistant_mask(tok_dir):
     text = tok.apply_chat_template(msgs, tools=TOOLS, tokenize=False)
     call = f'<tool_call>{{"name": "calculator", "arguments": {json.dumps({"expression": expr})}}}</tool_call>'
     assert call in text
-    assert "# Tools" in text and '"name": "calculator"' in text
+    assert "# Tools" in text and "calculator(expression: string) - " in text  # tools as signatures
 
     out = tok.apply_chat_template(msgs, tools=TOOLS, tokenize=True, return_dict=True,
                                   return_assistant_tokens_mask=True)

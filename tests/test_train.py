@@ -48,6 +48,25 @@ def test_sft_labels_cover_only_assistant_turns(tok_dir):
     assert (batch["labels"][1, 5:] == -100).all()
 
 
+def test_sft_sources_are_counted_and_a_too_short_max_len_fails_early(tok_dir, tmp_path):
+    from actors.data.synthetic import write_jsonl
+    from actors.train.sft import check_sources_fit, load_examples, rendered_length
+
+    tok = load_tokenizer(tok_dir)
+    train, _ = generate(6, 0, seed=7)
+    path = str(write_jsonl(train, tmp_path / "arith.jsonl"))
+    n = min(rendered_length(tok, r) for r in train)
+    examples, stats = load_examples(tok, [(path, 6)], max_len=n - 2)  # cuts the final answer, keeps the call
+    assert stats == {"arith": {"rows": 6, "kept": 6, "truncated": 6, "skipped": 0}}
+    assert all(len(e["input_ids"]) == n - 2 for e in examples)
+    _, half = load_examples(tok, [(path, 6)], max_len=4096, rank=1, world=2)
+    assert half["arith"] == {"rows": 3, "kept": 3, "truncated": 0, "skipped": 0}
+    prompt_only = n - 60  # the system turn with the tool schemas alone is most of the conversation
+    with pytest.raises(ValueError, match=r"finetune\.max_len=.*--set finetune\.max_len="):
+        check_sources_fit(tok, [(path, 6)], max_len=prompt_only)
+    check_sources_fit(tok, [(path, 6)], max_len=n)
+
+
 def test_lora_merge_matches_unmerged_adapter(tmp_path):
     torch.manual_seed(0)
     cfg = get_config("debug", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
@@ -67,7 +86,8 @@ def test_lora_merge_matches_unmerged_adapter(tmp_path):
 
 
 @pytest.mark.ray
-def test_two_worker_ray_train_step(ray_session, tok_dir, tmp_path):
+@pytest.mark.parametrize("cache_max_rows", [65536, 0], ids=["shard-in-memory", "streaming"])
+def test_two_worker_ray_train_step(ray_session, tok_dir, tmp_path, cache_max_rows):
     from actors.train.stage import run_pretrain
 
     tok = load_tokenizer(tok_dir)
@@ -80,7 +100,7 @@ def test_two_worker_ray_train_step(ray_session, tok_dir, tmp_path):
         pq.write_table(pa.table({"input_ids": pa.array(part, pa.list_(pa.int32()))}),
                        tmp_path / split / "part-0.parquet")
     cfg = from_dict(PretrainConfig, {"seq_len": T, "batch_size": 2, "max_steps": 3, "eval_every": 3,
-                                     "log_every": 1, "parallel": {"dp": 2}})
+                                     "log_every": 1, "parallel": {"dp": 2}, "cache_max_rows": cache_max_rows})
     res = run_pretrain(cfg, {"train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
                              "tokenizer_dir": str(tok_dir)}, tmp_path / "out",
                        model_overrides={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1})

@@ -45,7 +45,7 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
     """
     if not records:
         raise ValueError("evaluate_agent needs at least one held-out record")
-    rows, texts = [], []
+    rows, texts, tool_text = [], [], None
     reasons: Counter = Counter()
     for r in records:
         tr = agent.run(prompt_of(r))
@@ -70,6 +70,8 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
         reasons["error" if tr.stopped_reason.startswith("error") else tr.stopped_reason] += 1
         if len(texts) < n_transcripts:
             texts.append(tr.to_text())
+        if tool_text is None and any(c.ok for c in tr.tool_calls):
+            tool_text = tr.to_text()  # the first run in which a tool actor actually answered
     n = len(rows)
     return {
         "n": n,
@@ -79,6 +81,7 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
         "mean_steps": sum(x["steps"] for x in rows) / n,
         "stopped_reasons": dict(reasons),
         "transcripts": texts,
+        "tool_transcript": tool_text,
         "records": rows,
     }
 

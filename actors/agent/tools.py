@@ -295,10 +295,10 @@ class PythonEval(Tool):
 
     # Must equal actors.data.synthetic.PYTHON_SPEC (see Calculator).
     name = "python"
-    description = "Evaluate a Python arithmetic expression (numbers, + - * / // % **, abs, min, max, round)."
+    description = "Evaluate a Python arithmetic expression."
     parameters = {
         "type": "object",
-        "properties": {"code": {"type": "string", "description": "one expression, e.g. max(3, 7) ** 2"}},
+        "properties": {"code": {"type": "string", "description": "e.g. max(3, 7) ** 2"}},
         "required": ["code"],
     }
 

@@ -203,7 +203,11 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
         split_metrics = {}
         packed_ds = {}
         for split, sdir in (("train", train_dir), ("val", val_dir)):
-            toks = (kept.filter(expr=col("split") == split).select_columns(["text"])
+            # documents in content-hash order (a fixed pseudo-random order) before packing: packed in source
+            # order, a train row holds consecutive paragraphs of one play or book while a val row (a 2% sample)
+            # holds unrelated documents, and train loss ran ~0.3 nats under val loss on unseen rows
+            toks = (kept.filter(expr=col("split") == split).select_columns(["text", "hash"]).sort("hash")
+                    .select_columns(["text"])
                     .map_batches(_tokenize_batch, batch_format="pyarrow", batch_size=512,
                                  compute=pool,
                                  fn_kwargs={"tok_dir": str(tok_dir)})

@@ -30,10 +30,10 @@ PYTHON_SPEC = {
     "type": "function",
     "function": {
         "name": "python",
-        "description": "Evaluate a Python arithmetic expression (numbers, + - * / // % **, abs, min, max, round).",
+        "description": "Evaluate a Python arithmetic expression.",
         "parameters": {
             "type": "object",
-            "properties": {"code": {"type": "string", "description": "one expression, e.g. max(3, 7) ** 2"}},
+            "properties": {"code": {"type": "string", "description": "e.g. max(3, 7) ** 2"}},
             "required": ["code"],
         },
     },

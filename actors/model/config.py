@@ -10,8 +10,11 @@ from actors.common.config import check
 class ModelConfig:
     name: str = "debug"
     vocab_size: int = 4096
-    hidden_size: int = 256
-    intermediate_size: int = 688
+    # debug: ~2.3M params. On 2 CPU cores a 4-minute pretrain sees ~1.5M tokens, far below the ~20 tokens
+    # per parameter a compute-optimal model wants: at equal wall time this shape reached a lower val loss
+    # than hidden 256 (4.93 vs ~5.2 nats after 180 s, 1 core) because it trains on ~1.6x more tokens.
+    hidden_size: int = 192
+    intermediate_size: int = 512
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2

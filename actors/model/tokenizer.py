@@ -28,8 +28,20 @@ CHAT_TEMPLATE = (
     "{% if tools %}"
     "<|im_start|>system\n"
     "{% if sys %}{{ sys }}\n\n{% endif %}"
+    # Each tool as a one-line signature, `name(arg: type, opt?: type) - description` (as Functionary renders
+    # TypeScript-like signatures) rather than its JSON schema: two tools take ~250 characters instead of ~700,
+    # which halves the length of every tool-call conversation the small models train and decode on.
     "# Tools\nYou may call these functions:"
-    "{% for tool in tools %}{{ '\\n' }}{{ (tool.function if tool.function is defined else tool) | tojson }}{% endfor %}{{ '\\n' }}"
+    "{% for tool in tools %}{% set f = tool.function if tool.function is defined else tool %}"
+    "{% set p = f.parameters if f.parameters is defined and f.parameters else {} %}"
+    "{% set req = p.required if p.required is defined else [] %}"
+    "{{ '\\n' }}{{ f.name }}("
+    "{% for k, v in (p.properties if p.properties is defined else {}).items() %}"
+    "{% if not loop.first %}, {% endif %}{{ k }}{% if k not in req %}?{% endif %}: "
+    "{% if v.enum is defined %}{{ v.enum | map('tojson') | join('|') }}{% else %}{{ v.type | default('any') }}{% endif %}"
+    "{% endfor %})"
+    "{% if f.description is defined and f.description %} - {{ f.description }}{% endif %}"
+    "{% endfor %}{{ '\\n' }}"
     "Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|im_end|>\n"
     "{% elif sys is not none %}"
     "<|im_start|>system\n{{ sys }}<|im_end|>\n"

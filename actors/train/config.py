@@ -55,6 +55,10 @@ class PretrainConfig:
     eval_max_batches: int = 8
     log_every: int = 5
     shuffle_buffer_rows: int = 2048      # per-worker local shuffle buffer (packed rows; 2048x256 int64 = 4 MB)
+    # Rows of its shard a worker may hold in memory: a shard up to this size is read through Ray Data once and
+    # reshuffled in memory every epoch (int32, 65536x256 = 64 MB), with nothing streaming while it trains
+    # (streaming cost 0.16 s of a 0.73 s step on 2 CPU cores); a larger shard streams. 0 always streams.
+    cache_max_rows: int = 65536
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -66,6 +70,8 @@ class PretrainConfig:
               f"{list_configs()}")
         for k in ("seq_len", "batch_size", "max_steps", "eval_every", "log_every"):
             check(getattr(self, k) >= 1, f"pretrain.{k}", f"must be >= 1, got {getattr(self, k)}")
+        check(self.cache_max_rows >= 0, "pretrain.cache_max_rows",
+              f"must be >= 0 (0 always streams the shard), got {self.cache_max_rows}")
 
 
 @dataclass
@@ -89,7 +95,7 @@ class LoraConfig:
 class FinetuneConfig:
     method: str = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
-    max_len: int = 384                   # tokens per conversation; longer ones are truncated
+    max_len: int = 1024                  # tokens per conversation; longer ones are truncated from the right
     batch_size: int = 8                  # conversations per worker per step
     max_steps: int = 200
     log_every: int = 5

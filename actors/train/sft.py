@@ -32,6 +32,45 @@ def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
     return {"input_ids": ids, "labels": labels}
 
 
+def rendered_length(tok, record: dict) -> int:
+    return len(tok.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=True,
+                                       return_dict=True)["input_ids"])
+
+
+def load_examples(tok, sources: list[tuple[str, int]], max_len: int, rank: int = 0,
+                  world: int = 1) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """This rank's 1/world of every source (rows rank::world), tokenized, with per-source counts:
+    rows, kept, truncated (longer than max_len, cut from the right), skipped (no assistant token left)."""
+    examples, stats = [], {}
+    for path, cap in sources:
+        st = stats.setdefault(Path(path).stem, {"rows": 0, "kept": 0, "truncated": 0, "skipped": 0})
+        for rec in read_jsonl(path, cap)[rank::world]:
+            st["rows"] += 1
+            ex = tokenize_conversation(tok, rec, max_len + 1)
+            if ex is not None and len(ex["input_ids"]) > max_len:
+                st["truncated"] += 1
+                ex = tokenize_conversation(tok, rec, max_len)
+            if ex is None:
+                st["skipped"] += 1
+            else:
+                st["kept"] += 1
+                examples.append(ex)
+    return examples, stats
+
+
+def check_sources_fit(tok, sources: list[tuple[str, int]], max_len: int, sample: int = 32) -> None:
+    """Fail before any worker starts when max_len leaves no assistant token in a source's first rows
+    (e.g. tool-call records whose system prompt alone is ~430 tokens, with max_len 384)."""
+    for path, cap in sources:
+        recs = read_jsonl(path, min(cap, sample))
+        examples, _ = load_examples(tok, [(path, len(recs))], max_len)
+        if recs and not examples:
+            need = min(rendered_length(tok, r) for r in recs)
+            raise ValueError(f"finetune.max_len={max_len} cuts every assistant turn of {path} (its first "
+                             f"{len(recs)} conversations need {need}+ tokens): set --set finetune.max_len="
+                             f"{1 << (need - 1).bit_length()} or shorten the records")
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     T = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)

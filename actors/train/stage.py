@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 from actors.common.metrics import plot_curves, read_jsonl
+from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
+from actors.train.sft import check_sources_fit
 
 
 def _scaling(p: ParallelConfig):
@@ -47,6 +49,8 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
     first = next(Path(train_dir).glob("*.parquet"), None)
     if first is None:
         raise FileNotFoundError(f"{train_dir}: no parquet shards; run the data stage first")
+    if "://" not in str(val_dir) and next(Path(val_dir).glob("*.parquet"), None) is None:
+        raise FileNotFoundError(f"{val_dir}: no held-out parquet shard; run the data stage with data.val_fraction > 0")
     row_len = len(pq.read_table(first, columns=["input_ids"]).column("input_ids")[0])
     if row_len != cfg.seq_len:
         raise ValueError(f"pretrain.seq_len={cfg.seq_len} but the data stage packed rows of {row_len} tokens; "
@@ -55,14 +59,17 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
 
     vocab = len(load_tokenizer(data_outputs["tokenizer_dir"]))
     overrides = {"vocab_size": vocab, **(model_overrides or {})}
+    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in Path(train_dir).glob("*.parquet"))
+    cache = 0 < n_rows / cfg.parallel.dp <= cfg.cache_max_rows
     config = {"pretrain": dataclasses.asdict(cfg), "tokenizer_dir": str(data_outputs["tokenizer_dir"]),
-              "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or []}
-    # The data stage writes rows in source order (all Shakespeare, then all Chinese, ...) in shards of ~1k rows:
-    # shuffled shard order (shuffle="files") plus each worker's local shuffle buffer mixes sources within a step
-    # without an all-to-all shuffle (random_shuffle costs ~17 s for 6k rows on 2 cores). Read concurrency is
-    # capped because every concurrent read task is a Python worker process to start.
-    datasets = {"train": ray.data.read_parquet(str(train_dir), shuffle="files", concurrency=2),
-                "val": ray.data.read_parquet(str(val_dir), concurrency=1)}
+              "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or [],
+              "cache_shard": cache}
+    # The data stage already wrote the rows in a seeded global order, so shuffled shard order (shuffle="files")
+    # plus a worker's in-memory reshuffle (or its local shuffle buffer when streaming) mixes sources within a
+    # step without an all-to-all shuffle. Read concurrency is capped because every concurrent read task is a
+    # Python worker process to start.
+    datasets = {"train": ray.data.read_parquet(str(train_dir), shuffle="files", concurrency=2)}
+    config["val_dir"] = str(val_dir) if "://" in str(val_dir) else str(Path(val_dir).resolve())
     result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", datasets)
     hf_dir = out / "hf"
     shutil.rmtree(hf_dir, ignore_errors=True)
@@ -88,6 +95,7 @@ def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[
     for p, _ in sources:
         if not Path(p).is_file():
             raise FileNotFoundError(f"finetune source {p} does not exist; run the data stage first")
+    check_sources_fit(load_tokenizer(base_model_dir), sources, cfg.max_len)
     config = {"finetune": dataclasses.asdict(cfg), "base_model_dir": str(Path(base_model_dir).resolve()),
               "out_dir": str(out.resolve()), "sources": sources, "lineage": lineage or []}
     result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune")

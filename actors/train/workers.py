@@ -13,7 +13,7 @@ from actors.model import Transformer, get_config, load_hf, save_hf
 from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig, PretrainConfig
 from actors.train.parallel import parallelize, unwrap
-from actors.train.sft import read_jsonl, sft_batches, tokenize_conversation
+from actors.train.sft import load_examples, sft_batches
 from actors.train.trainer import Trainer, repeat_epochs
 
 
@@ -22,6 +22,39 @@ def _context():
 
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _val_batches(val_dir: str, batch_size: int, max_batches: int, rank: int, world: int) -> list[dict]:
+    """This rank's rows (rank::world) of the small held-out shard, read once and kept, so every evaluation
+    scores the same rows. Read with pyarrow, not Ray Data: starting a Ray Data pipeline for ~100 rows cost
+    ~20 s of worker start-up on 2 CPU cores."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(val_dir, columns=["input_ids"]).column("input_ids").to_pylist()[rank::world]
+    rows = rows[: batch_size * max_batches]
+    return [{"input_ids": torch.tensor(rows[i: i + batch_size], dtype=torch.long)}
+            for i in range(0, len(rows), batch_size)]
+
+
+def _read_shard(shard) -> torch.Tensor:
+    """This worker's whole shard as one int32 tensor (the driver decided it fits: pretrain.cache_max_rows)."""
+    return torch.cat([b["input_ids"] for b in shard.iter_torch_batches(batch_size=1024,
+                                                                       dtypes={"input_ids": torch.int32})])
+
+
+def _sum_over_ranks(stats: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Per-source counts of all ranks (each rank tokenized its own rows)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    keys = [(s, k) for s in sorted(stats) for k in sorted(stats[s])]
+    t = torch.tensor([stats[s][k] for s, k in keys], dtype=torch.long)
+    dist.all_reduce(t)
+    out: dict[str, dict[str, int]] = {}
+    for (s, k), v in zip(keys, t.tolist()):
+        out.setdefault(s, {})[k] = v
+    return out
 
 
 def _report(metrics: dict, ckpt_dir: str | None) -> None:
@@ -45,14 +78,25 @@ def pretrain_worker(config: dict) -> None:
     trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
 
     train_shard = ray.train.get_dataset_shard("train")
-    # The held-out shard is small: hold it in memory so every evaluation sees the same rows.
-    val_batches = [{"input_ids": b["input_ids"]} for b in ray.train.get_dataset_shard("val").iter_torch_batches(
-        batch_size=cfg.batch_size, dtypes={"input_ids": torch.long})][: cfg.eval_max_batches]
+    val_batches = _val_batches(config["val_dir"], cfg.batch_size, cfg.eval_max_batches, rank, world)
 
-    def epoch_iter(epoch: int):
+    def stream_epoch(epoch: int):
         return train_shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes={"input_ids": torch.long},
                                               drop_last=True, local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
                                               local_shuffle_seed=cfg.seed + 1000 * rank + epoch)
+
+    cached = _read_shard(train_shard) if config.get("cache_shard") else None
+
+    def cached_epoch(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed + 1000 * rank + epoch)
+        order = torch.randperm(len(cached), generator=g)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            yield {"input_ids": cached[order[i: i + cfg.batch_size]].long()}
+
+    epoch_iter = cached_epoch if cached is not None else stream_epoch
+    if rank == 0:
+        print(f"[pretrain] train shard {'in memory, ' + str(len(cached)) + ' rows' if cached is not None else 'streaming'}",
+              flush=True)
 
     writer = MetricsWriter(out_dir) if rank == 0 else None
     t_start, tokens, last = time.perf_counter(), 0.0, {}
@@ -95,14 +139,8 @@ def finetune_worker(config: dict) -> None:
     model = parallelize(model, cfg.parallel, prepare=ray.train.torch.prepare_model)
 
     # Each worker tokenizes its own 1/world of every source (rank::world), so no data crosses the network.
-    examples, n_skipped = [], 0
-    for path, cap in config["sources"]:
-        for rec in read_jsonl(path, cap)[rank::world]:
-            ex = tokenize_conversation(tok, rec, cfg.max_len)
-            if ex is None:
-                n_skipped += 1
-            else:
-                examples.append(ex)
+    examples, stats = load_examples(tok, config["sources"], cfg.max_len, rank, world)
+    stats = _sum_over_ranks(stats)
     batches = sft_batches(examples, cfg.batch_size, tok.pad_token_id, cfg.seed + rank)
     trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
     writer = MetricsWriter(out_dir) if rank == 0 else None
@@ -114,7 +152,7 @@ def finetune_worker(config: dict) -> None:
             print(f"[finetune] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e}", flush=True)
         last = m
     final = {"step": trainer.step, "loss": last["loss"], "train_s": time.perf_counter() - t_start,
-             "examples": len(examples) * world, "skipped_examples": n_skipped, "world_size": world}
+             "examples": sum(st["kept"] for st in stats.values()), "sources": stats, "world_size": world}
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             writer.close()
