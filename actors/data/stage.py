@@ -40,17 +40,22 @@ META_COLUMNS = ["source_name", "source", "doc_id", "status", "reason_kind", "rea
 # ------------------------------------------------------------------------------------------ Ray Data UDFs
 # Module-level functions (pickled by reference); each is a thin wrapper around Ray-free logic.
 
+def row_permutation(n_rows: int, seed: int) -> np.ndarray:
+    """Row i of the written shards is packed row `row_permutation(n, seed)[i]`."""
+    return np.random.default_rng(seed).permutation(n_rows)
+
+
 def _write_shuffled_shards(packed, sdir: Path, rows_per_shard: int, seed: int) -> None:
     """Write packed rows in one seeded global permutation, `rows_per_shard` rows a file.
 
-    Packing follows source order (all Shakespeare, then all Chinese, ...); a trainer that streams shards
-    would otherwise see one source at a time and its loss would track the source, not the mix. At this
+    Consecutive packed rows come from neighbouring documents of one source; a trainer that streams shards
+    would otherwise see few sources at a time and its loss would track the source, not the mix. At this
     scale (MBs of tokens) the permutation runs on the driver; a web-scale corpus would shuffle per shard.
     """
     import pyarrow.parquet as pq
 
     table = pa.concat_tables([ray.get(ref) for ref in packed.to_arrow_refs()])
-    table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+    table = table.take(row_permutation(table.num_rows, seed))
     sdir.mkdir(parents=True, exist_ok=True)
     for i in range(0, table.num_rows, rows_per_shard):
         pq.write_table(table.slice(i, rows_per_shard), sdir / f"part-{i // rows_per_shard:05d}.parquet")
