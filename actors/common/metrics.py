@@ -40,9 +40,16 @@ class MetricsWriter:
             self._tb.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The first `limit` (default all) non-blank lines of a JSONL file, parsed."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit is not None and len(rows) >= limit:
+                    break
+    return rows
 
 
 def plot_curves(rows: list[dict], x: str, ys: list[str], out_png: str | Path, title: str = "",

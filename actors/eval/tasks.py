@@ -12,21 +12,11 @@ import math
 import operator
 from pathlib import Path
 
+from actors.common.metrics import read_jsonl
 from actors.eval.backend import GenerateRequest, LoglikelihoodRequest, ModelBackend, RollingRequest
 from actors.eval.config import TASK_NAMES, EvalConfig
 from actors.eval.metrics import (aggregate_mean, last_number, mean_stderr, multiple_choice_metrics,
                                  normalize_expression, normalize_number)
-
-
-def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
 
 
 class Task:

@@ -1,23 +1,13 @@
 """SFT examples: conversations rendered with the chat template; loss only on assistant tokens."""
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-
-def read_jsonl(path: str | Path, max_rows: int | None = None) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-                if max_rows is not None and len(rows) >= max_rows:
-                    break
-    return rows
+from actors.common.metrics import read_jsonl
 
 
 def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
