@@ -64,11 +64,12 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
     config = {"pretrain": dataclasses.asdict(cfg), "tokenizer_dir": str(data_outputs["tokenizer_dir"]),
               "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or [],
               "cache_shard": cache}
-    # The data stage already wrote the rows in a seeded global order, so shuffled shard order (shuffle="files")
+    # The data stage already wrote the rows in a seeded global order, so a seeded shard order (pretrain.seed)
     # plus a worker's in-memory reshuffle (or its local shuffle buffer when streaming) mixes sources within a
     # step without an all-to-all shuffle. Read concurrency is capped because every concurrent read task is a
     # Python worker process to start.
-    datasets = {"train": ray.data.read_parquet(str(train_dir), shuffle="files", concurrency=2)}
+    datasets = {"train": ray.data.read_parquet(str(train_dir), shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
+                                               concurrency=2)}
     config["val_dir"] = str(val_dir) if "://" in str(val_dir) else str(Path(val_dir).resolve())
     result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", datasets)
     hf_dir = out / "hf"
