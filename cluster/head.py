@@ -88,17 +88,17 @@ def stop(temp_dir: str | None = None) -> None:
         return
     import psutil
 
-    procs: dict[int, psutil.Process] = {}
+    found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any(temp_dir in arg for arg in (p.info["cmdline"] or [])) and p.pid != os.getpid():
                 # the dashboard agent and the dashboard's module processes do not name the temp dir: take
                 # every descendant of a process that does
                 for q in [p, *p.children(recursive=True)]:
-                    procs[q.pid] = q
+                    found[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    procs = list(procs.values())
+    procs = list(found.values())
     for p in procs:
         try:
             p.terminate()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import openai
@@ -184,3 +185,15 @@ def test_malformed_json_unknown_model_and_client_errors(base_url, client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2)
     assert e.value.body["param"] == "n"
+
+
+@pytest.mark.parametrize("field,value,says", [("logprobs", 2, "logprobs are not supported"),
+                                              ("suffix", "end", "suffix (fill-in-the-middle) is not supported")])
+def test_completion_request_rejects_unsupported_fields(field, value, says):
+    import pydantic
+
+    from actors.serve.protocol import CompletionRequest
+
+    with pytest.raises(pydantic.ValidationError, match=rf"{field}[\s\S]*{re.escape(says)}"):
+        CompletionRequest(model="m", prompt="hi", **{field: value})
+    assert CompletionRequest(model="m", prompt="hi", **{field: None}).prompt == "hi"

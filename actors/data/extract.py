@@ -165,13 +165,14 @@ def _read_text(task: dict, data: bytes) -> Iterator[dict]:
         if not b.strip():
             continue
         text, err = _decode(b)
-        if err:
-            pos = _err_pos(b)
-            yield quarantine_record(task, doc_id, "invalid_utf8",
-                                    f"{rel}: {err.replace(f'offset {pos}', f'offset {off + pos}')}",
-                                    b[max(0, pos - 40):])
-        else:
-            yield doc_record(task, doc_id, text)
+        yield _utf8_quarantine(task, doc_id, rel, err, b, off) if err else doc_record(task, doc_id, text)
+
+
+def _utf8_quarantine(task: dict, doc_id: str, where: str, err: str, b: bytes, off: int) -> dict:
+    """A piece `b` that starts at byte `off` of its file failed to decode: report the offset in the file."""
+    pos = _err_pos(b)
+    return quarantine_record(task, doc_id, "invalid_utf8",
+                             f"{where}: {err.replace(f'offset {pos}', f'offset {off + pos}')}", b[max(0, pos - 40):])
 
 
 def _split_docs(task: dict, doc_id: str, text: str) -> Iterator[dict]:
@@ -212,10 +213,7 @@ def _jsonl_lines(task: dict, lines) -> Iterator[dict]:
         doc_id = f"{rel}:{n}"
         text, err = _decode(b)
         if err:
-            pos = _err_pos(b)
-            yield quarantine_record(task, doc_id, "invalid_utf8",
-                                    f"line {n}: {err.replace(f'offset {pos}', f'offset {off + pos}')}",
-                                    b[max(0, pos - 40):])
+            yield _utf8_quarantine(task, doc_id, f"line {n}", err, b, off)
             continue
         try:
             obj = json.loads(text)

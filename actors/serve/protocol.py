@@ -192,18 +192,12 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt is empty; give a non-empty string")
         return v
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "suffix")
     @classmethod
-    def _no_logprobs(cls, v):
+    def _unsupported(cls, v, info):
         if v:
-            raise ValueError("logprobs are not supported by this server; leave the field out")
-        return v
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v):
-        if v:
-            raise ValueError("suffix (fill-in-the-middle) is not supported; leave the field out")
+            what = {"logprobs": "logprobs are", "suffix": "suffix (fill-in-the-middle) is"}[info.field_name]
+            raise ValueError(f"{what} not supported by this server; leave the field out")
         return v
 
     def single_prompt(self) -> str | list[int]:

@@ -10,41 +10,46 @@ import torch
 from actors.common.metrics import read_jsonl
 
 
-def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
-    """input_ids + labels (-100 outside assistant turns), truncated to max_len; None if nothing to learn."""
+def _render(tok, record: dict) -> tuple[list[int], list[int]]:
+    """The whole conversation through the chat template: token ids and the assistant-token mask."""
     out = tok.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=True,
                                   return_dict=True, return_assistant_tokens_mask=True)
-    ids = list(out["input_ids"])[:max_len]
-    mask = list(out["assistant_masks"])[:max_len]
-    labels = [t if m else -100 for t, m in zip(ids, mask)]
-    if sum(m for m in mask[1:]) == 0:
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def _example(ids: list[int], mask: list[int], max_len: int) -> dict | None:
+    ids, mask = ids[:max_len], mask[:max_len]
+    if not any(mask[1:]):  # position 0 is never a target
         return None
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
+
+
+def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
+    """input_ids + labels (-100 outside assistant turns), truncated to max_len; None if nothing to learn."""
+    return _example(*_render(tok, record), max_len)
 
 
 def rendered_length(tok, record: dict) -> int:
-    return len(tok.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=True,
-                                       return_dict=True)["input_ids"])
+    return len(_render(tok, record)[0])
 
 
 def load_examples(tok, sources: list[tuple[str, int]], max_len: int, rank: int = 0,
                   world: int = 1) -> tuple[list[dict], dict[str, dict[str, int]]]:
     """This rank's 1/world of every source (rows rank::world), tokenized, with per-source counts:
-    rows, kept, truncated (longer than max_len, cut from the right), skipped (no assistant token left)."""
+    rows = kept + skipped (no assistant token within max_len); truncated = kept rows cut to max_len."""
     examples, stats = [], {}
     for path, cap in sources:
         st = stats.setdefault(Path(path).stem, {"rows": 0, "kept": 0, "truncated": 0, "skipped": 0})
         for rec in read_jsonl(path, cap)[rank::world]:
             st["rows"] += 1
-            ex = tokenize_conversation(tok, rec, max_len + 1)
-            if ex is not None and len(ex["input_ids"]) > max_len:
-                st["truncated"] += 1
-                ex = tokenize_conversation(tok, rec, max_len)
+            ids, mask = _render(tok, rec)
+            ex = _example(ids, mask, max_len)
             if ex is None:
                 st["skipped"] += 1
-            else:
-                st["kept"] += 1
-                examples.append(ex)
+                continue
+            st["kept"] += 1
+            st["truncated"] += len(ids) > max_len
+            examples.append(ex)
     return examples, stats
 
 
