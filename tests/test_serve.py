@@ -19,6 +19,28 @@ MODEL = "fullchain-test"
 APP = "fullchain-test"
 
 
+@pytest.mark.parametrize("pieces, calls, content", [
+    (["Sure", ". <tool", '_call>{"name": "calculator", ', '"arguments": {"expression": "1 + 2"}}</tool_call>'],
+     1, "Sure. "),
+    # the turn ends with the last call left open but its JSON complete: sent at finish, as non-streaming
+    (['<tool_call>{"name": "calculator", "arguments": {"expression": "1 + 2"}}'], 1, ""),
+    # cut off mid-JSON: no call; the text comes back as content, as the non-streaming response shows it
+    (['<tool_call>{"name": "calcu'], 0, '<tool_call>{"name": "calcu'),
+])
+def test_tool_call_streamer_matches_non_streaming(pieces, calls, content):
+    from actors.serve.openai_api import ToolCallStreamer
+
+    s, sent_calls, sent = ToolCallStreamer(), [], ""
+    for p in pieces:
+        c, k = s.feed(p)
+        sent, sent_calls = sent + c, sent_calls + k
+    rest, last = s.finish()
+    sent, sent_calls = sent + rest, sent_calls + last
+    assert sent == content and len(sent_calls) == calls == s.calls
+    _, expected, _ = parse_tool_calls("".join(pieces))
+    assert sent_calls == expected
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.getbasetemp())

@@ -99,3 +99,25 @@ def test_chat_template_tool_call_and_assistant_mask(tok_dir):
     assert msgs[0]["content"] in unmasked                 # user turn: not trained on
     assert f"<|im_start|>tool\n{value}<|im_end|>" in unmasked   # tool result: not trained on
     assert TOOL_CALL_OPEN not in unmasked.split("<|im_start|>user")[-1]   # calls are all in the mask
+
+
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 3"}}'
+
+
+@pytest.mark.parametrize("text, content, n_calls, error", [
+    ("Sure. " + CALL + "</tool_call>", "Sure.", 1, None),
+    # left open right after complete JSON (the model stopped at <|im_end|>): vLLM's Hermes parser takes it
+    (CALL, "", 1, None),
+    (CALL + "</tool_call>\n" + CALL.replace("2 + 3", "4 * 5"), "", 2, None),
+    # cut off mid-JSON (out of tokens): an error naming why, no call
+    (CALL[:-5], "", 0, "unterminated tool call: tool call is not valid JSON"),
+    ('<tool_call>{"arguments": {}}</tool_call>', "", 0, "tool call has no string 'name'"),
+    ('<tool_call>{"name": "f", "arguments": "[1]"}</tool_call>', "", 0, "arguments must be an object"),
+])
+def test_parse_tool_calls(text, content, n_calls, error):
+    from actors.model.tokenizer import parse_tool_calls
+
+    got_content, calls, errors = parse_tool_calls(text)
+    assert got_content == content and len(calls) == n_calls
+    assert all(c["name"] == "calculator" and "expression" in c["arguments"] for c in calls)
+    assert (errors == []) if error is None else (len(errors) == 1 and error in errors[0])

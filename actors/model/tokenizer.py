@@ -160,37 +160,48 @@ def stop_token_ids(tok) -> list[int]:
 _TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
 
 
+def _parse_call(raw: str) -> tuple[dict | None, str | None]:
+    """One call body (the JSON between the tags) as ({"name", "arguments"}, None) or (None, reason)."""
+    raw = raw.strip()
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        return None, f"tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:80]!r}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None, f"tool call has no string 'name': {raw[:80]!r}"
+    args = obj.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            return None, f"tool call arguments are not a JSON object: {args[:80]!r}"
+    if not isinstance(args, dict):
+        return None, f"tool call arguments must be an object, got {type(args).__name__}"
+    return {"name": obj["name"], "arguments": args}, None
+
+
 def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
     """Split model output into (content, tool_calls, errors).
 
     Each tool call is {"name": str, "arguments": dict}; a malformed one (bad JSON, no name) is reported in
     `errors` with the reason and left out, so callers can count valid vs invalid calls honestly.
+    A last `<tool_call>` left open counts when the rest of the text is one complete call (the model
+    stopped right after the JSON), as vLLM's Hermes parser reads `<tool_call>(.*)` at the end; one cut
+    off mid-JSON (out of tokens) is an error.
     """
     calls, errors = [], []
+
+    def take(body: str, why: str = "") -> None:
+        call, err = _parse_call(body)
+        if call is not None:
+            calls.append(call)
+        else:
+            errors.append(why + err)
+
     for m in _TOOL_CALL_RE.finditer(text):
-        raw = m.group(1).strip()
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            errors.append(f"tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:80]!r}")
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            errors.append(f"tool call has no string 'name': {raw[:80]!r}")
-            continue
-        args = obj.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                errors.append(f"tool call arguments are not a JSON object: {args[:80]!r}")
-                continue
-        if not isinstance(args, dict):
-            errors.append(f"tool call arguments must be an object, got {type(args).__name__}")
-            continue
-        calls.append({"name": obj["name"], "arguments": args})
+        take(m.group(1))
     content = _TOOL_CALL_RE.sub("", text)
-    if TOOL_CALL_OPEN in content:  # unterminated call: the model ran out of tokens or never closed it
-        head, _, tail = content.partition(TOOL_CALL_OPEN)
-        errors.append(f"unterminated tool call: {tail[:80]!r}")
-        content = head
+    if TOOL_CALL_OPEN in content:
+        content, _, tail = content.partition(TOOL_CALL_OPEN)
+        take(tail, "unterminated tool call: ")
     return content.strip(), calls, errors

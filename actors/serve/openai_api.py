@@ -107,8 +107,8 @@ class ToolCallStreamer:
 
     Text is streamed as content until `<tool_call>` starts (a tail that may be the start of the marker is
     held back); from then on text is buffered and each call is sent once its `</tool_call>` arrives.
-    If the turn ends with no valid call, the buffered text is sent as content, exactly as the
-    non-streaming response would show it.
+    At the end of the turn a last call left open is sent if its JSON is complete, and with no valid
+    call the buffered text is sent as content: exactly what the non-streaming response shows.
     """
 
     def __init__(self):
@@ -116,6 +116,7 @@ class ToolCallStreamer:
         self.sent = 0          # chars of content already sent
         self.in_calls = False
         self.matched = 0       # complete <tool_call>...</tool_call> spans seen
+        self.parsed_to = 0     # end of the last complete span (where an unclosed call would start)
         self.calls = 0         # valid calls sent
 
     def feed(self, delta: str) -> tuple[str, list[dict]]:
@@ -134,16 +135,21 @@ class ToolCallStreamer:
             for m in spans[self.matched:]:
                 _, parsed, _ = parse_tool_calls(m.group(0))
                 calls.extend(parsed)
+                self.parsed_to = m.end()
             self.matched = len(spans)
             self.calls += len(calls)
         return content, calls
 
-    def finish(self) -> str:
-        """Content still owed at the end of the turn."""
+    def finish(self) -> tuple[str, list[dict]]:
+        """Content and calls still owed at the end of the turn."""
+        calls = []
+        if self.in_calls:
+            _, calls, _ = parse_tool_calls(self.text[max(self.parsed_to, self.sent):])
+            self.calls += len(calls)
         if self.calls:
-            return ""
+            return "", calls
         rest, self.sent = self.text[self.sent:], len(self.text)
-        return rest
+        return rest, []
 
 
 def _tool_call(call: dict) -> ToolCall:
@@ -259,7 +265,8 @@ class OpenAIServing:
             else:
                 content, calls = streamer.feed(out.delta_text)
                 if out.finished:
-                    content += streamer.finish()
+                    rest, last = streamer.finish()
+                    content, calls = content + rest, calls + last
                 if content:
                     yield chunk(DeltaMessage(content=content))
                 first = streamer.calls - len(calls)  # OpenAI numbers calls across the whole turn
