@@ -11,7 +11,7 @@ into the answer). This probe measures how many training steps the demo's model s
           turn is predicted exactly under teacher forcing (= greedy decoding gets the call right).
 
 Measured on this 2-core machine (1 thread, batch 12, debug shape: 1.7M params at vocab 320):
-  copy, fixed gap 50, 2-digit operands:        exact 0.23-0.38 by step 250-300 (random or pretrained init)
+  copy, fixed gap 50, 2-digit operands:        exact 0.2-0.4 by step 250-400 (random or pretrained init)
   copy, gap varying by 0-6, 1-3 digit operands: exact 0.00 at step 600 (lr 1e-3 and 2e-3)
   task, full fine-tune of the demo checkpoint:  call exact 0.00 after 400 steps (lr 1e-3, 3e-3); with
         fixed-width operands and results 0.08 after 800 steps (~270 s on one core without the tools
