@@ -108,19 +108,21 @@ def main() -> None:
     if args.mode == "copy":
         dmin, dmax = (int(x) for x in args.digits.split("-"))
         draw = copy_task(args.gap, args.suffix, dmin, dmax)
-        held, train = draw(random.Random(2), 64), None
-        pad_id = 0
-        init = args.init
+        held, pad_id, init = draw(random.Random(2), 64), 0, args.init
+
+        def next_batch():
+            return draw(rng, args.batch_size)
     else:
         train, held, tok = task_examples(args.run_dir, 64)
-        pad_id = tok.pad_token_id or 0
-        init = args.init or f"{args.run_dir}/pretrain/hf"
+        pad_id, init = tok.pad_token_id or 0, args.init or f"{args.run_dir}/pretrain/hf"
+
+        def next_batch():
+            return rng.sample(train, args.batch_size)
     model = load_hf(init) if init else Transformer(get_config("debug", vocab_size=320))
     trainer = Trainer(model, OptimConfig(lr=args.lr, warmup_steps=10, weight_decay=0.0), args.steps)
     t0 = time.perf_counter()
     for s in range(1, args.steps + 1):
-        batch = rng.sample(train, args.batch_size) if train is not None else draw(rng, args.batch_size)
-        r = trainer.train_step(collate(batch, pad_id))
+        r = trainer.train_step(collate(next_batch(), pad_id))
         if s % args.every == 0:
             print(f"{args.mode} step {s:4d} loss {r['loss']:.3f} held-out exact {exact(model, held, pad_id):.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)

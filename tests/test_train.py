@@ -50,12 +50,12 @@ def test_sft_labels_cover_only_assistant_turns(tok_dir):
 
 def test_sft_sources_are_counted_and_a_too_short_max_len_fails_early(tok_dir, tmp_path):
     from actors.data.synthetic import write_jsonl
-    from actors.train.sft import check_sources_fit, load_examples, rendered_length
+    from actors.train.sft import check_sources_fit, load_examples, tokenize_conversation
 
     tok = load_tokenizer(tok_dir)
     train, _ = generate(6, 0, seed=7)
     path = str(write_jsonl(train, tmp_path / "arith.jsonl"))
-    n = min(rendered_length(tok, r) for r in train)
+    n = min(len(tokenize_conversation(tok, r, 1 << 20)["input_ids"]) for r in train)
     examples, stats = load_examples(tok, [(path, 6)], max_len=n - 2)  # cuts the final answer, keeps the call
     assert stats == {"arith": {"rows": 6, "kept": 6, "truncated": 6, "skipped": 0}}
     assert all(len(e["input_ids"]) == n - 2 for e in examples)

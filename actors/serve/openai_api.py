@@ -116,7 +116,6 @@ class ToolCallStreamer:
         self.sent = 0          # chars of content already sent
         self.in_calls = False
         self.matched = 0       # complete <tool_call>...</tool_call> spans seen
-        self.parsed_to = 0     # end of the last complete span (where an unclosed call would start)
         self.calls = 0         # valid calls sent
 
     def feed(self, delta: str) -> tuple[str, list[dict]]:
@@ -135,7 +134,6 @@ class ToolCallStreamer:
             for m in spans[self.matched:]:
                 _, parsed, _ = parse_tool_calls(m.group(0))
                 calls.extend(parsed)
-                self.parsed_to = m.end()
             self.matched = len(spans)
             self.calls += len(calls)
         return content, calls
@@ -144,7 +142,8 @@ class ToolCallStreamer:
         """Content and calls still owed at the end of the turn."""
         calls = []
         if self.in_calls:
-            _, calls, _ = parse_tool_calls(self.text[max(self.parsed_to, self.sent):])
+            # complete spans were sent by feed(); what is left can only be a last call left open
+            _, calls, _ = parse_tool_calls(_CALL_RE.sub("", self.text[self.sent:]))
             self.calls += len(calls)
         if self.calls:
             return "", calls

@@ -29,10 +29,6 @@ def tokenize_conversation(tok, record: dict, max_len: int) -> dict | None:
     return _example(*_render(tok, record), max_len)
 
 
-def rendered_length(tok, record: dict) -> int:
-    return len(_render(tok, record)[0])
-
-
 def load_examples(tok, sources: list[tuple[str, int]], max_len: int, rank: int = 0,
                   world: int = 1) -> tuple[list[dict], dict[str, dict[str, int]]]:
     """This rank's 1/world of every source (rows rank::world), tokenized, with per-source counts:
@@ -57,12 +53,11 @@ def check_sources_fit(tok, sources: list[tuple[str, int]], max_len: int, sample:
     """Fail before any worker starts when max_len leaves no assistant token in a source's first rows
     (e.g. tool-call records whose system prompt alone is ~430 tokens, with max_len 384)."""
     for path, cap in sources:
-        recs = read_jsonl(path, min(cap, sample))
-        examples, _ = load_examples(tok, [(path, len(recs))], max_len)
-        if recs and not examples:
-            need = min(rendered_length(tok, r) for r in recs)
+        rendered = [_render(tok, r) for r in read_jsonl(path, min(cap, sample))]
+        if rendered and all(_example(ids, mask, max_len) is None for ids, mask in rendered):
+            need = min(len(ids) for ids, _ in rendered)
             raise ValueError(f"finetune.max_len={max_len} cuts every assistant turn of {path} (its first "
-                             f"{len(recs)} conversations need {need}+ tokens): set --set finetune.max_len="
+                             f"{len(rendered)} conversations need {need}+ tokens): set --set finetune.max_len="
                              f"{1 << (need - 1).bit_length()} or shorten the records")
 
 
