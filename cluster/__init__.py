@@ -5,9 +5,9 @@ plain values from here.
 """
 from cluster.env import Settings, settings
 from cluster.connect import connect, shutdown, runtime_env, cluster_info
-from cluster.storage import Storage, data_root, storage_root
+from cluster.storage import Storage, data_root, model_cache, storage_root
 
 __all__ = [
     "Settings", "settings", "connect", "shutdown", "runtime_env", "cluster_info",
-    "Storage", "data_root", "storage_root",
+    "Storage", "data_root", "model_cache", "storage_root",
 ]

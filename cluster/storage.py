@@ -27,6 +27,13 @@ def storage_root() -> str:
     return settings().storage or str(REPO_ROOT / "runs")
 
 
+def model_cache() -> Path:
+    """Where imported base models (registry names, .gguf files) are written once and reused: <storage>/models.
+    A remote storage root keeps its imports in the local <repo>/runs/models (imports are local files)."""
+    root = storage_root()
+    return (Path(root) if "://" not in root else REPO_ROOT / "runs") / "models"
+
+
 @dataclass
 class Storage:
     """A folder on a pyarrow filesystem (local, s3://, gs://, hdfs://...).

@@ -20,13 +20,18 @@ def run(ctx: StageContext) -> dict:
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
     agent = Agent.from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts)
+    demo_prompt = ctx.cfg.serve.demo_prompt
+    tr = agent.run(demo_prompt)
+    demo = {"prompt": demo_prompt, "final_answer": tr.final_answer, "stopped_reason": tr.stopped_reason,
+            "transcript": tr.to_text()}
     (ctx.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report["transcripts"]))
     metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
-                                      "stopped_reasons")}
+                                      "stopped_reasons", "accuracy_by_phrasing", "n_by_phrasing", "accuracy_by_lang")}
     return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
                         "first_transcript": report["tool_transcript"] or
-                                            (report["transcripts"][0] if report["transcripts"] else "")},
+                                            (report["transcripts"][0] if report["transcripts"] else ""),
+                        "zh_transcript": report["zh_transcript"], "demo": demo},
             "metrics": metrics}
 
 

@@ -24,9 +24,13 @@ class RunSection:
 
 @dataclass
 class ServeConfig:
+    # what to serve: "finetune" (this run's fine-tuned model), a registry name, a .gguf file or an HF folder
+    model: str = "finetune"
     model_name: str = "fullchain"
     port: int = 8000                   # 0: pick a free port on 127.0.0.1
     num_replicas: int = 1
+    # bfloat16 on a CPU with avx512_bf16 (or a GPU): decode reads half the bytes per token
+    dtype: str = "float32"
     keep_alive: bool = False           # leave the endpoint up after the pipeline (Ctrl-C stops it)
     demo_prompt: str = "What is 4821 + 937?"
     demo_with_tools: bool = True       # send the synthetic task's tool specs with the demo chat
@@ -35,6 +39,8 @@ class ServeConfig:
     def __post_init__(self):
         check(0 <= self.port < 65536, "serve.port", "must be a TCP port (0 = any free port)")
         check(self.num_replicas >= 1, "serve.num_replicas", "must be >= 1")
+        check(self.dtype in ("float32", "bfloat16", "float16"), "serve.dtype",
+              f"{self.dtype!r}: use float32, bfloat16 or float16")
         check(self.demo_max_tokens >= 1, "serve.demo_max_tokens", "must be >= 1")
 
 

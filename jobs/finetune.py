@@ -1,6 +1,7 @@
-"""`python -m jobs.finetune`: LoRA SFT on the synthetic tool task + Alpaca demo; merged HF export.
+"""`python -m jobs.finetune`: LoRA SFT on the synthetic tool task + the data stage's SFT sets; merged HF export.
 
-Point it at your own model with `--input pretrain.hf=/path/to/llama_hf_dir`.
+The base is `finetune.base`: `pretrain` (this run's pretrain output, or `--input pretrain.hf=MODEL`), a registry
+name such as `smollm2-135m-instruct`, a .gguf file or a Llama-family HF folder.
 """
 from __future__ import annotations
 
@@ -12,10 +13,23 @@ def run(ctx: StageContext) -> dict:
 
     cfg = ctx.cfg.finetune
     data = ctx.inputs("data")
-    base = ctx.inputs("pretrain")["hf"]
+    base = finetune_base(ctx)
     sources = [(data["synthetic_train"], cfg.synthetic_max_rows)]
-    sources += [(p, cfg.alpaca_max_rows) for p in data.get("sft", [])]
-    return run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "pretrain", "hf": base}])
+    sources += [(p, cfg.sft_max_rows) for p in data.get("sft", [])]
+    res = run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "base", "spec": cfg.base, "hf": base}])
+    res["outputs"].update(base=cfg.base, base_hf=str(base))
+    return res
+
+
+def finetune_base(ctx: StageContext) -> str:
+    """The HF folder of `finetune.base` (imported once into the model cache for a registry name or .gguf)."""
+    spec = ctx.cfg.finetune.base
+    if spec == "pretrain":
+        return ctx.inputs("pretrain")["hf"]
+    import cluster
+    from actors.model.registry import resolve_model
+
+    return str(resolve_model(spec, cluster.model_cache()))
 
 
 if __name__ == "__main__":

@@ -50,22 +50,35 @@ class StageContext:
         return self.manifest.stage(stage).get("metrics", {})
 
 
+def upstream(cfg: PipelineConfig, name: str) -> list[str]:
+    """The stages `name` reads: a fine-tune from an outside base does not read the pretrain stage."""
+    ups = list(UPSTREAM[name])
+    if name == "finetune" and cfg.finetune.base != "pretrain":
+        ups.remove("pretrain")
+    return ups
+
+
 def stage_fingerprint(cfg: PipelineConfig, manifest: Manifest, name: str) -> str:
     section = dataclasses.asdict(getattr(cfg, SECTION[name]))
+    if name == "evaluate":  # eval scores the fine-tune base too
+        section = {"eval": section, "finetune_base": cfg.finetune.base}
     # an upstream stage that re-ran (even with the same config) produced new outputs: include when it finished
-    ups = {u: [manifest.stage(u).get("fingerprint"), manifest.stage(u).get("finished")] for u in UPSTREAM[name]}
+    ups = {u: [manifest.stage(u).get("fingerprint"), manifest.stage(u).get("finished")] for u in upstream(cfg, name)}
     return fingerprint({"config": section, "upstream": ups})
 
 
 def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | None = None,
                force: list[str] | None = None, inputs: dict[str, dict] | None = None) -> Manifest:
     import cluster
+    from actors.model.registry import resolve_model
 
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     manifest.data["run"] = cfg.run.name
     manifest.data["config"] = dataclasses.asdict(cfg)
     for stage, outs in (inputs or {}).items():
+        if "hf" in outs:  # a model input: a registry name, a .gguf file or an HF folder
+            outs = {**outs, "hf": str(resolve_model(outs["hf"], cluster.model_cache()))}
         manifest.set_external(stage, {**manifest.stage(stage).get("outputs", {}), **outs})
     manifest.save()
     info = cluster.connect()
@@ -115,7 +128,11 @@ def parse_inputs(items: list[str]) -> dict[str, dict]:
         stage, k = key.split(".", 1)
         if stage not in STAGES:
             raise ConfigError(f"--input {item!r}: unknown stage {stage!r}; allowed: {list(STAGES)}")
-        out.setdefault(stage, {})[k] = str(Path(path).resolve()) if "://" not in path else path
+        from actors.model.registry import REGISTRY
+
+        # a registry name stays a name (resolved to its imported folder by run_stages), never a relative path
+        keep = "://" in path or (k == "hf" and path in REGISTRY)
+        out.setdefault(stage, {})[k] = path if keep else str(Path(path).resolve())
     return out
 
 

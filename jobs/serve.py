@@ -21,10 +21,20 @@ def _start(ctx: StageContext, port: int) -> str:
     from actors.serve.deployment import start_server
 
     cfg = ctx.cfg.serve
-    model_dir = ctx.inputs("finetune")["hf"]
+    model_dir = served_model(ctx)
     root = start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
-                        num_replicas=cfg.num_replicas, app_name=APP_NAME)
+                        num_replicas=cfg.num_replicas, app_name=APP_NAME, dtype=cfg.dtype)
     return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
+
+
+def served_model(ctx: StageContext) -> str:
+    spec = ctx.cfg.serve.model
+    if spec == "finetune":
+        return ctx.inputs("finetune")["hf"]
+    import cluster
+    from actors.model.registry import resolve_model
+
+    return str(resolve_model(spec, cluster.model_cache()))
 
 
 def run(ctx: StageContext) -> dict:
@@ -48,22 +58,17 @@ def run(ctx: StageContext) -> dict:
             "response": {"content": choice.message.content, "finish_reason": choice.finish_reason,
                          "tool_calls": [tc.model_dump() for tc in (choice.message.tool_calls or [])],
                          "usage": resp.usage.model_dump() if resp.usage else None}}
-    return {"outputs": {"base_url": base_url, "model_name": cfg.model_name, "model_dir": ctx.inputs("finetune")["hf"],
+    return {"outputs": {"base_url": base_url, "model_name": cfg.model_name, "model_dir": served_model(ctx),
                         "app_name": APP_NAME, "demo_chat": demo},
             "metrics": {"startup_s": round(startup, 2), "demo_latency_s": round(latency, 3),
                         "demo_completion_tokens": resp.usage.completion_tokens if resp.usage else None}}
 
 
 def _demo_tools(ctx: StageContext) -> list[dict] | None:
-    """The tool specs of the synthetic task (what the model was fine-tuned with), from the data stage."""
-    import json
+    """The tool specs of the synthetic task (what the model was fine-tuned with): the shared contract's."""
+    from actors.tooltask import TOOLS
 
-    path = ctx.manifest.stage("data").get("outputs", {}).get("synthetic_heldout")
-    if not path:
-        return None
-    with open(path) as f:
-        first = f.readline()
-    return json.loads(first).get("tools") if first.strip() else None
+    return TOOLS
 
 
 def on_skip(ctx: StageContext, todo: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""`runs/<name>/summary.md`: per-stage time, val loss vs baseline, eval table, one chat, one agent transcript."""
+"""`runs/<name>/summary.md` (per-stage time, val loss vs baseline, eval table, one chat, agent transcripts) and
+`runs/<name>/summary.json` (the same numbers, with a flat `headline` object for scripts and checks)."""
 from __future__ import annotations
 
 import json
@@ -44,11 +45,14 @@ def build_summary(manifest: Manifest) -> str:
                   f"| params | {p.get('num_params')} |"]
     f = st.get("finetune", {}).get("metrics", {})
     if f:
-        lines += ["", "## Fine-tune", "", f"LoRA SFT: {f.get('step')} steps, final loss {_fmt(f.get('loss'))}, "
-                  f"{f.get('examples')} examples"]
+        fo = st.get("finetune", {}).get("outputs", {})
+        lines += ["", "## Fine-tune", "", f"{st['finetune'].get('config', {}).get('method', 'lora')} SFT of "
+                  f"`{fo.get('base', 'pretrain')}`: {f.get('step')} steps, final loss {_fmt(f.get('loss'))}, "
+                  f"{f.get('examples')} examples {f.get('sources')}"]
     e = st.get("evaluate", {}).get("outputs", {})
     if e.get("results_md") and Path(e["results_md"]).exists():
-        lines += ["", "## Evaluation (pretrained vs fine-tuned)", "", Path(e["results_md"]).read_text().strip()]
+        lines += ["", "## Evaluation (fine-tune base vs fine-tuned; the from-scratch pretrain on the tasks that "
+                  "fit it)", "", Path(e["results_md"]).read_text().strip()]
     s = st.get("serve", {}).get("outputs", {})
     if s.get("demo_chat"):
         demo = s["demo_chat"]
@@ -63,12 +67,76 @@ def build_summary(manifest: Manifest) -> str:
                   f"over n={m.get('n')}, mean steps {_fmt(m.get('mean_steps'), 2)}, stops {m.get('stopped_reasons')}. "
                   "The transcript is the first run in which a tool actor answered (else the first run):",
                   "", "```", a.get("outputs", {}).get("first_transcript", "").strip(), "```"]
+        if m.get("accuracy_by_phrasing"):
+            lines += ["", f"accuracy by phrasing {m.get('accuracy_by_phrasing')} (n {m.get('n_by_phrasing')}), "
+                      f"by language {m.get('accuracy_by_lang')}"]
+        demo = a.get("outputs", {}).get("demo")
+        if demo:
+            lines += ["", "Demo question through the agent:", "", "```", demo.get("transcript", "").strip(), "```"]
+        zh = a.get("outputs", {}).get("zh_transcript")
+        if zh:
+            lines += ["", "A held-out Chinese prompt (a language the fine-tune never saw for this task):", "",
+                      "```", zh.strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _metric(results: dict, label: str, task: str, key: str):
+    return results.get(label, {}).get(task, {}).get("metrics", {}).get(key)
+
+
+def _demo_expression(serve_outputs: dict) -> str | None:
+    calls = ((serve_outputs.get("demo_chat") or {}).get("response") or {}).get("tool_calls") or []
+    for c in calls:
+        try:
+            args = json.loads(c["function"]["arguments"])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            continue
+        for v in args.values() if isinstance(args, dict) else []:
+            if isinstance(v, str):
+                return v
+    return None
+
+
+def build_headline(manifest: Manifest) -> dict:
+    """The run's key numbers as one flat object (None where a stage did not run)."""
+    st = manifest.data["stages"]
+    results = {}
+    e = st.get("evaluate", {}).get("outputs", {})
+    if e.get("results_json") and Path(e["results_json"]).exists():
+        results = json.loads(Path(e["results_json"]).read_text()).get("results", {})
+    base = "base" if "base" in results else "pretrain"
+    am = st.get("agent", {}).get("metrics", {})
+    ao = st.get("agent", {}).get("outputs", {})
+    arith_n = results.get("finetune", {}).get("arith_tool", {}).get("n")
+    return {
+        "pipeline_s": manifest.data.get("pipeline_seconds"),
+        "finetune_base": st.get("finetune", {}).get("outputs", {}).get("base"),
+        "pretrain_val_over_unigram": st.get("pretrain", {}).get("metrics", {}).get("val_vs_unigram"),
+        "arith_tool_em_base": _metric(results, base, "arith_tool", "exact_match"),
+        "arith_tool_em_finetuned": _metric(results, "finetune", "arith_tool", "exact_match"),
+        "arith_tool_n": arith_n,
+        "agent_accuracy": am.get("accuracy"),
+        "agent_n": am.get("n"),
+        "agent_accuracy_unseen_phrasing": (am.get("accuracy_by_phrasing") or {}).get("unseen"),
+        "agent_n_unseen_phrasing": (am.get("n_by_phrasing") or {}).get("unseen"),
+        "arc_easy_acc_norm_base": _metric(results, base, "arc_easy", "acc_norm"),
+        "arc_easy_acc_norm_finetuned": _metric(results, "finetune", "arc_easy", "acc_norm"),
+        "arc_easy_acc_norm_pretrain": _metric(results, "pretrain", "arc_easy", "acc_norm") if base == "base" else None,
+        "bfcl_simple_base": _metric(results, base, "bfcl_simple", "ast_accuracy"),
+        "bfcl_simple_finetuned": _metric(results, "finetune", "bfcl_simple", "ast_accuracy"),
+        "demo_tool_call_expression": _demo_expression(st.get("serve", {}).get("outputs", {})),
+        "agent_demo_answer": (ao.get("demo") or {}).get("final_answer"),
+    }
 
 
 def write_summary(manifest: Manifest) -> Path:
     text = build_summary(manifest)
     out = manifest.run_dir / "summary.md"
     out.write_text(text)
+    st = manifest.data["stages"]
+    summary = {"run": manifest.data.get("run"), "headline": build_headline(manifest),
+               "stage_seconds": {k: v.get("seconds") for k, v in st.items()},
+               "stage_metrics": {k: v.get("metrics") for k, v in st.items() if k != "evaluate"}}
+    (manifest.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     print(text, flush=True)
     return out

@@ -132,8 +132,10 @@ def test_argument_validation_names_argument_and_type():
 
 
 def test_specs_equal_the_fine_tuning_specs():
-    assert make_tool("calculator").spec() == synthetic.CALCULATOR_SPEC
-    assert make_tool("python").spec() == synthetic.PYTHON_SPEC
+    from actors.tooltask import CALCULATOR_SPEC, PYTHON_SPEC
+
+    assert make_tool("calculator").spec() == CALCULATOR_SPEC
+    assert make_tool("python").spec() == PYTHON_SPEC
     assert [make_tool(t["function"]["name"]).spec() for t in synthetic.TOOLS] == synthetic.TOOLS
     with pytest.raises(ValueError, match="unknown tool 'shell'"):
         make_tool("shell")
@@ -193,7 +195,7 @@ def test_tool_actor_matches_ray_free_tool(tool_actors):
     got = ray.get([tool_actors[name].call.remote(args) for name, args in cases])
     for (name, args), out in zip(cases, got):
         assert out == make_tool(name).call(args).to_dict(), (name, args)
-    assert ray.get(tool_actors["python"].spec.remote()) == synthetic.PYTHON_SPEC
+    assert ray.get(tool_actors["python"].spec.remote()) == synthetic.TOOLS[1]
 
 
 def _call(name, arguments, cid="call_1"):
@@ -261,14 +263,14 @@ def test_run_reports_unreachable_server_and_evaluation_stays_honest(agent):
 
 # ------------------------------------------------------------------------------------------ report helpers
 def test_report_prompt_and_answer_parsing():
-    from actors.agent.report import last_number, prompt_of, same_number
+    from actors.tooltask import last_number, prompt_messages, same_number
 
     _, heldout = synthetic.generate(0, 40, seed=7)
     rng = random.Random(0)
     for r in heldout:
-        assert prompt_of(r) == synthetic.prompt_messages(r)
-        # every final-answer template the model was trained on scores as correct
-        for tpl in synthetic.ANSWER_TEMPLATES:
+        assert prompt_messages(r) == r["messages"][:1]
+        # every final-answer template scores as correct
+        for tpl in synthetic.ANSWER_TEMPLATES[r["lang"]]:
             text = tpl.format(e=r["expression"], a=r["answer"])
             assert same_number(last_number(text), r["answer"]), text
         wrong = str(int(r["answer"]) + rng.choice([-1, 1]))

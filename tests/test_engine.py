@@ -17,7 +17,8 @@ import torch
 from actors.common.config import ConfigError
 from actors.data import synthetic
 from actors.model import Transformer, get_config, load_hf, save_hf
-from actors.model.tokenizer import EOS, load_tokenizer, parse_tool_calls, stop_token_ids, train_tokenizer
+from actors.model.tokenizer import EOS, load_tokenizer, stop_token_ids, train_tokenizer
+from actors.tooltask import parse_tool_calls
 from actors.model.transformer import causal_lm_loss
 from actors.serve.engine import AsyncEngine, PlainEngine, SamplingParams
 
@@ -42,7 +43,7 @@ def make_tiny_model(root: Path, steps: int = 200) -> TinyModel:
     """Build (once per pytest session: cached under `root`) a tiny model that emits a real tool call."""
     train, _ = synthetic.generate(20, 0, seed=0)
     record = train[0]
-    tm = TinyModel(root / "tiny-model" / "hf", record, synthetic.prompt_messages(record))
+    tm = TinyModel(root / "tiny-model" / "hf", record, record["messages"][:1])
     if (tm.dir / "model.safetensors").exists():
         return tm
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""Eval stage: lm-eval definitions, backend scoring against a manual log-softmax, the safe evaluator, and
-run_eval through real EvalWorker actors on two tiny random checkpoints."""
+"""Eval stage: lm-eval definitions, backend scoring against a manual log-softmax, batched generation, the
+arith_tool turn through the shared contract, and run_eval through real EvalWorker actors on two tiny random
+checkpoints."""
 from __future__ import annotations
 
 import json
@@ -12,10 +13,11 @@ import torch.nn.functional as F
 from actors.common.config import ConfigError
 from actors.eval.backend import LocalModelBackend, LoglikelihoodRequest, RollingRequest
 from actors.eval.config import EvalConfig
-from actors.eval.metrics import aggregate_mean, last_number, multiple_choice_metrics
+from actors.eval.metrics import aggregate_mean, multiple_choice_metrics
 from actors.eval.runner import evaluate, run_eval
-from actors.eval.tasks import (MultipleChoiceTask, UnsafeExpression, arc_doc, safe_eval, score_record,
-                               tool_turn)
+from actors.eval.tasks import MultipleChoiceTask, arc_doc, score_record, tool_turn
+from actors.model.chat import render_chat
+from actors.tooltask import last_number
 
 
 @pytest.fixture(scope="module")
@@ -177,20 +179,14 @@ def test_generate_matches_uncached_greedy(tiny):
     # chat messages are rendered with the template and a generation prompt
     msgs = [{"role": "user", "content": "What is 2 + 3?"}]
     assert b.render(GenerateRequest(messages=msgs)).endswith("<|im_start|>assistant\n")
+    # a left-padded batch of prompts of different lengths and budgets gives each prompt's own greedy text
+    prompts = [prompt, "KING:", "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:", "O"]
+    reqs = [GenerateRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts, (10, 3, 12, 7))]
+    b.gen_batch_size = 3
+    assert b.generate(reqs) == [b.generate([r])[0] for r in reqs]
 
 
-# (d) safe evaluator ------------------------------------------------------------------------------------
-def test_safe_eval():
-    assert safe_eval("2 + 3 * (4 - 1)") == 11
-    assert safe_eval("-7 // 2") == -4 and safe_eval("7 % 3") == 1 and safe_eval("7 / 2") == 3.5
-    assert safe_eval("2 ** 10") == 1024 and safe_eval("-(3)") == -3 and safe_eval(" 1234 * 5678 ") == 7006652
-    for bad in ["__import__('os')", "__import__('os').system('true')", "x + 1", "abs(-3)", "(1).real",
-                "().__class__", "'a' * 3", "True + 1", "[1, 2]", "1 if 1 else 2", "1 < 2", "1 << 100",
-                "9 ** 9 ** 9", "2 ** 100000", "10 ** -100000", "1 / 0", "lambda: 1", "1; 2", ""]:
-        with pytest.raises(UnsafeExpression):
-            safe_eval(bad)
-
-
+# (d) the arith_tool turn (tool results from the agent's own evaluator: actors.tooltask) -----------------
 def test_arith_tool_turn_and_scoring(tiny):
     rec = tiny["heldout"][0]
     expr, ans = rec["expression"], rec["answer"]
@@ -202,13 +198,20 @@ def test_arith_tool_turn_and_scoring(tiny):
     same = [dict(m) for m in rec["messages"][:3]]
     same[1]["tool_calls"] = [{**same[1]["tool_calls"][0], "function": {
         "name": "calculator", "arguments": json.dumps({"expression": expr.replace(" ", "")})}}]
-    assert (tok.apply_chat_template(st["messages"], tools=rec["tools"], tokenize=False)
-            == tok.apply_chat_template(same, tools=rec["tools"], tokenize=False))
+    assert (render_chat(tok, st["messages"], rec["tools"], add_generation_prompt=False)
+            == render_chat(tok, same, rec["tools"], add_generation_prompt=False))
     st["final"] = f"The answer is {ans}."
     assert score_record(rec, st) == {"exact_match": 1.0, "valid_tool_call_rate": 1.0, "expression_match": 1.0}
     bad = tool_turn(rec, '<tool_call>{"name": "search", "arguments": {"q": "1"}}</tool_call> 12')
     assert bad["call"] is None and score_record(rec, bad)["valid_tool_call_rate"] == 0.0
     assert last_number("答案是 -1,234。") == "-1234" and last_number("no digits") is None
+    # the python tool accepts max()/round() as the agent's does; the calculator refuses calls
+    py = tool_turn(rec, '<tool_call>{"name": "python", "arguments": {"code": "max(2, 1/3)"}}</tool_call>')
+    assert py["tool_result"] == "2"
+    calc = tool_turn(rec, '<tool_call>{"name": "calculator", "arguments": {"expression": "max(2, 3)"}}</tool_call>')
+    assert calc["tool_result"].startswith("error: function calls are not allowed")
+    third = tool_turn(rec, '<tool_call>{"name": "calculator", "arguments": {"expression": "1/3"}}</tool_call>')
+    assert third["tool_result"] == "0.333333333333"
 
 
 def test_config_errors():

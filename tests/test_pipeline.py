@@ -53,6 +53,14 @@ def test_every_stage_completes_and_hands_off(tiny_run):
     summary = (tiny_run / "summary.md").read_text()
     for section in ("## Stages", "## Pretrain", "## Evaluation", "## Served chat completion", "## Agent"):
         assert section in summary
+    head = json.loads((tiny_run / "summary.json").read_text())["headline"]
+    assert head["finetune_base"] == "pretrain" and head["agent_n"] == 2 and head["arith_tool_n"] == 4
+    assert head["pretrain_val_over_unigram"] == st["pretrain"]["metrics"]["val_vs_unigram"]
+    assert head["arith_tool_em_finetuned"] == results["results"]["finetune"]["arith_tool"]["metrics"]["exact_match"]
+    assert head["arc_easy_acc_norm_base"] == results["results"]["pretrain"]["arc_easy"]["metrics"]["acc_norm"]
+    assert set(head) >= {"pipeline_s", "arith_tool_em_base", "agent_accuracy", "agent_accuracy_unseen_phrasing",
+                         "arc_easy_acc_norm_finetuned", "bfcl_simple_base", "bfcl_simple_finetuned",
+                         "demo_tool_call_expression", "agent_demo_answer"}
 
 
 def test_rerun_skips_completed_stages(tiny_run, capsys):

@@ -10,7 +10,8 @@ import openai
 import pytest
 
 from actors.data import synthetic
-from actors.model.tokenizer import load_tokenizer, parse_tool_calls
+from actors.model.tokenizer import load_tokenizer
+from actors.tooltask import parse_tool_calls
 from conftest import free_port
 from test_engine import make_tiny_model
 

@@ -115,7 +115,7 @@ CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 3"}}'
     ('<tool_call>{"name": "f", "arguments": "[1]"}</tool_call>', "", 0, "arguments must be an object"),
 ])
 def test_parse_tool_calls(text, content, n_calls, error):
-    from actors.model.tokenizer import parse_tool_calls
+    from actors.tooltask import parse_tool_calls
 
     got_content, calls, errors = parse_tool_calls(text)
     assert got_content == content and len(calls) == n_calls

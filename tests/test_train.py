@@ -67,6 +67,30 @@ def test_sft_sources_are_counted_and_a_too_short_max_len_fails_early(tok_dir, tm
     check_sources_fit(tok, [(path, 6)], max_len=n)
 
 
+def test_sparse_sft_loss_equals_the_dense_loss_and_its_grads():
+    """SFT computes logits only where a token is trained; loss and gradients equal the full-logits loss."""
+    from actors.model.transformer import causal_lm_loss, sparse_causal_lm_loss
+
+    torch.manual_seed(0)
+    cfg = get_config("debug", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
+    model = Transformer(cfg)
+    x = torch.randint(0, 300, (3, 17))
+    labels = x.clone()
+    labels[0, :9] = -100
+    labels[1, 4:11] = -100
+    labels[2, :] = -100
+    labels[2, 16] = x[2, 16]  # one trained token, the last position
+    dense = causal_lm_loss(model(x), labels)
+    dense.backward()
+    g_dense = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sparse = sparse_causal_lm_loss(model, x, labels)
+    sparse.backward()
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, g_dense[n], atol=1e-6, rtol=1e-5)
+
+
 def test_lora_merge_matches_unmerged_adapter(tmp_path):
     torch.manual_seed(0)
     cfg = get_config("debug", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2)

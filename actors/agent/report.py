@@ -5,35 +5,9 @@ turn). Metrics are measured, not massaged: one attempt per record, no retries, e
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
-from decimal import Decimal, InvalidOperation
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def prompt_of(record: dict) -> list[dict]:
-    """The messages the model sees before its first (tool-calling) turn."""
-    msgs = record["messages"]
-    for i, m in enumerate(msgs):
-        if m.get("role") == "assistant":
-            return [dict(x) for x in msgs[:i]]
-    return [dict(x) for x in msgs]
-
-
-def last_number(text: str | None) -> str | None:
-    """The last number written in `text` (e.g. '123 - 456 = -333' -> '-333'), or None."""
-    found = _NUMBER.findall((text or "").replace(",", ""))
-    return found[-1] if found else None
-
-
-def same_number(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return False
-    try:
-        return Decimal(a) == Decimal(b)   # '7.0' == '7', without float rounding on big integers
-    except InvalidOperation:
-        return a.strip() == b.strip()
+from actors.tooltask import last_number, prompt_messages, same_number
 
 
 def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
@@ -41,20 +15,23 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
 
     valid_tool_call_rate: fraction whose FIRST reply had >= 1 tool call to a known tool with valid args;
     tool_call_rate: fraction whose first reply had any tool call; accuracy: last number of the final
-    answer equals record["answer"]; mean_steps: model calls per record.
+    answer equals record["answer"]; mean_steps: model calls per record. Records carrying `phrasing`
+    ("seen" | "unseen": was the question's wording in training?) and `lang` are also scored per group.
     """
     if not records:
         raise ValueError("evaluate_agent needs at least one held-out record")
-    rows, texts, tool_text = [], [], None
+    rows, texts, tool_text, zh_text = [], [], None, None
     reasons: Counter = Counter()
     for r in records:
-        tr = agent.run(prompt_of(r))
+        tr = agent.run(prompt_messages(r))
         first = tr.steps[0] if tr.steps else None
         calls = first.tool_calls if first else []
         predicted = last_number(tr.final_answer) if tr.stopped_reason == "answer" else None
         row = {
             "id": r.get("id"),
             "expression": r.get("expression"),
+            "phrasing": r.get("phrasing"),
+            "lang": r.get("lang"),
             "answer": str(r["answer"]),
             "final_answer": tr.final_answer,
             "predicted": predicted,
@@ -72,18 +49,33 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
             texts.append(tr.to_text())
         if tool_text is None and any(c.ok for c in tr.tool_calls):
             tool_text = tr.to_text()  # the first run in which a tool actor actually answered
+        if zh_text is None and r.get("lang") == "zh" and any(c.ok for c in tr.tool_calls):
+            zh_text = tr.to_text()
     n = len(rows)
+
+    def acc(key: str) -> dict[str, float]:
+        groups: dict[str, list[bool]] = {}
+        for x in rows:
+            if x[key] is not None:
+                groups.setdefault(x[key], []).append(x["correct"])
+        return {g: sum(v) / len(v) for g, v in sorted(groups.items())}
+
+    counts = Counter(x["phrasing"] for x in rows if x["phrasing"] is not None)
     return {
         "n": n,
         "valid_tool_call_rate": sum(x["first_tool_call_valid"] for x in rows) / n,
         "tool_call_rate": sum(x["first_tool_call"] for x in rows) / n,
         "accuracy": sum(x["correct"] for x in rows) / n,
         "mean_steps": sum(x["steps"] for x in rows) / n,
+        "accuracy_by_phrasing": acc("phrasing"),
+        "n_by_phrasing": dict(counts),
+        "accuracy_by_lang": acc("lang"),
         "stopped_reasons": dict(reasons),
         "transcripts": texts,
         "tool_transcript": tool_text,
+        "zh_transcript": zh_text,
         "records": rows,
     }
 
 
-__all__ = ["evaluate_agent", "prompt_of", "last_number", "same_number"]
+__all__ = ["evaluate_agent"]

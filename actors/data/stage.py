@@ -247,7 +247,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
     with open(quarantine_path, "a") as qf:
         for s in cfg.sft_sources:
             path = Path(s.path) if Path(s.path).is_absolute() else Path(data_root) / s.path
-            records, bad, counts = sft.convert_alpaca_file(path, s.name, s.max_rows)
+            records, bad, counts = sft.convert_sft_file(path, s.name, s.format, s.max_rows)
             sft_paths.append(str(synthetic.write_jsonl(records, out / "sft" / f"{s.name}.jsonl")))
             for q in bad:
                 qf.write(json.dumps(q, ensure_ascii=False) + "\n")

@@ -1,10 +1,11 @@
 """Rule-based synthetic task: multi-digit arithmetic answered *through a calculator tool call*.
 
-A tiny model cannot do 4-digit arithmetic, but it can learn in minutes to copy the expression into a
-tool call and the tool's result into the answer, so the task is learnable on CPU and scored exactly.
+A small model cannot do 4-digit arithmetic, but it can learn to copy the expression into a tool call and
+the tool's result into the answer, so the task is learnable and scored exactly. Tool specs, the call format
+and answer extraction are the shared contract's (actors.tooltask).
 
 Record (JSONL), one conversation in OpenAI message format:
-    {"id", "split", "expression", "answer", "tools": TOOLS,
+    {"id", "split", "phrasing": "seen"|"unseen", "lang": "en"|"zh", "expression", "answer", "tools": TOOLS,
      "messages": [user, assistant{tool_calls}, tool{content=answer}, assistant{content}]}
 Train and held-out splits never share an expression.
 """
@@ -14,42 +15,26 @@ import json
 import random
 from pathlib import Path
 
-CALCULATOR_SPEC = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression with + - * / and parentheses.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string", "description": "e.g. 12 * (3 + 4)"}},
-            "required": ["expression"],
-        },
-    },
-}
-PYTHON_SPEC = {
-    "type": "function",
-    "function": {
-        "name": "python",
-        "description": "Evaluate a Python arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "e.g. max(3, 7) ** 2"}},
-            "required": ["code"],
-        },
-    },
-}
-TOOLS = [CALCULATOR_SPEC, PYTHON_SPEC]
+from actors.tooltask import TOOLS
 
-QUESTION_TEMPLATES = [
+# Training sees only these English phrasings. The held-out split mixes them with phrasings (and a language)
+# training never saw, so the eval and the agent measure generalisation, not recall of a template.
+TRAIN_QUESTIONS = [
     "What is {e}?",
     "Compute {e}.",
     "Calculate {e}.",
     "What does {e} equal?",
     "Use the calculator: {e}",
-    "计算 {e}",
-    "{e} 等于多少？",
 ]
-ANSWER_TEMPLATES = ["{e} = {a}", "The answer is {a}.", "{a}", "答案是 {a}。"]
+UNSEEN_QUESTIONS = {
+    "en": ["Could you work out {e} for me?", "I need the result of {e}.", "Quick question: {e} = ?",
+           "Tell me the value of {e}.", "Please evaluate {e}."],
+    "zh": ["计算 {e}", "{e} 等于多少？", "请帮我算一下 {e}。", "{e} 的结果是多少？"],
+}
+ANSWER_TEMPLATES = {"en": ["{e} = {a}", "The answer is {a}.", "{a}"], "zh": ["答案是 {a}。", "{e} = {a}"]}
+# Held-out record i takes phrasing HELDOUT_CYCLE[i % 4]: half seen, a quarter unseen English, a quarter Chinese,
+# so any prefix of the held-out file (the agent's first n_eval rows) is at least half unseen phrasings.
+HELDOUT_CYCLE = [("seen", "en"), ("unseen", "en"), ("seen", "en"), ("unseen", "zh")]
 OPS = ["+", "-", "*"]
 
 
@@ -64,12 +49,16 @@ def make_expression(rng: random.Random, min_digits: int = 2, max_digits: int = 4
     return f"{a} {op} {b}", value
 
 
-def make_record(rng: random.Random, idx: int, split: str, expression: str, answer: int) -> dict:
-    q = rng.choice(QUESTION_TEMPLATES).format(e=expression)
-    final = rng.choice(ANSWER_TEMPLATES).format(e=expression, a=answer)
+def make_record(rng: random.Random, idx: int, split: str, expression: str, answer: int,
+                phrasing: str = "seen", lang: str = "en") -> dict:
+    pool = TRAIN_QUESTIONS if phrasing == "seen" else UNSEEN_QUESTIONS[lang]
+    q = rng.choice(pool).format(e=expression)
+    final = rng.choice(ANSWER_TEMPLATES[lang]).format(e=expression, a=answer)
     return {
         "id": f"arith-{split}-{idx}",
         "split": split,
+        "phrasing": phrasing,
+        "lang": lang,
         "expression": expression,
         "answer": str(answer),
         "tools": TOOLS,
@@ -103,7 +92,9 @@ def generate(n_train: int, n_heldout: int, seed: int = 0, min_digits: int = 2,
             if e in seen:
                 continue
             seen.add(e)
-            splits[split].append(make_record(rng, len(splits[split]), split, e, v))
+            i = len(splits[split])
+            phrasing, lang = HELDOUT_CYCLE[i % len(HELDOUT_CYCLE)] if split == "heldout" else ("seen", "en")
+            splits[split].append(make_record(rng, i, split, e, v, phrasing, lang))
     return splits["train"], splits["heldout"]
 
 
@@ -114,9 +105,3 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return p
-
-
-def prompt_messages(record: dict) -> list[dict]:
-    """The messages a model sees before its first (tool-calling) turn."""
-    msgs = record["messages"]
-    return msgs[: next(i for i, m in enumerate(msgs) if m["role"] == "assistant")]

@@ -88,7 +88,8 @@ class LocalModelBackend(ModelBackend):
     """Our Transformer + tokenizer, loaded once from a Hugging Face folder (`save_hf` output)."""
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
-                 batch_size: int = 16, progress: bool = True, num_threads: int | None = None):
+                 batch_size: int = 16, progress: bool = True, num_threads: int | None = None,
+                 gen_batch_size: int = 16):
         from actors.model.hf import load_hf
         from actors.model.tokenizer import load_tokenizer, stop_token_ids
 
@@ -100,6 +101,7 @@ class LocalModelBackend(ModelBackend):
         self.model = load_hf(model_dir, dtype=getattr(torch, dtype), device=self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self.batch_size = batch_size
+        self.gen_batch_size = gen_batch_size
         self.progress = progress
         self.max_length = self.model.config.max_position_embeddings
         self.eos_id = self.model.config.eos_token_id
@@ -198,42 +200,28 @@ class LocalModelBackend(ModelBackend):
 
     # ---- generation -----------------------------------------------------------------------------
     def render(self, req: GenerateRequest) -> str:
+        """The prompt text: verbatim, or the messages (+ tools) through the chat template exactly as the
+        server renders them (actors.model.chat.render_chat)."""
+        from actors.model.chat import render_chat
+
         if req.prompt is not None:
             return req.prompt
-        return self.tokenizer.apply_chat_template(req.messages, tools=req.tools, add_generation_prompt=True,
-                                                  tokenize=False)
-
-    @torch.no_grad()
-    def generate_one(self, prompt: str, stop: list[str], max_new_tokens: int) -> str:
-        """Greedy decoding with a KV cache until a stop token id (EOS, <|im_end|>), a stop string, the token
-        budget, or the context limit; the stop token/string itself is not returned (lm-eval until= rule)."""
-        ids = self.tok_encode(prompt)
-        keep = max(1, self.max_length - max_new_tokens)
-        ids = ids[-keep:]  # left-truncate the prompt so prompt + generation fits the positions
-        cache = self.model.new_cache()
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out: list[int] = []
-        text = ""
-        for _ in range(max_new_tokens):
-            logits = self.model(x, cache=cache)[:, -1]
-            nxt = int(logits.argmax(-1).item())
-            if nxt in self.stop_ids:
-                break
-            out.append(nxt)
-            if stop:
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
-                if any(s in text for s in stop):
-                    break
-            if cache.length + 1 >= self.max_length:
-                break
-            x = torch.tensor([[nxt]], dtype=torch.long, device=self.device)
-        text = self.tokenizer.decode(out, skip_special_tokens=True)
-        for s in stop:
-            if s in text:
-                text = text.split(s)[0]
-        return text
+        return render_chat(self.tokenizer, req.messages, req.tools, add_generation_prompt=True)
 
     def generate(self, requests: list[GenerateRequest]) -> list[str]:
-        return [self.generate_one(self.render(r), r.stop, r.max_new_tokens)
-                for r in _progress(requests, self.progress and len(requests) > 1, "generate", len(requests))]
+        """Greedy decoding, batched (actors.model.generate), until a stop token id (EOS, end of turn), the
+        token budget or the context limit; text is cut at the first stop string, which is not returned
+        (lm-eval `until` rule; greedy tokens before it do not depend on what follows)."""
+        from actors.model.generate import greedy_generate
 
+        prompts = [self.tok_encode(self.render(r)) for r in requests]
+        bar = (lambda it: _progress(it, True, "generate")) if self.progress and len(requests) > 1 else None
+        outs = greedy_generate(self.model, prompts, [r.max_new_tokens for r in requests], self.stop_ids,
+                               self.max_length, batch_size=self.gen_batch_size, pad_id=self.eos_id, progress=bar)
+        texts = []
+        for r, ids in zip(requests, outs):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for s in r.stop:
+                text = text.split(s)[0]
+            texts.append(text)
+        return texts

@@ -8,18 +8,24 @@ from typing import Literal
 from actors.common.config import check
 
 # Every task name `EvalConfig.tasks` accepts; tasks.py registers one builder per name.
-TASK_NAMES = ("perplexity", "arc_easy", "arc_challenge", "hellaswag", "arith_tool")
+TASK_NAMES = ("perplexity", "arc_easy", "arc_challenge", "hellaswag", "arith_tool", "bfcl_simple")
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["perplexity", "arc_easy", "arith_tool"])
+    # tasks of the fine-tune base and the fine-tuned model
+    tasks: list[str] = field(default_factory=lambda: ["arc_easy", "arith_tool", "bfcl_simple"])
+    # tasks of the pretrain stage's output when it is not the fine-tune base (perplexity needs its tokenizer)
+    pretrain_tasks: list[str] = field(default_factory=lambda: ["perplexity", "arc_easy"])
     # Relative benchmark paths resolve against data_root; runner.run_eval fills data_root from
     # cluster.data_root() (only cluster/ reads environment variables).
     data_root: str | None = None
     arc_easy_path: str = "arc/arc_easy_test_rows0-199.jsonl"
     arc_challenge_path: str = "arc/arc_challenge_test_rows0-199.jsonl"
     hellaswag_path: str = "hellaswag/val_rows0-199.jsonl"
+    bfcl_simple_path: str = "bfcl/BFCL_v4_simple_python_rows0-49.jsonl"
+    bfcl_limit: int | None = None          # first N rows (None = all 50 shared rows)
+    bfcl_max_new_tokens: int = 128         # a call with a few arguments is ~40-80 tokens
     arc_limit: int | None = None           # first N docs of each ARC slice; None = all (200 in shared)
     hellaswag_limit: int | None = None
     val_dir: str | None = None             # folder of packed *.parquet (column input_ids) for perplexity
@@ -38,10 +44,14 @@ class EvalConfig:
     def __post_init__(self):
         check(isinstance(self.tasks, (list, tuple)) and len(self.tasks) > 0, "eval.tasks",
               f"must be a non-empty list of task names; allowed: {list(TASK_NAMES)}")
-        unknown = [t for t in self.tasks if t not in TASK_NAMES]
-        check(not unknown, "eval.tasks", f"unknown task(s) {unknown}; allowed: {list(TASK_NAMES)}")
-        check(len(set(self.tasks)) == len(self.tasks), "eval.tasks", f"lists a task twice: {self.tasks}")
-        for k in ("arc_limit", "hellaswag_limit", "arith_limit"):
+        for key in ("tasks", "pretrain_tasks"):
+            names = getattr(self, key)
+            check(isinstance(names, (list, tuple)), f"eval.{key}", f"must be a list of task names from {list(TASK_NAMES)}")
+            unknown = [t for t in names if t not in TASK_NAMES]
+            check(not unknown, f"eval.{key}", f"unknown task(s) {unknown}; allowed: {list(TASK_NAMES)}")
+            check(len(set(names)) == len(names), f"eval.{key}", f"lists a task twice: {names}")
+        check(self.bfcl_max_new_tokens > 0, "eval.bfcl_max_new_tokens", f"must be > 0, got {self.bfcl_max_new_tokens}")
+        for k in ("arc_limit", "hellaswag_limit", "arith_limit", "bfcl_limit"):
             v = getattr(self, k)
             check(v is None or v > 0, f"eval.{k}", f"must be > 0 or null (all docs), got {v}")
         check(self.ppl_max_rows > 0, "eval.ppl_max_rows", f"must be > 0, got {self.ppl_max_rows}")
@@ -61,19 +71,20 @@ class EvalConfig:
               "or give an absolute path")
         return Path(self.data_root) / p
 
-    def require_inputs(self) -> None:
+    def require_inputs(self, tasks: list[str] | None = None) -> None:
         """Fail before any model loads when a requested task has no data."""
-        if "perplexity" in self.tasks:
+        tasks = self.tasks if tasks is None else tasks
+        if "perplexity" in tasks:
             check(self.val_dir is not None, "eval.val_dir",
                   "task 'perplexity' needs the packed validation folder; pass val_dir=... to run_eval")
             check(Path(self.val_dir).is_dir() and any(Path(self.val_dir).glob("*.parquet")), "eval.val_dir",
                   f"{self.val_dir!r} holds no *.parquet shards; point it at the data stage's val folder")
-        if "arith_tool" in self.tasks:
+        if "arith_tool" in tasks:
             check(self.arith_path is not None, "eval.arith_path",
                   "task 'arith_tool' needs the held-out synthetic JSONL; pass arith_heldout=... to run_eval")
             check(Path(self.arith_path).is_file(), "eval.arith_path", f"{self.arith_path!r} does not exist")
         for task, key in (("arc_easy", "arc_easy_path"), ("arc_challenge", "arc_challenge_path"),
-                          ("hellaswag", "hellaswag_path")):
-            if task in self.tasks:
+                          ("hellaswag", "hellaswag_path"), ("bfcl_simple", "bfcl_simple_path")):
+            if task in tasks:
                 p = self.resolve(getattr(self, key))
                 check(p.is_file(), f"eval.{key}", f"{str(p)!r} does not exist; set eval.{key} or eval.data_root")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 
 def multiple_choice_metrics(lls: list[float], choices: list[str], gold: int) -> dict[str, float]:
@@ -46,28 +45,3 @@ def aggregate_mean(per_doc: list[dict[str, float]], keys: list[str]) -> dict[str
         out[k] = mean(xs)
         out[f"{k}_stderr"] = mean_stderr(xs)
     return out
-
-
-_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def last_number(text: str) -> str | None:
-    """The last integer/decimal in `text`, normalised ("1,234" -> "1234", "42.0" -> "42"); None if none."""
-    found = _NUMBER_RE.findall(text.replace(",", ""))
-    return normalize_number(found[-1]) if found else None
-
-
-def normalize_number(s: str) -> str:
-    s = s.strip()
-    try:
-        v = float(s)
-    except ValueError:
-        return s
-    if math.isfinite(v) and v == int(v) and abs(v) < 2 ** 53:
-        return str(int(v))
-    return repr(v)
-
-
-def normalize_expression(s: str) -> str:
-    """Whitespace-insensitive form of an expression: '12 *(3+ 4)' == '12*(3+4)'."""
-    return "".join(str(s).split())

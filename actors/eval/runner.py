@@ -38,8 +38,9 @@ def evaluate(backend: ModelBackend, tasks: list[str], cfg: EvalConfig) -> dict:
 
 
 def run_eval(checkpoints: dict[str, str], cfg: EvalConfig, out_dir: str | Path, val_dir: str | None = None,
-             arith_heldout: str | None = None) -> dict:
-    """Evaluate every checkpoint (label -> HF model folder) on cfg.tasks with one EvalWorker each.
+             arith_heldout: str | None = None, tasks_for: dict[str, list[str]] | None = None) -> dict:
+    """Evaluate every checkpoint (label -> HF model folder) with one EvalWorker each, on cfg.tasks or, for a
+    label in `tasks_for`, on the tasks listed there (e.g. a from-scratch model on the tasks that fit it).
 
     The caller has connected to Ray (`cluster.connect()`). Inputs are checked before any actor starts."""
     import ray
@@ -47,16 +48,24 @@ def run_eval(checkpoints: dict[str, str], cfg: EvalConfig, out_dir: str | Path, 
     import cluster
     from actors.eval.actor import EvalWorkerActor
 
-    check(bool(checkpoints), "checkpoints", "give at least one {label: model_dir}, e.g. {'finetune': 'runs/x/sft'}")
-    for label, path in checkpoints.items():
-        check((Path(path) / "config.json").is_file(), f"checkpoints.{label}",
-              f"{path!r} is not a Hugging Face model folder (no config.json)")
-    needs_data_root = any(t in cfg.tasks for t in ("arc_easy", "arc_challenge", "hellaswag"))
+    from actors.model.registry import ModelSpecError, resolve_model
+
+    check(bool(checkpoints), "checkpoints", "give at least one {label: model}, e.g. {'finetune': 'runs/x/sft'}")
+    resolved = {}
+    for label, spec in checkpoints.items():  # a registry name, a .gguf file or an HF folder
+        try:
+            resolved[label] = str(resolve_model(spec, cluster.model_cache()))
+        except ModelSpecError as e:
+            check(False, f"checkpoints.{label}", str(e))
+    checkpoints = resolved
+    tasks_for = {label: list((tasks_for or {}).get(label, cfg.tasks)) for label in checkpoints}
+    all_tasks = [t for t in dict.fromkeys(t for ts in tasks_for.values() for t in ts)]
+    needs_data_root = any(t in all_tasks for t in ("arc_easy", "arc_challenge", "hellaswag", "bfcl_simple"))
     cfg = dataclasses.replace(
         cfg, val_dir=str(val_dir) if val_dir is not None else cfg.val_dir,
         arith_path=str(arith_heldout) if arith_heldout is not None else cfg.arith_path,
         data_root=cfg.data_root or (str(cluster.data_root()) if needs_data_root else None))
-    cfg.require_inputs()
+    cfg.require_inputs(all_tasks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -64,12 +73,18 @@ def run_eval(checkpoints: dict[str, str], cfg: EvalConfig, out_dir: str | Path, 
     workers = {label: EvalWorkerActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(str(path), cfg)
                for label, path in checkpoints.items()}
     try:
-        refs = {label: w.run.remote(cfg.tasks) for label, w in workers.items()}
-        results = dict(zip(refs, ray.get(list(refs.values()))))
+        refs = {w.run.remote(tasks_for[label]): label for label, w in workers.items()}
+        results, pending = {}, list(refs)
+        while pending:  # a finished worker gives its CPUs back at once: more workers than CPUs still all run
+            done, pending = ray.wait(pending, num_returns=1)
+            label = refs[done[0]]
+            results[label] = ray.get(done[0])
+            ray.kill(workers.pop(label))
+        results = {label: results[label] for label in checkpoints}
     finally:
         for w in workers.values():
             ray.kill(w)
-    report = {"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "tasks": list(cfg.tasks),
+    report = {"checkpoints": {k: str(v) for k, v in checkpoints.items()}, "tasks": all_tasks,
               "config": dataclasses.asdict(cfg), "seconds": round(time.perf_counter() - t0, 3),
               "results": results}
     write_results(report, out)

@@ -6,17 +6,16 @@ Multi-turn tasks (arith_tool: call a tool, read its result, answer) override `ev
 """
 from __future__ import annotations
 
-import ast
 import json
 import math
-import operator
 from pathlib import Path
 
 from actors.common.metrics import read_jsonl
 from actors.eval.backend import GenerateRequest, LoglikelihoodRequest, ModelBackend, RollingRequest
 from actors.eval.config import TASK_NAMES, EvalConfig
-from actors.eval.metrics import (aggregate_mean, last_number, mean_stderr, multiple_choice_metrics,
-                                 normalize_expression, normalize_number)
+from actors.eval.metrics import aggregate_mean, mean_stderr, multiple_choice_metrics
+from actors.tooltask import (last_number, normalize_expression, parse_tool_calls, prompt_messages, same_number,
+                             tool_result_text, valid_call)
 
 
 class Task:
@@ -168,89 +167,12 @@ class PerplexityTask(Task):
                 "tokens": tokens}
 
 
-# ---- arithmetic through a tool call -------------------------------------------------------------------
-class UnsafeExpression(ValueError):
-    """The tool argument is not plain arithmetic (or is too large to evaluate)."""
-
-
-MAX_EXPRESSION_CHARS = 256
-MAX_RESULT_BITS = 4096       # 2**4096 ~ 1e1233: ample for arithmetic answers, cheap to compute and print
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-
-
-def _bits(v: int | float) -> float:
-    return abs(v).bit_length() if isinstance(v, int) else (math.log2(abs(v)) if v not in (0, 0.0) and
-                                                             math.isfinite(v) else 0.0)
-
-
-def safe_eval(expr: str) -> int | float:
-    """Evaluate numbers, + - * / // % **, unary +/- and parentheses by walking the AST; anything else
-    (names, calls, attributes, subscripts, strings, comparisons...) raises UnsafeExpression. eval() is never
-    used. Powers are bounded before they are computed so `9**9**9` cannot hang the worker."""
-    if not isinstance(expr, str):
-        raise UnsafeExpression(f"expression must be a string, got {type(expr).__name__}")
-    if len(expr) > MAX_EXPRESSION_CHARS:
-        raise UnsafeExpression(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as e:
-        raise UnsafeExpression(f"not an arithmetic expression: {e.msg}") from None
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):  # bool/complex/str excluded
-            return node.value
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](ev(node.operand))
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            a, b = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow):
-                if abs(b) > MAX_RESULT_BITS or (abs(a) > 1 and b > 0 and b * _bits(a) > MAX_RESULT_BITS):
-                    raise UnsafeExpression(f"power too large: {a!r} ** {b!r}")
-                if a == 0 and b < 0:
-                    raise UnsafeExpression("zero to a negative power")
-            try:
-                v = _BINOPS[type(node.op)](a, b)
-            except ZeroDivisionError:
-                raise UnsafeExpression("division by zero") from None
-            except OverflowError:
-                raise UnsafeExpression("result overflows a float") from None
-            if isinstance(v, complex):
-                raise UnsafeExpression("complex result")
-            if _bits(v) > MAX_RESULT_BITS:
-                raise UnsafeExpression(f"result larger than 2**{MAX_RESULT_BITS}")
-            return v
-        raise UnsafeExpression(f"{type(node).__name__} is not allowed (only numbers, + - * / // % **, "
-                               "unary +/- and parentheses)")
-
-    return ev(tree)
-
-
-def format_result(v: int | float) -> str:
-    return normalize_number(repr(v)) if isinstance(v, float) else str(v)
-
-
-# The tools of actors/data/synthetic.py TOOLS and the argument holding the expression.
-TOOL_ARGUMENT = {"calculator": "expression", "python": "code"}
-
-
-def valid_call(calls: list[dict]) -> tuple[dict, str] | None:
-    """First call to a known tool whose expression argument is a string."""
-    for c in calls:
-        key = TOOL_ARGUMENT.get(c["name"])
-        if key is not None and isinstance(c["arguments"].get(key), str):
-            return c, c["arguments"][key]
-    return None
-
-
+# ---- arithmetic through a tool call (the contract of actors.tooltask) -----------------------------------
 class ArithToolTask(Task):
     """Held-out synthetic arithmetic: the model must call a tool, read the result, and state the answer.
 
     Turn 1: chat template + tools + generation prompt -> greedy until <|im_end|>/EOS.
-    If turn 1 holds a valid call, the expression is evaluated with `safe_eval`, the call and a `tool`
+    If turn 1 holds a valid call, the expression is evaluated by the tool's own evaluator, the call and a `tool`
     message are appended, and turn 2 is generated; the prediction is the last number of the final turn
     (turn 1's text when there was no valid call, so a model answering directly is still scored)."""
 
@@ -266,7 +188,7 @@ class ArithToolTask(Task):
 
     def evaluate(self, backend: ModelBackend) -> dict:
         docs = self.docs()
-        first = backend.generate([GenerateRequest(messages=_prompt(r), tools=r["tools"],
+        first = backend.generate([GenerateRequest(messages=prompt_messages(r), tools=r["tools"],
                                                   max_new_tokens=self.max_new_tokens) for r in docs])
         states = [tool_turn(r, text, call_id=f"call_{i}") for i, (r, text) in enumerate(zip(docs, first))]
         second = [(i, GenerateRequest(messages=st["messages"], tools=r["tools"], max_new_tokens=self.max_new_tokens))
@@ -285,17 +207,9 @@ class ArithToolTask(Task):
         return {"metrics": self.aggregate(per_doc), "n": len(docs), "samples": samples}
 
 
-def _prompt(record: dict) -> list[dict]:
-    from actors.data.synthetic import prompt_messages
-
-    return prompt_messages(record)
-
-
 def tool_turn(record: dict, turn1: str, call_id: str = "call_0") -> dict:
-    """Parse the model's first turn; with a valid call, run the tool and build the messages for turn 2
-    (assistant tool-call turn + `tool` result, in the synthetic records' own format)."""
-    from actors.model.tokenizer import parse_tool_calls
-
+    """Parse the model's first turn; with a valid call, run the tool (the agent's own evaluator) and build the
+    messages for turn 2 (assistant tool-call turn + `tool` result, in the synthetic records' own format)."""
     content, calls, errors = parse_tool_calls(turn1)
     st = {"turn1": turn1, "parse_errors": errors, "call": None, "expression": None, "tool_result": None,
           "messages": None, "turn2": None, "final": content}
@@ -303,11 +217,8 @@ def tool_turn(record: dict, turn1: str, call_id: str = "call_0") -> dict:
     if found is None:
         return st  # no valid call: the first turn's text is the final answer
     call, expr = found
-    try:
-        result = format_result(safe_eval(expr))
-    except UnsafeExpression as e:
-        result = f"error: {e}"
-    st.update(call=call, expression=expr, tool_result=result, final=None, messages=_prompt(record) + [
+    result = tool_result_text(call["name"], expr)
+    st.update(call=call, expression=expr, tool_result=result, final=None, messages=prompt_messages(record) + [
         {"role": "assistant", "content": content, "tool_calls": [{
             "id": call_id, "type": "function",
             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]},
@@ -317,12 +228,46 @@ def tool_turn(record: dict, turn1: str, call_id: str = "call_0") -> dict:
 
 
 def score_record(record: dict, st: dict) -> dict[str, float]:
-    pred = last_number(st["final"] or "")
     valid = st["call"] is not None
-    return {"exact_match": float(pred is not None and pred == normalize_number(str(record["answer"]))),
+    return {"exact_match": float(same_number(last_number(st["final"] or ""), str(record["answer"]))),
             "valid_tool_call_rate": float(valid),
             "expression_match": float(valid and normalize_expression(st["expression"])
                                       == normalize_expression(record["expression"]))}
+
+
+# ---- BFCL: one function call from the function docs, scored by AST match --------------------------------
+class BFCLTask(Task):
+    """Berkeley Function Calling Leaderboard, AST categories (simple_python): the tools are rendered with the
+    model's chat template exactly as the server renders them, the output is parsed with the server's
+    parser (actors.tooltask.parse_tool_calls), and the call is matched by BFCL's rules (actors.eval.bfcl)."""
+
+    kind = "generate"
+    metric_keys = ["ast_accuracy", "valid_tool_call_rate"]
+
+    def __init__(self, name: str, path: str | Path, limit: int | None, max_new_tokens: int, num_samples: int = 3):
+        self.name, self.path, self.limit = name, path, limit
+        self.max_new_tokens, self.num_samples = max_new_tokens, num_samples
+
+    def docs(self) -> list[dict]:
+        from actors.eval.bfcl import load_bfcl
+
+        return load_bfcl(self.path, self.limit)
+
+    def evaluate(self, backend: ModelBackend) -> dict:
+        from actors.eval.bfcl import ast_match, to_openai_tools
+
+        docs = self.docs()
+        outs = backend.generate([GenerateRequest(messages=d["messages"], tools=to_openai_tools(d["functions"]),
+                                                 max_new_tokens=self.max_new_tokens) for d in docs])
+        per_doc, samples = [], []
+        for d, text in zip(docs, outs):
+            _, calls, errors = parse_tool_calls(text)
+            ok, why = ast_match(calls, d["functions"], d["ground_truth"])
+            per_doc.append({"ast_accuracy": float(ok), "valid_tool_call_rate": float(bool(calls))})
+            if len(samples) < self.num_samples:
+                samples.append({"id": d["id"], "output": text, "calls": calls, "parse_errors": errors,
+                                "correct": ok, "reason": why})
+        return {"metrics": self.aggregate(per_doc), "n": len(docs), "samples": samples}
 
 
 # ---- registry -----------------------------------------------------------------------------------------
@@ -338,4 +283,7 @@ def build_task(name: str, cfg: EvalConfig) -> Task:
                                   hellaswag_doc)
     if name == "arith_tool":
         return ArithToolTask(cfg.arith_path, cfg.arith_limit, cfg.max_new_tokens, cfg.num_samples)
+    if name == "bfcl_simple":
+        return BFCLTask("bfcl_simple", cfg.resolve(cfg.bfcl_simple_path), cfg.bfcl_limit, cfg.bfcl_max_new_tokens,
+                        cfg.num_samples)
     raise ValueError(f"unknown task {name!r}; allowed: {list(TASK_NAMES)}")

@@ -14,13 +14,13 @@ right after a block tag is written as {{ '\\n' }}. Assistant content is wrapped 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
 EOS = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 SPECIAL_TOKENS = [EOS, IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
 
 CHAT_TEMPLATE = (
@@ -100,7 +100,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
 
 def _unmark_tool_markers(path: Path) -> None:
     """Tool-call markers stay atomic added tokens but are not "special": tokenizer.json decides decoding,
-    so decode(skip_special_tokens=True) keeps them and `parse_tool_calls` can find the calls."""
+    so decode(skip_special_tokens=True) keeps them and `actors.tooltask.parse_tool_calls` can find the calls."""
     data = json.loads(path.read_text())
     for t in data.get("added_tokens", []):
         if t["content"] in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE):
@@ -151,57 +151,15 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+# End-of-turn tokens of common chat formats (ChatML, Llama-3, Phi-3, Gemma) besides the tokenizer's own EOS.
+END_OF_TURN = (EOS, IM_END, "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
 def stop_token_ids(tok) -> list[int]:
-    """Tokens that end an assistant turn."""
-    ids = {tok.convert_tokens_to_ids(t) for t in (EOS, IM_END)}
-    return sorted(i for i in ids if i is not None and i >= 0)
-
-
-_TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
-
-
-def _parse_call(raw: str) -> tuple[dict | None, str | None]:
-    """One call body (the JSON between the tags) as ({"name", "arguments"}, None) or (None, reason)."""
-    raw = raw.strip()
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as e:
-        return None, f"tool call is not valid JSON ({e.msg} at char {e.pos}): {raw[:80]!r}"
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None, f"tool call has no string 'name': {raw[:80]!r}"
-    args = obj.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            return None, f"tool call arguments are not a JSON object: {args[:80]!r}"
-    if not isinstance(args, dict):
-        return None, f"tool call arguments must be an object, got {type(args).__name__}"
-    return {"name": obj["name"], "arguments": args}, None
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
-    """Split model output into (content, tool_calls, errors).
-
-    Each tool call is {"name": str, "arguments": dict}; a malformed one (bad JSON, no name) is reported in
-    `errors` with the reason and left out, so callers can count valid vs invalid calls honestly.
-    A last `<tool_call>` left open counts when the rest of the text is one complete call (the model
-    stopped right after the JSON), as vLLM's Hermes parser reads `<tool_call>(.*)` at the end; one cut
-    off mid-JSON (out of tokens) is an error.
-    """
-    calls, errors = [], []
-
-    def take(body: str, why: str = "") -> None:
-        call, err = _parse_call(body)
-        if call is not None:
-            calls.append(call)
-        else:
-            errors.append(why + err)
-
-    for m in _TOOL_CALL_RE.finditer(text):
-        take(m.group(1))
-    content = _TOOL_CALL_RE.sub("", text)
-    if TOOL_CALL_OPEN in content:
-        content, _, tail = content.partition(TOOL_CALL_OPEN)
-        take(tail, "unterminated tool call: ")
-    return content.strip(), calls, errors
+    """Tokens that end an assistant turn: the tokenizer's EOS and any end-of-turn token its vocabulary has
+    (looked up in the vocabulary: convert_tokens_to_ids would map an unknown name to the unk id)."""
+    vocab = tok.get_vocab()
+    ids = {vocab[t] for t in END_OF_TURN if t in vocab}
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    return sorted(ids)

@@ -28,7 +28,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class ServeArgs:
-    model_dir: str                    # HF folder: config.json, model.safetensors, tokenizer.json
+    model_dir: str                    # HF folder (config.json, model.safetensors, tokenizer.json), registry name or .gguf
+    model_cache: str = "runs/models"  # where a registry name / .gguf is imported (once)
     model_name: str = "fullchain"     # the `model` clients must send
     num_replicas: int = 1
     num_cpus: float = 1.0             # per replica
@@ -41,7 +42,15 @@ class ServeArgs:
 
     def __post_init__(self):
         check(isinstance(self.model_dir, str) and self.model_dir != "", "model_dir",
-              "is required: the HF model folder to serve, e.g. model_dir=runs/demo/finetune/hf")
+              "is required: the model to serve, e.g. model_dir=runs/demo/finetune/hf, a registry name such as "
+              "smollm2-135m-instruct, or a .gguf file")
+        from actors.model.registry import REGISTRY, ModelSpecError, resolve_model
+
+        if self.model_dir in REGISTRY or self.model_dir.endswith(".gguf"):
+            try:  # imported once into model_cache, then served from there
+                self.model_dir = str(resolve_model(self.model_dir, self.model_cache))
+            except ModelSpecError as e:
+                check(False, "model_dir", str(e))
         p = Path(self.model_dir).expanduser()
         check(p.is_dir(), "model_dir", f"{str(p)!r} is not a directory; run the finetune stage first or point "
                                        "at a Hugging Face model folder")

@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.config import ConfigError
-from actors.model.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls, stop_token_ids
+from actors.model.chat import ChatTemplateError, encode_chat
+from actors.model.tokenizer import stop_token_ids
+from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
 from actors.serve.engine import AsyncEngine, RequestOutput, SamplingParams
 from actors.serve.protocol import (
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
@@ -214,13 +216,13 @@ class OpenAIServing:
     # -- chat ------------------------------------------------------------------------------------------
 
     def render_chat(self, req: ChatCompletionRequest) -> list[int]:
+        """Prompt ids through the model's chat template (tools folded into the system turn when the template
+        has no tool support; actors.model.chat), as the fine-tune and the eval render them."""
         try:
-            text = self.tok.apply_chat_template([m.for_template() for m in req.messages],
-                                                tools=req.template_tools(), add_generation_prompt=True,
-                                                tokenize=False)
-        except Exception as e:  # a template error is the request's content, not a server fault
+            return encode_chat(self.tok, [m.for_template() for m in req.messages], req.template_tools(),
+                               add_generation_prompt=True)
+        except ChatTemplateError as e:  # a template error is the request's content, not a server fault
             raise APIError(f"cannot render messages with the chat template: {e}", param="messages") from None
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     async def chat(self, req: ChatCompletionRequest):
         self.check_model(req.model)

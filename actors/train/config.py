@@ -93,6 +93,13 @@ class LoraConfig:
 
 @dataclass
 class FinetuneConfig:
+    # What to fine-tune: "pretrain" (this run's pretrain stage output), a registry name
+    # (`python -m jobs.models list`), a .gguf file, or a Llama-family Hugging Face folder.
+    base: str = "pretrain"
+    # dtype of the frozen base weights under LoRA: bfloat16 where the CPU has it (a bf16 matmul is ~4x fp32
+    # here) or on GPU; the adapter trains in fp32 and is merged into an fp32 copy of the base at export.
+    # Full fine-tuning keeps fp32 weights.
+    base_dtype: str = "float32"
     method: str = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_len: int = 1024                  # tokens per conversation; longer ones are truncated from the right
@@ -100,14 +107,20 @@ class FinetuneConfig:
     max_steps: int = 200
     log_every: int = 5
     synthetic_max_rows: int = 4000       # 0 disables the synthetic tool task
-    alpaca_max_rows: int = 500           # 0 disables the Alpaca demo set
+    sft_max_rows: int = 500              # per data.sft_sources file (Alpaca, glaive tool calls...); 0 disables
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=10, weight_decay=0.0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         check(self.method in ("lora", "full"), "finetune.method", f"{self.method!r}: use 'lora' or 'full'")
+        check(isinstance(self.base, str) and self.base.strip() != "", "finetune.base",
+              "must be 'pretrain', a registry name (python -m jobs.models list), a .gguf file or an HF folder")
+        check(self.base_dtype in ("float32", "bfloat16"), "finetune.base_dtype",
+              f"{self.base_dtype!r}: use float32 or bfloat16")
+        check(self.method == "lora" or self.base_dtype == "float32", "finetune.base_dtype",
+              "full fine-tuning trains the weights themselves in fp32; set finetune.base_dtype=float32")
         for k in ("max_len", "batch_size", "max_steps", "log_every"):
             check(getattr(self, k) >= 1, f"finetune.{k}", f"must be >= 1, got {getattr(self, k)}")
-        check(self.synthetic_max_rows + self.alpaca_max_rows > 0, "finetune.synthetic_max_rows",
-              "synthetic_max_rows and alpaca_max_rows are both 0: there is nothing to fine-tune on")
+        check(self.synthetic_max_rows + self.sft_max_rows > 0, "finetune.synthetic_max_rows",
+              "synthetic_max_rows and sft_max_rows are both 0: there is nothing to fine-tune on")

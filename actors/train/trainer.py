@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.distributed as dist
 
-from actors.model.transformer import causal_lm_loss
+from actors.model.transformer import causal_lm_loss, sparse_causal_lm_loss
 from actors.train.config import OptimConfig
 from actors.train.schedule import lr_at
 
@@ -54,8 +54,10 @@ class Trainer:
             g["lr"] = lr
         input_ids = batch["input_ids"]
         labels = batch.get("labels", input_ids)
-        logits = self.model(input_ids)
-        loss = causal_lm_loss(logits, labels)
+        if "labels" in batch:  # SFT: logits only where a token is trained
+            loss = sparse_causal_lm_loss(self.model, input_ids, labels)
+        else:
+            loss = causal_lm_loss(self.model(input_ids), labels)
         loss.backward()
         gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                  if self.cfg.grad_clip > 0 else torch.tensor(0.0))

@@ -134,7 +134,7 @@ def finetune_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     rank, world = _context()
     tok = load_tokenizer(base_dir)
-    base = load_hf(base_dir)
+    base = load_hf(base_dir, dtype=getattr(torch, cfg.base_dtype))
     model = wrap_lora(base, cfg) if cfg.method == "lora" else base
     model = parallelize(model, cfg.parallel, prepare=ray.train.torch.prepare_model)
 
@@ -172,8 +172,12 @@ def export_finetuned(model, cfg: FinetuneConfig, out: Path, base_dir: str, linea
     """`out/adapter` (peft adapter) + `out/hf` (adapter merged into the base, a plain HF checkpoint)."""
     lineage = lineage + [{"stage": "finetune", "method": cfg.method, "steps": step, "base": str(base_dir)}]
     if cfg.method == "lora":
+        from peft import PeftModel
+
         model.save_pretrained(str(out / "adapter"))
-        merged = model.merge_and_unload()
+        # merge into an fp32 copy of the base: a bf16 training base would round the merged weights
+        merged = PeftModel.from_pretrained(load_hf(base_dir, dtype=torch.float32), str(out / "adapter"))
+        merged = merged.merge_and_unload()
     else:
         merged = model
-    save_hf(merged, out / "hf", tokenizer_dir=base_dir, step=step, lineage=lineage)
+    save_hf(merged.float(), out / "hf", tokenizer_dir=base_dir, step=step, lineage=lineage)
