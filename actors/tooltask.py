@@ -282,8 +282,9 @@ def render_tool_call(name: str, arguments: Any) -> str:
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
 
-def _parse_call(raw: str) -> tuple[dict | None, str | None]:
-    """One call body (the JSON between the tags) as ({"name", "arguments"}, None) or (None, reason)."""
+def parse_call_json(raw: str) -> tuple[dict | None, str | None]:
+    """One call body (the JSON between the tags, or a dataset's function_call) as ({"name", "arguments": dict},
+    None) or (None, reason); arguments given as a JSON string are decoded."""
     raw = raw.strip()
     try:
         obj = json.loads(raw)
@@ -314,7 +315,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
     calls, errors = [], []
 
     def take(body: str, why: str = "") -> None:
-        call, err = _parse_call(body)
+        call, err = parse_call_json(body)
         if call is not None:
             calls.append(call)
         else:

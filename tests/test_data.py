@@ -218,6 +218,63 @@ def test_alpaca_converter(tmp_path):
     assert convert_alpaca_file(tmp_path / "b.json", "b")[2] == {"read": 1, "kept": 0, "quarantined": 1}
 
 
+def test_synthetic_heldout_keeps_phrasings_and_chinese_out_of_training():
+    from actors.data import synthetic
+    from actors.tooltask import TOOLS, prompt_messages
+
+    train, held = synthetic.generate(600, 80, seed=3)
+    assert not {r["expression"] for r in train} & {r["expression"] for r in held}
+    unseen = {q for qs in synthetic.UNSEEN_QUESTIONS.values() for q in qs}
+
+    def template_of(r):
+        q = prompt_messages(r)[-1]["content"]
+        return next(t for t in synthetic.TRAIN_QUESTIONS + sorted(unseen) if t.format(e=r["expression"]) == q)
+
+    assert {template_of(r) for r in train} == set(synthetic.TRAIN_QUESTIONS)   # training: seen English only
+    assert all(r["phrasing"] == "seen" and r["lang"] == "en" for r in train)
+    assert not any(any("\u4e00" <= ch <= "\u9fff" for ch in json.dumps(r, ensure_ascii=False)) for r in train)
+    for n in (4, 40, 80):  # any prefix (the agent's first n_eval rows) is at least half unseen phrasings
+        assert sum(r["phrasing"] == "unseen" for r in held[:n]) >= n / 2
+    assert {template_of(r) for r in held if r["phrasing"] == "unseen"} <= unseen
+    assert {r["lang"] for r in held if r["phrasing"] == "unseen"} == {"en", "zh"}
+    assert all(r["tools"] == TOOLS for r in train + held)
+
+
+def test_sharegpt_tool_call_converter(tmp_path, data_root):
+    """LLaMA-Factory's ShareGPT rows (glaive): function_call -> assistant tool_calls, observation -> tool."""
+    from actors.data.sft import convert_sft_file, sharegpt_to_messages
+
+    tools = json.dumps([{"name": "add", "description": "Add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}])
+    row = {"conversations": [
+        {"from": "human", "value": "add 2"}, {"from": "function_call", "value": '{"name": "add", "arguments": {"a": 2}}'},
+        {"from": "observation", "value": '{"sum": 2}'}, {"from": "gpt", "value": "It is 2."}], "tools": tools}
+    rec, err = sharegpt_to_messages(row, "g-0")
+    assert err is None and rec["tools"][0] == {"type": "function", "function": json.loads(tools)[0]}
+    assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "tool", "assistant"]
+    call = rec["messages"][1]["tool_calls"][0]
+    assert json.loads(call["function"]["arguments"]) == {"a": 2} and rec["messages"][2]["tool_call_id"] == call["id"]
+    bad_rows = [
+        {"conversations": [{"from": "robot", "value": "x"}]},                                  # unknown role
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "observation", "value": "1"},
+                           {"from": "gpt", "value": "y"}]},                                     # orphan result
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "{oops"}]},
+        {"conversations": [{"from": "human", "value": "x"}], "tools": "[]"},                    # nothing to learn
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}], "tools": "{bad"},
+        {"conversations": [{"from": "human", "value": " "}, {"from": "gpt", "value": "y"}]},
+    ]
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps([row] + bad_rows))
+    recs, bad, counts = convert_sft_file(p, "g")   # format detected from the rows
+    assert counts == {"read": 7, "kept": 1, "quarantined": 6}
+    assert [b["reason_kind"] for b in bad] == ["unknown_role", "orphan_observation", "bad_call", "no_assistant",
+                                                "bad_json", "empty_field"]
+    # the shared glaive files: every row converts except the two ZH rows whose observation answers no call
+    for name, quarantined in (("glaive_toolcall_en_demo.json", 0), ("glaive_toolcall_zh_demo.json", 2)):
+        _, _, c = convert_sft_file(data_root / "toolcall_sft_demo" / name, name)
+        assert c == {"read": 300, "kept": 300 - quarantined, "quarantined": quarantined}
+
+
 def test_config_errors_name_key_and_fix():
     with pytest.raises(ConfigError, match=r"data.seq_len.*>= 2"):
         DataConfig(seq_len=1)

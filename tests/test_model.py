@@ -44,14 +44,18 @@ def test_loads_a_transformers_llama_checkpoint(tmp_path):
         torch.testing.assert_close(ours(x), hf(x).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("capacity", [None, 12, 64], ids=["concat", "preallocated-grows", "preallocated"])
+def test_kv_cache_matches_full_forward(capacity):
     torch.manual_seed(0)
     m = Transformer(get_config("debug", vocab_size=200, hidden_size=64, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=1, intermediate_size=64)).eval()
     x = torch.randint(0, 200, (2, 23))
     with torch.no_grad():
         full = m(x)
-        cache = m.new_cache()
+        last = torch.zeros(2, 23, dtype=torch.bool)
+        last[:, [4, 22]] = True
+        torch.testing.assert_close(m(x, logits_mask=last), full[last])  # only the selected positions' logits
+        cache = m.new_cache(capacity)
         parts = [m(x[:, :10], cache=cache), m(x[:, 10:17], cache=cache)]  # prefill, then a chunk after a prefix
         parts += [m(x[:, t:t + 1], cache=cache) for t in range(17, 23)]  # one token at a time
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)

@@ -85,6 +85,14 @@ def test_model_specs_registry_name_gguf_file_and_folder(smollm2, tmp_path):
         resolve_model(str(tmp_path / "w"), tmp_path)
 
 
+def test_input_flag_keeps_registry_names_and_resolves_paths(tmp_path):
+    from jobs.runner import parse_inputs
+
+    got = parse_inputs([f"pretrain.hf={NAME}", "data.synthetic_train=rel/train.jsonl", "finetune.hf=x/model.gguf"])
+    assert got["pretrain"]["hf"] == NAME     # resolved to its imported folder by run_stages, not a cwd path
+    assert Path(got["data"]["synthetic_train"]).is_absolute() and got["finetune"]["hf"].endswith("/x/model.gguf")
+
+
 def test_missing_package_names_the_install_command(monkeypatch):
     fake = RegistryEntry(name="fake", package="llm-fake-model", version="9.9.9", module="llm_fake_model_xyz",
                          filename="x.gguf", license="MIT", source="-", description="-")
@@ -93,7 +101,10 @@ def test_missing_package_names_the_install_command(monkeypatch):
         registry_gguf("fake")
 
 
-def test_jobs_models_cli_list_and_import(smollm2, capsys):
+def test_jobs_models_cli_list_and_import(smollm2, capsys, tmp_path):
+    import subprocess
+    import sys
+
     from jobs.models import main
 
     assert main(["list"]) == 0
@@ -102,6 +113,17 @@ def test_jobs_models_cli_list_and_import(smollm2, capsys):
     assert capsys.readouterr().out.strip() == str(smollm2)
     assert main(["resolve", "no-such-model"]) == 2
     assert "neither a registry name" in capsys.readouterr().err
+    # the command as documented, in its own process: bf16 output, peak memory under 2 GB
+    out = tmp_path / "bf16"
+    code = ("import resource, sys; from jobs.models import main; "
+            f"rc = main(['import', {NAME!r}, '--out', {str(out)!r}, '--dtype', 'bfloat16']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True)
+    peak_kib = int(res.stdout.strip().splitlines()[-1])
+    assert peak_kib < 2 * 1024 * 1024, f"import peaked at {peak_kib / 1024:.0f} MiB"
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert (out / "model.safetensors").stat().st_size < (smollm2 / "model.safetensors").stat().st_size * 0.6
 
 
 # ---- any chat template -------------------------------------------------------------------------------------

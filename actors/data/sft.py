@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from actors.tooltask import parse_call_json
+
 
 def alpaca_to_messages(row, rid: str) -> tuple[dict | None, str | None]:
     """(record, None) or (None, reason)."""
@@ -96,15 +98,11 @@ def sharegpt_to_messages(row, rid: str) -> tuple[dict | None, str | None]:
         if not value.strip():
             return None, f"empty_field: conversations[{i}].value is empty"
         if role == "function_call":
-            try:
-                call = json.loads(value)
-            except json.JSONDecodeError as e:
-                return None, f"bad_json: conversations[{i}] function_call is not JSON ({e.msg})"
-            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                return None, f"missing_field: conversations[{i}] function_call has no string 'name'"
-            args = call.get("arguments", {})
+            call, why = parse_call_json(value)  # the contract's call reader: what the server accepts
+            if call is None:
+                return None, f"bad_call: conversations[{i}] function_call: {why}"
             tc = {"id": f"call_{calls}", "type": "function", "function": {
-                "name": call["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+                "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}
             calls += 1
             if messages and messages[-1]["role"] == "assistant" and "tool_calls" not in messages[-1]:
                 messages[-1]["tool_calls"] = [tc]

@@ -12,7 +12,8 @@ class EvalWorker:
     def __init__(self, model_dir: str, cfg: EvalConfig):
         self.cfg = cfg
         self.backend = LocalModelBackend(model_dir, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                                         progress=cfg.progress, num_threads=max(1, int(cfg.num_cpus)))
+                                         progress=cfg.progress, num_threads=max(1, int(cfg.num_cpus)),
+                                         gen_batch_size=cfg.gen_batch_size)
 
     def run(self, task_names: list[str] | None = None) -> dict:
         return evaluate(self.backend, task_names or self.cfg.tasks, self.cfg)

@@ -222,11 +222,14 @@ class PlainRunner:
     def execute(self, batch: list[ScheduledSeq]) -> list[torch.Tensor]:
         out = []
         for item in batch:
-            if item.is_prefill:
-                item.seq.cache = self.model.new_cache()
+            if item.is_prefill:  # room for the whole request: the cache is written in place, never regrown
+                seq = item.seq
+                item.seq.cache = self.model.new_cache(capacity=len(seq.prompt_ids) + seq.params.max_tokens)
             ids = torch.tensor([item.input_ids], dtype=torch.long, device=self.device)  # (1, T)
-            logits = self.model(ids, cache=item.seq.cache)  # (1, T, V)
-            out.append(logits[0, -1].float())  # (V,)
+            last = torch.zeros_like(ids, dtype=torch.bool)
+            last[0, -1] = True  # the next token needs only the last position's logits
+            logits = self.model(ids, cache=item.seq.cache, logits_mask=last)  # (1, V)
+            out.append(logits[0].float())  # (V,)
         return out
 
 
