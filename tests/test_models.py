@@ -115,9 +115,10 @@ def test_jobs_models_cli_list_and_import(smollm2, capsys, tmp_path):
     assert "neither a registry name" in capsys.readouterr().err
     # the command as documented, in its own process: bf16 output, peak memory under 2 GB
     out = tmp_path / "bf16"
-    code = ("import resource, sys; from jobs.models import main; "
+    # VmHWM is this process's own peak (getrusage's ru_maxrss would carry over the forking test process's RSS)
+    code = ("import re, sys; from jobs.models import main; "
             f"rc = main(['import', {NAME!r}, '--out', {str(out)!r}, '--dtype', 'bfloat16']); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent,
                          capture_output=True, text=True)
     peak_kib = int(res.stdout.strip().splitlines()[-1])
