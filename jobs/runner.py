@@ -85,12 +85,14 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
     log.info("ray: %s", info)
     todo = [s for s in STAGES if s in (stages or cfg.run.stages)]
     force = set(force or [])
+    manifest.data["last_invocation"] = {"ran": [], "skipped": []}
     for name in todo:
         fp = stage_fingerprint(cfg, manifest, name)
         mod = importlib.import_module(f"jobs.{name}")
         ctx = StageContext(cfg, run_dir, manifest, name)
         if manifest.is_complete(name, fp) and name not in force:
             print(f"== {name}: complete, skipped (manifest {manifest.path})", flush=True)
+            manifest.data["last_invocation"]["skipped"].append(name)
             if hasattr(mod, "on_skip"):
                 mod.on_skip(ctx, todo)
             continue
@@ -102,8 +104,10 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
         except Exception as e:
             manifest.fail(name, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", time.perf_counter() - t0)
             raise
+        manifest.data["last_invocation"]["ran"].append(name)
         manifest.complete(name, res["outputs"], res.get("metrics", {}), time.perf_counter() - t0)
         print(f"== {name}: complete in {time.perf_counter() - t0:.1f}s", flush=True)
+    manifest.save()
     return manifest
 
 

@@ -75,6 +75,8 @@ def test_rerun_skips_completed_stages(tiny_run, capsys):
     for s in STAGES:
         assert f"== {s}: complete, skipped" in out
         assert after["stages"][s]["started"] == before["stages"][s]["started"]
+    # nothing ran: the pipeline keeps the time that produced these results (jobs.pipeline)
+    assert after["last_invocation"] == {"ran": [], "skipped": STAGES}
 
 
 def test_changed_section_reruns_only_that_stage(tiny_run, capsys):
@@ -87,6 +89,7 @@ def test_changed_section_reruns_only_that_stage(tiny_run, capsys):
     out = capsys.readouterr().out
     after = _manifest(tiny_run)
     assert "== evaluate: running" in out
+    assert after["last_invocation"]["ran"] == ["evaluate"]
     for s in ("data", "pretrain", "finetune", "serve", "agent"):
         assert after["stages"][s]["started"] == before["stages"][s]["started"], s
     results = json.loads((tiny_run / "evaluate" / "results.json").read_text())
