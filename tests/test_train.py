@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actors.common.config import from_dict
-from actors.data.synthetic import TOOLS, generate
+from actors.data.synthetic import generate
 from actors.model import Transformer, get_config, load_hf, save_hf
 from actors.model.tokenizer import load_tokenizer, train_tokenizer
 from actors.train.config import FinetuneConfig, PretrainConfig
