@@ -394,6 +394,7 @@ def fold_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
             messages = messages[1:]
         else:
             out.append({"role": "system", "content": block})
+    prev_role = None
     for m in messages:
         role = m.get("role")
         if role == "assistant" and m.get("tool_calls"):
@@ -404,14 +405,13 @@ def fold_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
             out.append({"role": "assistant", "content": "\n".join(parts)})
         elif role == "tool":
             resp = f"{TOOL_RESPONSE_OPEN}\n{_text(m.get('content'))}\n{TOOL_RESPONSE_CLOSE}"
-            if out and out[-1]["role"] == "user" and out[-1].get("_tool_results"):
+            if prev_role == "tool":  # results of one reply's calls share one user turn
                 out[-1]["content"] += "\n" + resp
             else:
-                out.append({"role": "user", "content": resp, "_tool_results": True})
+                out.append({"role": "user", "content": resp})
         else:
             out.append({"role": role, "content": _text(m.get("content"))})
-    for m in out:
-        m.pop("_tool_results", None)
+        prev_role = role
     return out
 
 

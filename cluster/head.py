@@ -19,6 +19,10 @@ from cluster.storage import data_root, storage_root
 
 DASHBOARD_PORT = 8265
 GCS_PORT = 6380
+# The head's own temp dir: every process of this head names it on its command line, which is how `stop` finds
+# exactly those processes (by pid) and leaves any other Ray on the machine alone. Short: Ray puts unix
+# sockets under it, and socket paths are limited to 107 bytes.
+HEAD_TEMP_DIR = "/tmp/fullchain-head"
 
 
 def head_env() -> dict[str, str]:
@@ -37,16 +41,14 @@ def ray_cli() -> str:
 
 
 def start(port: int = GCS_PORT, dashboard_port: int = DASHBOARD_PORT, num_cpus: int | None = None,
-          temp_dir: str | None = None) -> str:
+          temp_dir: str = HEAD_TEMP_DIR) -> str:
     cmd = [ray_cli(), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
            f"--num-cpus={num_cpus or max(8, (os.cpu_count() or 2) * 2)}", "--disable-usage-stats",
            # the agent's fixed default port 52365 is also taken by any embedded Ray on this machine (a test
            # session, a demo); a second agent that cannot bind it disables its HTTP service and every
            # `ray job submit` then fails with "No available agent to submit job"
-           f"--dashboard-agent-listen-port={free_port()}"]
-    if temp_dir:
-        cmd.append(f"--temp-dir={temp_dir}")
+           f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp_dir}"]
     subprocess.run(cmd, check=True, env=head_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     wait_for_job_agent(f"127.0.0.1:{port}")
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -80,12 +82,9 @@ def wait_for_job_agent(gcs_address: str, timeout_s: float = 180.0) -> None:
         time.sleep(0.5)
 
 
-def stop(temp_dir: str | None = None) -> None:
-    """Stop the head. With `temp_dir`, only the Ray processes of that head are stopped (`ray stop` would
-    also kill any other Ray on this machine, e.g. an embedded one in a test session)."""
-    if temp_dir is None:
-        subprocess.run([ray_cli(), "stop", "--force"], check=False, env=head_env())
-        return
+def stop(temp_dir: str = HEAD_TEMP_DIR) -> None:
+    """Stop the head started with `temp_dir`: only its processes, by pid (`ray stop` would also kill any
+    other Ray on this machine, e.g. an embedded one in a test session or another user's)."""
     import psutil
 
     found: dict[int, psutil.Process] = {}

@@ -60,8 +60,6 @@ def upstream(cfg: PipelineConfig, name: str) -> list[str]:
 
 def stage_fingerprint(cfg: PipelineConfig, manifest: Manifest, name: str) -> str:
     section = dataclasses.asdict(getattr(cfg, SECTION[name]))
-    if name == "evaluate":  # eval scores the fine-tune base too
-        section = {"eval": section, "finetune_base": cfg.finetune.base}
     # an upstream stage that re-ran (even with the same config) produced new outputs: include when it finished
     ups = {u: [manifest.stage(u).get("fingerprint"), manifest.stage(u).get("finished")] for u in upstream(cfg, name)}
     return fingerprint({"config": section, "upstream": ups})
@@ -124,6 +122,8 @@ def base_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def parse_inputs(items: list[str]) -> dict[str, dict]:
+    from actors.model.registry import REGISTRY
+
     out: dict[str, dict] = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -132,8 +132,6 @@ def parse_inputs(items: list[str]) -> dict[str, dict]:
         stage, k = key.split(".", 1)
         if stage not in STAGES:
             raise ConfigError(f"--input {item!r}: unknown stage {stage!r}; allowed: {list(STAGES)}")
-        from actors.model.registry import REGISTRY
-
         # a registry name stays a name (resolved to its imported folder by run_stages), never a relative path
         keep = "://" in path or (k == "hf" and path in REGISTRY)
         out.setdefault(stage, {})[k] = path if keep else str(Path(path).resolve())

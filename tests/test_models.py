@@ -212,6 +212,10 @@ def test_assistant_mask_our_template_equals_its_generation_markers(tmp_path, dat
                                                                "The answer is 5758.<|im_end|>"])
     hf = tok.apply_chat_template(CONVO, tools=TOOLS, tokenize=True, return_dict=True,
                                  return_assistant_tokens_mask=True)
+    # our template renders tools natively, in exactly the block the contract folds into other templates
+    from actors.tooltask import tools_block
+
+    assert tok.decode(ids).startswith(f"<|im_start|>system\n{tools_block(TOOLS)}<|im_end|>\n")
     # HF's {% generation %} markers select the same tokens (ChatML's boundaries are special tokens and "\n")
     assert list(hf["input_ids"]) == ids and list(hf["assistant_masks"]) == mask
 
@@ -242,6 +246,12 @@ def test_tool_call_render_parse_round_trip():
     assert [m["role"] for m in folded] == ["system", "user", "assistant", "user", "assistant"]
     _, back, _ = parse_tool_calls(folded[2]["content"])
     assert back == [{"name": "calculator", "arguments": {"expression": "4821 + 937"}}]
+    # the results of one reply's two calls share one user turn
+    two = CONVO[:2] + [{"role": "tool", "tool_call_id": "c0", "content": "5758"},
+                       {"role": "tool", "tool_call_id": "c1", "content": "7"}]
+    last = fold_tools(two, TOOLS)[-1]
+    assert last == {"role": "user", "content": "<tool_response>\n5758\n</tool_response>\n"
+                                               "<tool_response>\n7\n</tool_response>"}
     # a system message is merged with the tools block, not duplicated
     merged = fold_tools([{"role": "system", "content": "Be brief."}] + CONVO, TOOLS)
     assert merged[0]["content"].startswith("Be brief.\n\n# Tools") and merged[1]["role"] == "user"

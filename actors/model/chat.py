@@ -56,7 +56,7 @@ def assistant_spans(tok, messages: list[dict], tools: list[dict] | None = None) 
     for i, m in enumerate(msgs):
         if m.get("role") != "assistant":
             continue
-        before = _apply(tok, msgs[:i], tl, True) if i else _apply(tok, [], tl, True)
+        before = _apply(tok, msgs[:i], tl, True)
         after = _apply(tok, msgs[: i + 1], tl, False)
         if not (after.startswith(before) and full.startswith(after)):
             raise ChatTemplateError(

@@ -155,10 +155,7 @@ def _up_to_date(out: Path, digest: str, dtype: str) -> bool:
 
 def _field(reader, key: str, default=None):
     f = reader.fields.get(key)
-    if f is None:
-        return default
-    v = f.contents()
-    return v
+    return default if f is None else f.contents()
 
 
 def _unpermute(w, n_head: int):

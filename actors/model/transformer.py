@@ -91,11 +91,6 @@ class KVCache:
         self.lengths[layer] = n + T
         return k, v
 
-    def buffers(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole key/value buffers of a layer (positions >= lengths[layer] are zeros): a decode step reads
-        them as they are, since a sliced view would be copied to contiguous memory by every matmul."""
-        return self.k[layer], self.v[layer]
-
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
@@ -119,8 +114,9 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, past+T, hd)
         rep = self.nh // self.nkv
         if T == 1 and cache is not None:  # one new token per row against its cache (decode)
-            if cache.capacity is not None:
-                k, v = cache.buffers(self.layer_idx)  # (B, nkv, capacity, hd), masked beyond past + 1
+            if cache.capacity is not None:  # the whole buffers (zeros beyond past + 1, masked): a sliced view
+                # would be copied to contiguous memory by every matmul of every step
+                k, v = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (B, nkv, capacity, hd)
             out = decode_attention(q, k, v, rep, attn_mask, length=past + 1)  # (B, nh, 1, hd)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))
         if rep > 1:  # kv head j serves query heads j*rep .. j*rep+rep-1 (HF repeat_kv)

@@ -27,7 +27,7 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    """Mesh sizes. This issue runs data parallel (gloo on CPU, NCCL on GPU); tp/pp arrive later."""
+    """Mesh sizes. Data parallel runs (gloo on CPU, NCCL on GPU); tp/pp > 1 are rejected until implemented."""
 
     dp: int = 2                        # number of Ray Train workers
     tp: int = 1

@@ -1,8 +1,8 @@
 """Parallel plan applied in one ordered function (torchtitan style):
 tensor parallel -> activation checkpointing -> compile -> data parallel.
 
-Only data parallel exists in this issue; tp/pp are validated to 1 by ParallelConfig so a later issue
-adds them here without touching the loop.
+Only data parallel exists so far; ParallelConfig rejects tp/pp > 1, and tensor/pipeline parallelism are
+added here without touching the loop.
 """
 from __future__ import annotations
 
