@@ -45,3 +45,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the registry, imported once for the session (fp32: the parity reference)."""
+    from actors.model.registry import import_model
+
+    name = "smollm2-135m-instruct"
+    return import_model(name, tmp_path_factory.mktemp("models") / f"{name}-float32")

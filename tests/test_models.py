@@ -16,14 +16,6 @@ from actors.tooltask import TOOLS, fold_tools, parse_tool_calls, render_tool_cal
 NAME = "smollm2-135m-instruct"
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """The registry model imported once for the session (fp32: the parity reference)."""
-    from actors.model.registry import import_model
-
-    return import_model(NAME, tmp_path_factory.mktemp("models") / f"{NAME}-float32")
-
-
 def test_import_writes_an_hf_folder_that_transformers_loads_with_equal_logits(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

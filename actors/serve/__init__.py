@@ -1,7 +1,7 @@
-"""Serving: a plain engine behind an `Engine` interface, an OpenAI-compatible FastAPI app, Ray Serve replicas.
+"""Serving: a continuous-batching engine over a paged KV cache behind an `Engine` interface, an OpenAI-compatible FastAPI app, Ray Serve replicas.
 
 Ray is imported only by `actors.serve.deployment`; the engine, protocol and API import without it.
 """
-from actors.serve.engine import AsyncEngine, Engine, PlainEngine, RequestOutput, SamplingParams
+from actors.serve.engine import AsyncEngine, Engine, EngineConfig, LLMEngine, RequestOutput, SamplingParams, make_engine
 
-__all__ = ["Engine", "PlainEngine", "AsyncEngine", "SamplingParams", "RequestOutput"]
+__all__ = ["Engine", "LLMEngine", "EngineConfig", "AsyncEngine", "SamplingParams", "RequestOutput", "make_engine"]

@@ -1,9 +1,13 @@
-"""Ray Serve shell around the OpenAI API: `LLMServer` replicas, `build_app` for `serve run`, start/stop helpers.
+"""Ray Serve shell around the OpenAI API: an `OpenAIIngress` in front of `LLMServer` engine replicas.
 
-Each replica loads the HF folder once (`load_hf` + `load_tokenizer`), owns one engine behind an
-`AsyncEngine` (which serializes all engine access), and serves the FastAPI app from `openai_api.create_app`.
-The app is built per replica (`__serve_build_asgi_app__`, Serve's late-bound ingress) because its routes
-close over that replica's engine.
+    HTTP proxy -> OpenAIIngress (FastAPI app: tokenize, chat template, tools, OpenAI shapes)
+               -> LLMServer replicas (model + engine; `generate` streams RequestOutput batches, `complete`)
+
+Each `LLMServer` loads the HF folder once and owns one engine (from `make_engine`, by the `engine` name in the
+args) behind an `AsyncEngine`. The ingress holds no model: it calls the engine deployment through a handle and,
+when the replica serving a request dies before the request produced any output (a non-streaming request, or a
+stream that has sent no byte), sends it again to another replica. Replicas drain on shutdown: in-flight requests
+get `graceful_shutdown_timeout_s` to finish.
 
     serve run configs/serve.yaml                           # from the repo root
     serve run actors.serve.deployment:build_app model_dir=runs/demo/finetune/hf
@@ -11,13 +15,14 @@ close over that replica's engine.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ray import serve
 
@@ -32,13 +37,22 @@ class ServeArgs:
     model_cache: str = "runs/models"  # where a registry name / .gguf is imported (once)
     model_name: str = "fullchain"     # the `model` clients must send
     num_replicas: int = 1
-    num_cpus: float = 1.0             # per replica
-    num_gpus: float = 0.0             # per replica; > 0 also puts the model on cuda
-    max_ongoing_requests: int = 64    # per replica; the engine interleaves them token by token
-    max_num_seqs: int = 16            # requests the engine advances at once; the rest wait in its queue
-    max_model_len: int = 0            # 0 = the model's max_position_embeddings
+    num_cpus: float = 1.0             # per engine replica
+    num_gpus: float = 0.0             # per engine replica; > 0 also puts the model on cuda
+    max_ongoing_requests: int = 256   # per engine replica; beyond max_num_seqs they wait in the engine's queue
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     torch_threads: int = 0            # 0 = torch's default (Ray sets OMP threads = num_cpus)
+    # the engine (actors/serve/engine.py EngineConfig)
+    engine: str = "paged"             # a key of engine.ENGINES or "package.module:Class"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_memory: Any = "2GiB"     # bytes ("2GiB") or a fraction (0, 1] of free device memory
+    enable_prefix_caching: bool = True
+    max_model_len: int = 0            # 0 = the model's max_position_embeddings
+    # failure handling
+    request_retries: int = 3          # resends of a request whose replica died before it produced output
+    graceful_shutdown_timeout_s: float = 30.0
 
     def __post_init__(self):
         check(isinstance(self.model_dir, str) and self.model_dir != "", "model_dir",
@@ -66,21 +80,33 @@ class ServeArgs:
         check(self.num_gpus >= 0, "num_gpus", f"must be >= 0, got {self.num_gpus}")
         check(self.max_ongoing_requests >= 1, "max_ongoing_requests",
               f"must be >= 1, got {self.max_ongoing_requests}")
-        check(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
-        check(self.max_model_len >= 0, "max_model_len", f"must be >= 0 (0 = the model's), got {self.max_model_len}")
         check(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
+        check(self.request_retries >= 0, "request_retries", f"must be >= 0, got {self.request_retries}")
+        check(self.graceful_shutdown_timeout_s >= 0, "graceful_shutdown_timeout_s",
+              f"must be >= 0 seconds, got {self.graceful_shutdown_timeout_s}")
+        self.engine_config()  # validates the engine's fields, naming them
+
+    def engine_config(self):
+        from actors.serve.engine import EngineConfig
+
+        names = {f.name for f in fields(EngineConfig)}
+        return EngineConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def max_len(self) -> int:
+        ctx = int(json.loads((Path(self.model_dir) / "config.json").read_text())["max_position_embeddings"])
+        return min(ctx, self.max_model_len) if self.max_model_len else ctx
 
 
 @serve.deployment
-@serve.ingress()
 class LLMServer:
+    """One engine replica: the model, its KV cache and the continuous-batching loop."""
+
     def __init__(self, args: dict):
         import torch
 
         from actors.model.hf import load_hf
         from actors.model.tokenizer import load_tokenizer
-        from actors.serve.engine import AsyncEngine, PlainEngine
-        from actors.serve.openai_api import create_app
+        from actors.serve.engine import AsyncEngine, make_engine
 
         a = ServeArgs(**args)
         if a.torch_threads:
@@ -88,19 +114,82 @@ class LLMServer:
         device = "cuda" if a.num_gpus > 0 else "cpu"
         model = load_hf(a.model_dir, dtype=getattr(torch, a.dtype), device=device)
         tokenizer = load_tokenizer(a.model_dir)
-        self.engine = AsyncEngine(PlainEngine(model, tokenizer, max_num_seqs=a.max_num_seqs,
-                                              max_model_len=a.max_model_len or None))
-        # not `self.app`: the ingress wrapper owns that name (a read-only property)
-        self.api = create_app(self.engine, tokenizer, a.model_name)
+        self.engine = AsyncEngine(make_engine(a.engine, model, tokenizer, a.engine_config()))
 
-    def __serve_build_asgi_app__(self):
-        return self.api
+    async def generate(self, prompt_token_ids: list[int], params):
+        """Streams lists of RequestOutput (everything ready since the last message, so a slow consumer costs
+        fewer messages, not more)."""
+        async for batch in self.engine.generate_batches(prompt_token_ids, params):
+            yield batch
+
+    async def complete(self, prompt_token_ids: list[int], params):
+        return await self.engine.complete(prompt_token_ids, params)
+
+    def stats(self) -> dict:
+        return self.engine.engine.stats() if hasattr(self.engine.engine, "stats") else {}
 
     def check_health(self) -> None:
         """Serve restarts a replica whose engine loop died (it would hang every request)."""
         err = self.engine.loop_error()
         if err is not None:
             raise RuntimeError(f"engine loop died: {err!r}")
+
+
+def _replica_died(e: BaseException) -> bool:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(e, (RayActorError, ActorUnavailableError))
+
+
+class EngineClient:
+    """The engine interface the API needs, over the engine deployment's handle, with resends on replica death."""
+
+    def __init__(self, handle, max_model_len: int, retries: int, backoff_s: float = 0.5):
+        self.handle, self.max_model_len, self.retries, self.backoff_s = handle, max_model_len, retries, backoff_s
+
+    async def generate(self, prompt_token_ids: list[int], params):
+        for attempt in range(self.retries + 1):
+            started = False
+            gen = self.handle.options(stream=True).generate.remote(prompt_token_ids, params)
+            try:
+                async for batch in gen:
+                    started = True
+                    for out in batch:
+                        yield out
+                return
+            except Exception as e:
+                if started or attempt == self.retries or not _replica_died(e):
+                    raise
+            except BaseException:  # the consumer went away (client disconnected): stop the replica's work too
+                gen.cancel()
+                raise
+            await asyncio.sleep(self.backoff_s * (attempt + 1))  # let Serve drop the dead replica
+
+    async def complete(self, prompt_token_ids: list[int], params):
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.handle.complete.remote(prompt_token_ids, params)
+            except Exception as e:
+                if attempt == self.retries or not _replica_died(e):
+                    raise
+            await asyncio.sleep(self.backoff_s * (attempt + 1))
+
+
+@serve.deployment
+@serve.ingress()
+class OpenAIIngress:
+    def __init__(self, engine_handle, args: dict):
+        from actors.model.tokenizer import load_tokenizer
+        from actors.serve.openai_api import create_app
+
+        a = ServeArgs(**args)
+        tokenizer = load_tokenizer(a.model_dir)
+        client = EngineClient(engine_handle, a.max_len(), a.request_retries)
+        # not `self.app`: the ingress wrapper owns that name (a read-only property)
+        self.api = create_app(client, tokenizer, a.model_name)
+
+    def __serve_build_asgi_app__(self):
+        return self.api
 
 
 def parse_args(args: dict | None) -> ServeArgs:
@@ -116,9 +205,14 @@ def build_app(args: dict) -> serve.Application:
     opts: dict = {"num_cpus": a.num_cpus}
     if a.num_gpus:
         opts["num_gpus"] = a.num_gpus
-    return LLMServer.options(
+    engine = LLMServer.options(
         num_replicas=a.num_replicas, max_ongoing_requests=a.max_ongoing_requests, ray_actor_options=opts,
+        graceful_shutdown_timeout_s=a.graceful_shutdown_timeout_s,
     ).bind(asdict(a))
+    # the ingress only tokenizes and reshapes: no CPU reserved, so it never blocks an engine replica's placement
+    return OpenAIIngress.options(ray_actor_options={"num_cpus": 0},
+                                 max_ongoing_requests=a.num_replicas * a.max_ongoing_requests,
+                                 ).bind(engine, asdict(a))
 
 
 def _wait_healthy(base_url: str, timeout_s: float) -> None:

@@ -1,21 +1,22 @@
 """Inference engine behind a small interface: add_request / step / abort / has_unfinished.
 
-`PlainEngine` runs every request with its own growing `KVCache` (prefill on its first step, then one
-token per step). The continuous-batching engine with a paged KV cache replaces it later behind the same
-`Engine` interface, so the scheduler / runner / update split here is the seam it plugs into:
+`LLMEngine` is continuous batching over a paged KV cache with prefix caching; one step reads
 
-    batch = scheduler.schedule()     # which requests run this step, and which tokens they feed
-    logits = runner.execute(batch)   # one forward per request -> next-token logits
-    outputs = update(batch, logits)  # sample, detokenize, apply stop rules, free finished requests
+    sched = self.scheduler.schedule()              # which requests run, how many tokens each (scheduler.py)
+    out = self.runner.execute(sched, to_sample)    # one forward over all of them, then sampling (runner.py)
+    return self.update(sched, out)                 # append tokens, detokenize, stop rules, free finished
 
-`AsyncEngine` drives any `Engine` from asyncio: one background task owns the engine and runs its steps in
-a worker thread, so concurrent HTTP requests never touch the engine at the same time.
+`make_engine(name, ...)` picks the engine class from the Serve config (`ENGINES`, or "module:Class").
+`AsyncEngine` drives any `Engine` from asyncio: one background task owns the engine and runs its steps in a
+worker thread, so concurrent HTTP requests never touch the engine at the same time.
 No Ray here: the Serve deployment is a thin shell around these classes.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -25,34 +26,13 @@ from typing import Any, Literal
 import torch
 
 from actors.common.config import check
+from actors.serve.kv_cache import BlockManager
+from actors.serve.runner import ModelRunner, kv_bytes_per_block
+from actors.serve.sampling import SampleRow, SamplingParams, TokenLogprobs
+from actors.serve.scheduler import Request, Scheduler
 
 FinishReason = Literal["stop", "length"]
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 1.0          # 0 = greedy (argmax)
-    top_p: float = 1.0                # nucleus sampling mass, in (0, 1]
-    max_tokens: int = 16              # new tokens at most; the context length may end a request earlier
-    stop: list[str] = field(default_factory=list)            # stop strings, left out of the output text
-    stop_token_ids: list[int] = field(default_factory=list)  # e.g. EOS / <|im_end|>; id kept, text not
-    seed: int | None = None           # per-request generator seed: same seed, same sample
-
-    def __post_init__(self):
-        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0, "temperature",
-              f"must be a number >= 0 (0 = greedy), got {self.temperature!r}")
-        check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p",
-              f"must be in (0, 1], e.g. 0.9 or 1.0 to disable, got {self.top_p!r}")
-        check(isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool)
-              and self.max_tokens >= 1, "max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
-        if isinstance(self.stop, str):  # a lone string is one stop string, not a list of characters
-            self.stop = [self.stop]
-        check(all(isinstance(s, str) and s for s in self.stop), "stop",
-              f"must be a list of non-empty strings, got {self.stop!r}")
-        check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-              f"must be a list of token ids >= 0, got {self.stop_token_ids!r}")
-        check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)), "seed",
-              f"must be an integer or null, got {self.seed!r}")
+__all__ = ["Engine", "LLMEngine", "EngineConfig", "AsyncEngine", "SamplingParams", "RequestOutput", "make_engine"]
 
 
 @dataclass
@@ -66,6 +46,9 @@ class RequestOutput:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprobs] = field(default_factory=list)      # for new_token_ids, when asked
+    prompt_logprobs: list[TokenLogprobs | None] | None = None        # on the first output, when asked
+    cached_tokens: int = 0            # prompt tokens served from the prefix cache
 
 
 class Engine(ABC):
@@ -76,7 +59,7 @@ class Engine(ABC):
 
     @abstractmethod
     def step(self) -> list[RequestOutput]:
-        """Advance every scheduled request by one token; outputs only for requests that made progress."""
+        """Advance the scheduled requests; outputs only for requests that made visible progress."""
 
     @abstractmethod
     def abort(self, request_id: str) -> bool:
@@ -92,14 +75,88 @@ class Engine(ABC):
     def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams,
                  request_id: str | None = None) -> RequestOutput:
         """Run one request to completion (offline use, tests); other requests in flight advance too."""
-        rid = request_id or uuid.uuid4().hex
-        self.add_request(rid, prompt_token_ids, params)
-        while True:
-            for out in self.step():
-                if out.request_id == rid and out.finished:
-                    return out
+        return self.generate_many([prompt_token_ids], params, [request_id or uuid.uuid4().hex])[0]
+
+    def generate_many(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
+                      request_ids: Sequence[str] | None = None) -> list[RequestOutput]:
+        """Run many requests together to completion; outputs in the order of `prompts`."""
+        ids = list(request_ids) if request_ids else [uuid.uuid4().hex for _ in prompts]
+        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        for rid, p, sp in zip(ids, prompts, plist):
+            self.add_request(rid, p, sp)
+        done: dict[str, RequestOutput] = {}
+        first: dict[str, list] = {}
+        while len(done) < len(ids):
             if not self.has_unfinished():
-                raise RuntimeError(f"request {rid} vanished without finishing (aborted?)")
+                missing = [r for r in ids if r not in done]
+                raise RuntimeError(f"requests {missing[:3]} vanished without finishing (aborted?)")
+            for out in self.step():
+                if out.prompt_logprobs is not None:
+                    first[out.request_id] = out.prompt_logprobs
+                if out.finished:
+                    done[out.request_id] = out
+        for rid, pl in first.items():
+            done[rid].prompt_logprobs = pl
+        return [done[r] for r in ids]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: int | float | str) -> tuple[int | None, float | None]:
+    """`kv_cache_memory` -> (bytes, None) or (None, fraction). 0 < x <= 1 is a fraction of device memory."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size; write e.g. 2GiB, 512MiB, 1073741824 or 0.3 (a fraction)")
+        num, unit = float(m.group(1)), (m.group(2) or "").upper().rstrip("B").rstrip("I")
+        if not unit and num <= 1:
+            return None, num
+        return int(num * _UNITS[unit]), None
+    if isinstance(value, (int, float)) and value > 0:
+        return (None, float(value)) if value <= 1 else (int(value), None)
+    raise ValueError(f"{value!r} is not a size; write e.g. 2GiB or a fraction in (0, 1]")
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    with open("/proc/meminfo") as f:  # MemAvailable: what can be allocated without swapping
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("cannot read MemAvailable from /proc/meminfo; give kv_cache_memory in bytes (e.g. 2GiB)")
+
+
+@dataclass
+class EngineConfig:
+    max_num_seqs: int = 64            # requests advanced together in one step
+    max_num_batched_tokens: int = 2048  # tokens per step; a longer prompt is prefilled in chunks of this
+    block_size: int = 16              # tokens per KV block (a power of 2: the Triton kernel tiles by it)
+    kv_cache_memory: Any = "2GiB"     # KV pool size in bytes ("2GiB", 2147483648) or a fraction (0, 1] of free memory
+    enable_prefix_caching: bool = True
+    max_model_len: int = 0            # 0 = the model's max_position_embeddings
+
+    def __post_init__(self):
+        check(isinstance(self.max_num_seqs, int) and self.max_num_seqs >= 1, "max_num_seqs",
+              f"must be an integer >= 1, got {self.max_num_seqs!r}")
+        check(isinstance(self.max_num_batched_tokens, int) and self.max_num_batched_tokens >= 1,
+              "max_num_batched_tokens", f"must be an integer >= 1, got {self.max_num_batched_tokens!r}")
+        check(isinstance(self.block_size, int) and self.block_size >= 1
+              and self.block_size & (self.block_size - 1) == 0, "block_size",
+              f"must be a power of 2 such as 16, got {self.block_size!r}")
+        try:
+            parse_memory(self.kv_cache_memory)
+        except ValueError as e:
+            check(False, "kv_cache_memory", str(e))
+        check(isinstance(self.max_model_len, int) and self.max_model_len >= 0, "max_model_len",
+              f"must be >= 0 (0 = the model's), got {self.max_model_len!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,113 +196,14 @@ class IncrementalDetokenizer:
 
 
 @dataclass
-class RequestState:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
+class ReqState:
+    """The engine's side of a request: sampling inputs, detokenizer and the text produced so far."""
+
     generator: torch.Generator
     detok: IncrementalDetokenizer
-    cache: Any = None                 # KVCache, created at prefill
-    output_ids: list[int] = field(default_factory=list)
     text: str = ""                    # completion text with stop strings applied
     emitted: int = 0                  # chars of `text` already handed out as deltas
-    finish_reason: FinishReason | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
-
-
-@dataclass
-class ScheduledSeq:
-    seq: RequestState
-    input_ids: list[int]              # the whole prompt at prefill, else the last sampled token
-    is_prefill: bool
-
-
-# ---------------------------------------------------------------------------------------------------
-# Scheduler / runner
-
-
-class PlainScheduler:
-    """FIFO admission; every running request runs one step each time (they interleave token by token)."""
-
-    def __init__(self, max_num_seqs: int = 64):
-        self.max_num_seqs = max_num_seqs
-        self.waiting: collections.deque[RequestState] = collections.deque()
-        self.running: dict[str, RequestState] = {}
-
-    def add(self, seq: RequestState) -> None:
-        self.waiting.append(seq)
-
-    def schedule(self) -> list[ScheduledSeq]:
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting.popleft()
-            self.running[seq.request_id] = seq
-        batch = []
-        for seq in self.running.values():
-            if seq.cache is None:
-                batch.append(ScheduledSeq(seq, seq.prompt_ids, True))
-            else:
-                batch.append(ScheduledSeq(seq, seq.output_ids[-1:], False))
-        return batch
-
-    def free(self, request_id: str) -> RequestState | None:
-        seq = self.running.pop(request_id, None)
-        if seq is not None:
-            return seq
-        for s in self.waiting:
-            if s.request_id == request_id:
-                self.waiting.remove(s)
-                return s
-        return None
-
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self.running or any(s.request_id == request_id for s in self.waiting)
-
-
-class PlainRunner:
-    """One forward per scheduled request against its own KVCache; returns last-position logits."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq]) -> list[torch.Tensor]:
-        out = []
-        for item in batch:
-            if item.is_prefill:  # room for the whole request: the cache is written in place, never regrown
-                seq = item.seq
-                item.seq.cache = self.model.new_cache(capacity=len(seq.prompt_ids) + seq.params.max_tokens)
-            ids = torch.tensor([item.input_ids], dtype=torch.long, device=self.device)  # (1, T)
-            last = torch.zeros_like(ids, dtype=torch.bool)
-            last[0, -1] = True  # the next token needs only the last position's logits
-            logits = self.model(ids, cache=item.seq.cache, logits_mask=last)  # (1, V)
-            out.append(logits[0].float())  # (V,)
-        return out
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Greedy at temperature 0; otherwise temperature-scaled softmax restricted to the top-p nucleus."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)  # (V,)
-    if params.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        # drop a token when the mass before it already reaches top_p; the top token always stays
-        drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) >= params.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    prompt_logprobs_sent: bool = False
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
@@ -259,21 +217,47 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
     return best
 
 
-class PlainEngine(Engine):
-    def __init__(self, model: torch.nn.Module, tokenizer, max_num_seqs: int = 64,
-                 max_model_len: int | None = None):
+class LLMEngine(Engine):
+    def __init__(self, model: torch.nn.Module, tokenizer, config: EngineConfig | None = None,
+                 eos_token_ids: Sequence[int] | None = None):
+        from actors.model.tokenizer import stop_token_ids
+
+        self.config = cfg = config or EngineConfig()
         self.model = model.eval()
         self.tokenizer = tokenizer
+        p = next(model.parameters())
         ctx = int(model.config.max_position_embeddings)
-        self._max_model_len = min(ctx, max_model_len) if max_model_len else ctx
-        self.scheduler = PlainScheduler(max_num_seqs)
-        self.runner = PlainRunner(model)
+        self._max_model_len = min(ctx, cfg.max_model_len) if cfg.max_model_len else ctx
+        per_block = kv_bytes_per_block(model, cfg.block_size, p.dtype)
+        nbytes, fraction = parse_memory(cfg.kv_cache_memory)
+        if fraction is not None:
+            nbytes = int(_available_bytes(p.device) * fraction)
+        num_blocks = nbytes // per_block
+        need = -(-self._max_model_len // cfg.block_size) + 1  # one full-length sequence + the padding block
+        if num_blocks < need:
+            raise ValueError(
+                f"kv_cache_memory={cfg.kv_cache_memory!r} gives {num_blocks} KV blocks of {cfg.block_size} tokens "
+                f"({per_block / 2**20:.2f} MiB each), but one sequence of max_model_len={self._max_model_len} "
+                f"tokens needs {need} ({need * per_block / 2**30:.2f} GiB); raise kv_cache_memory or lower "
+                "max_model_len")
+        self.kv = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size)
         self.vocab_size = int(model.config.vocab_size)
+        self.eos_ids = frozenset(int(t) for t in (stop_token_ids(tokenizer) if eos_token_ids is None
+                                                  else eos_token_ids))
         self._skip_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
 
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    def stats(self) -> dict:
+        kv = self.kv
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "kv_blocks_total": kv.usable_blocks, "kv_blocks_free": kv.num_free_blocks,
+                "prefix_cache_queries": kv.queries, "prefix_cache_hits": kv.hits,
+                "preemptions": self.scheduler.num_preemptions}
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
         if request_id in self.scheduler:
@@ -281,7 +265,8 @@ class PlainEngine(Engine):
         ids = [int(t) for t in prompt_token_ids]
         if not ids:
             raise ValueError("prompt is empty: give at least one token")
-        if len(ids) >= self.max_model_len:
+        room = self.max_model_len - len(ids)
+        if room < (1 if params.max_tokens else 0):
             raise ValueError(f"prompt has {len(ids)} tokens but the context length is {self.max_model_len}; "
                              "shorten the prompt so at least one token can be generated")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
@@ -292,69 +277,135 @@ class PlainEngine(Engine):
             gen.seed()  # fresh nondeterministic seed
         else:
             gen.manual_seed(params.seed)
-        detok = IncrementalDetokenizer(self.tokenizer, self._skip_ids)
-        self.scheduler.add(RequestState(request_id, ids, params, gen, detok))
+        state = ReqState(gen, IncrementalDetokenizer(self.tokenizer, self._skip_ids))
+        self.scheduler.add(Request(request_id, ids, params, state=state))
 
     def step(self) -> list[RequestOutput]:
-        batch = self.scheduler.schedule()
-        logits = self.runner.execute(batch)
-        return self.update(batch, logits)
+        sched = self.scheduler.schedule()
+        out = self.runner.execute(sched, self._to_sample(sched))
+        return self.update(sched, out)
 
-    def update(self, batch: list[ScheduledSeq], logits: list[torch.Tensor]) -> list[RequestOutput]:
+    def _stop_ids(self, p: SamplingParams) -> frozenset[int]:
+        return frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_ids)
+
+    def _to_sample(self, sched) -> dict[str, SampleRow]:
+        """Requests whose every token is computed after this step, and that may still produce one."""
+        rows = {}
+        for req, n in sched.scheduled:
+            if req.num_computed + n == req.num_tokens and req.params.max_tokens > req.num_output:
+                rows[req.request_id] = SampleRow(req.params, req.state.generator, req.prompt_ids, req.output_ids,
+                                                 self._stop_ids(req.params))
+        return rows
+
+    def update(self, sched, out) -> list[RequestOutput]:
         outputs = []
-        for item, lg in zip(batch, logits):
-            seq = item.seq
-            p = seq.params
-            tok = sample(lg, p, seq.generator)
-            seq.output_ids.append(tok)
-            if tok in p.stop_token_ids:
-                seq.finish_reason = "stop"  # the stop token's text never reaches the output
-            else:
-                seq.text += seq.detok.push(tok)
-                self._check_stop_strings(seq)
-            if seq.finish_reason is None:
-                if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-                    seq.finish_reason = "length"
-            if seq.finished:
-                ready = len(seq.text)
-                self.scheduler.free(seq.request_id)
-                seq.cache = None
-            else:  # hold back a tail that might be the start of a stop string
-                ready = len(seq.text) - _stop_prefix_len(seq.text, p.stop) if p.stop else len(seq.text)
-            ready = max(ready, seq.emitted)
-            delta, seq.emitted = seq.text[seq.emitted:ready], ready
-            outputs.append(RequestOutput(
-                request_id=seq.request_id, new_token_ids=[tok], token_ids=list(seq.output_ids),
-                delta_text=delta, text=seq.text[:ready], finished=seq.finished,
-                finish_reason=seq.finish_reason, prompt_tokens=len(seq.prompt_ids),
-                completion_tokens=len(seq.output_ids),
-            ))
+        for req, n in sched.scheduled:
+            self.scheduler.computed(req, n)
+            if req.request_id in out.prompt_logprobs:
+                if not req.prompt_logprobs:
+                    req.prompt_logprobs.append(None)  # the first prompt token has no context to score it
+                req.prompt_logprobs.extend(out.prompt_logprobs[req.request_id])
+            new: list[int] = []
+            lps: list[TokenLogprobs] = []
+            if req.request_id in out.sampled:
+                tok, lp = out.sampled[req.request_id]
+                new = [tok]
+                req.token_ids.append(tok)
+                if lp is not None:
+                    lps.append(lp)
+                    req.logprobs.append(lp)
+                self._apply_stop_rules(req, tok)
+            elif req.num_computed == req.num_tokens and req.params.max_tokens == 0:
+                req.finish_reason = "length"  # scored the prompt; nothing to generate
+            elif not (req.num_computed == req.num_tokens):
+                continue  # a prefill chunk: nothing to show yet
+            outputs.append(self._output(req, new, lps))
         return outputs
 
-    @staticmethod
-    def _check_stop_strings(seq: RequestState) -> None:
-        stops = seq.params.stop
-        if not stops:
-            return
-        # a stop string can only end inside the newest piece; search from just before it
-        start = max(0, seq.emitted - max(len(s) for s in stops))
-        hits = [i for i in (seq.text.find(s, start) for s in stops) if i >= 0]
-        if hits:
-            seq.text = seq.text[:min(hits)]
-            seq.finish_reason = "stop"
+    def _apply_stop_rules(self, req: Request, tok: int) -> None:
+        p, st = req.params, req.state
+        if tok in self._stop_ids(p):
+            req.finish_reason = "stop"  # the stop token's text never reaches the output
+        else:
+            st.text += st.detok.push(tok)
+            _check_stop_strings(req)
+        if req.finish_reason is None and (req.num_output >= p.max_tokens or req.num_tokens >= self.max_model_len):
+            req.finish_reason = "length"
+
+    def _output(self, req: Request, new: list[int], lps: list[TokenLogprobs]) -> RequestOutput:
+        st, p = req.state, req.params
+        finished = req.finish_reason is not None
+        if finished:
+            ready = len(st.text)
+            self.scheduler.finish(req)
+        else:  # hold back a tail that might be the start of a stop string
+            ready = len(st.text) - _stop_prefix_len(st.text, p.stop) if p.stop else len(st.text)
+        ready = max(ready, st.emitted)
+        delta, st.emitted = st.text[st.emitted:ready], ready
+        prompt_lps = None
+        if p.prompt_logprobs is not None and not st.prompt_logprobs_sent:
+            prompt_lps, st.prompt_logprobs_sent = list(req.prompt_logprobs), True
+        return RequestOutput(
+            request_id=req.request_id, new_token_ids=new, token_ids=list(req.output_ids), delta_text=delta,
+            text=st.text[:ready], finished=finished, finish_reason=req.finish_reason,
+            prompt_tokens=len(req.prompt_ids), completion_tokens=req.num_output, logprobs=lps,
+            prompt_logprobs=prompt_lps, cached_tokens=req.num_cached_tokens)
 
     def abort(self, request_id: str) -> bool:
-        seq = self.scheduler.free(request_id)
-        if seq is not None:
-            seq.cache = None
-        return seq is not None
+        return self.scheduler.abort(request_id) is not None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
 
+def _check_stop_strings(req: Request) -> None:
+    st, stops = req.state, req.params.stop
+    if not stops:
+        return
+    # a stop string can only end inside the newest piece; search from just before it
+    start = max(0, st.emitted - max(len(s) for s in stops))
+    hits = [i for i in (st.text.find(s, start) for s in stops) if i >= 0]
+    if hits:
+        st.text = st.text[:min(hits)]
+        req.finish_reason = "stop"
+
+
+ENGINES: dict[str, type[Engine]] = {"paged": LLMEngine}
+
+
+def make_engine(name: str, model: torch.nn.Module, tokenizer, config: EngineConfig | None = None) -> Engine:
+    """The engine class named in the Serve config: a key of ENGINES or an import path "module:Class"."""
+    if name in ENGINES:
+        cls = ENGINES[name]
+    elif ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"engine {name!r} cannot be imported ({e}); use one of {sorted(ENGINES)} or "
+                             "'package.module:Class'") from None
+    else:
+        raise ValueError(f"unknown engine {name!r}; use one of {sorted(ENGINES)} or 'package.module:Class'")
+    return cls(model, tokenizer, config)
+
+
 # ---------------------------------------------------------------------------------------------------
 # asyncio driver
+
+
+async def collect(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    """Fold a request's stream of outputs into its final one (logprobs of all steps, prompt logprobs)."""
+    final, lps, prompt_lps = None, [], None
+    async for out in outputs:
+        lps.extend(out.logprobs)
+        if out.prompt_logprobs is not None:
+            prompt_lps = out.prompt_logprobs
+        final = out
+    if final is None or not final.finished:
+        raise RuntimeError("the request ended without a final output")
+    final.logprobs, final.prompt_logprobs = lps, prompt_lps
+    final.new_token_ids = list(final.token_ids)
+    return final
 
 
 class AsyncEngine:
@@ -393,6 +444,14 @@ class AsyncEngine:
     async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs until it finishes; abandoning the iterator aborts the request."""
+        async for batch in self.generate_batches(prompt_token_ids, params, request_id):
+            for out in batch:
+                yield out
+
+    async def generate_batches(self, prompt_token_ids: Sequence[int], params: SamplingParams,
+                               request_id: str | None = None) -> AsyncIterator[list[RequestOutput]]:
+        """Like `generate`, but every output already waiting comes at once (one message per batch when the
+        outputs cross a process boundary, however far the consumer fell behind)."""
         self._ensure_loop()
         rid = request_id or uuid.uuid4().hex
         q: asyncio.Queue = asyncio.Queue()
@@ -401,19 +460,27 @@ class AsyncEngine:
         self._wake.set()
         finished = False
         try:
-            while True:
-                item = await q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
+            while not finished:
+                items = [await q.get()]
+                while not q.empty():
+                    items.append(q.get_nowait())
+                batch = []
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                    batch.append(item)
+                    finished = finished or item.finished
+                yield batch
         finally:
             self._queues.pop(rid, None)
             if not finished:  # client disconnected or consumer stopped early
                 self._commands.append(("abort", rid, None, None))
                 self._wake.set()
+
+    async def complete(self, prompt_token_ids: Sequence[int], params: SamplingParams,
+                       request_id: str | None = None) -> RequestOutput:
+        """The finished output with every step's logprobs (and the prompt's) gathered."""
+        return await collect(self.generate(prompt_token_ids, params, request_id))
 
     def _work(self) -> list[tuple[str, Any]]:
         """Runs in the worker thread: apply queued commands, then one engine step."""

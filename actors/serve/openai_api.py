@@ -1,4 +1,4 @@
-"""OpenAI-compatible HTTP API over an `AsyncEngine`: chat + text completions (with SSE streaming), models, health.
+"""OpenAI-compatible HTTP API over an engine client: chat + text completions (with SSE streaming), models, health.
 
 `create_app(engine, tokenizer, model_name)` returns a FastAPI app; it knows nothing about Ray, so it runs
 under Ray Serve (deployment.py) or plain uvicorn alike. Every client error comes back as HTTP 400 (404 for
@@ -7,10 +7,12 @@ never leaks.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,13 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.config import ConfigError
 from actors.model.chat import ChatTemplateError, encode_chat
-from actors.model.tokenizer import stop_token_ids
 from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
-from actors.serve.engine import AsyncEngine, RequestOutput, SamplingParams
+from actors.serve.engine import RequestOutput, SamplingParams
 from actors.serve.protocol import (
-    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionRequest,
-    CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo, ErrorResponse,
-    FunctionCall, ModelCard, ModelList, ResponseMessage, ToolCall, Usage, new_id, new_tool_call_id,
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, CompletionChoice, CompletionLogprobs,
+    CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo,
+    ErrorResponse, FunctionCall, ModelCard, ModelList, NamedToolChoice, ResponseMessage, TokenLogprob, ToolCall,
+    TopLogprob, Usage, new_id, new_tool_call_id,
 )
 
 
@@ -170,12 +172,16 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncEngine, tokenizer, model_name: str):
+    """The API's logic over any engine client with `generate(ids, params)` (an async iterator of RequestOutput),
+    `complete(ids, params)` and `max_model_len`: an in-process `AsyncEngine` or the Serve handle of an engine
+    deployment."""
+
+    def __init__(self, engine, tokenizer, model_name: str):
         self.engine = engine
         self.tok = tokenizer
         self.model_name = model_name
-        self.stop_ids = stop_token_ids(tokenizer)
         self.vocab_size = len(tokenizer)
+        self._token_text: dict[int, str] = {}
 
     # -- shared --------------------------------------------------------------------------------------
 
@@ -184,11 +190,11 @@ class OpenAIServing:
             raise APIError(f"model {name!r} does not exist; this server serves {self.model_name!r} "
                            "(see GET /v1/models)", param="model", status=404, code="model_not_found")
 
-    def sampling_params(self, req, n_prompt: int, prompt_param: str, limit: int | None,
-                        limit_param: str, limit_is_default: bool = False) -> SamplingParams:
+    def sampling_params(self, req, n_prompt: int, prompt_param: str, limit: int | None, limit_param: str,
+                        limit_is_default: bool = False, **extra) -> SamplingParams:
         ctx = self.engine.max_model_len
         room = ctx - n_prompt
-        if room < 1:
+        if room < (1 if limit != 0 else 0):
             raise APIError(f"the prompt has {n_prompt} tokens but the context length is {ctx}; shorten "
                            f"'{prompt_param}'", param=prompt_param, code="context_length_exceeded")
         if limit is None or (limit_is_default and limit > room):
@@ -198,20 +204,26 @@ class OpenAIServing:
                            f"length {ctx}; set {limit_param} <= {room}", param=limit_param,
                            code="context_length_exceeded")
         try:
-            return SamplingParams(
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                max_tokens=limit, stop=req.stop_list(), stop_token_ids=list(self.stop_ids), seed=req.seed)
+            return SamplingParams(max_tokens=limit, **req.sampling_kwargs(), **extra)
         except ConfigError as e:
             key = str(e).split(":", 1)[0]
             raise APIError(str(e), param=key) from None
 
-    async def _run(self, ids: list[int], params: SamplingParams) -> RequestOutput:
-        final = None
-        async for out in self.engine.generate(ids, params):
-            final = out
-        assert final is not None and final.finished
-        return final
+    @staticmethod
+    def fan_out(params: SamplingParams, n: int) -> list[SamplingParams]:
+        """n choices = n engine requests (the prefix cache shares their prompt); a seed gives seed, seed+1, ..."""
+        if n == 1:
+            return [params]
+        return [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
+
+    def token_text(self, token_id: int) -> str:
+        t = self._token_text.get(token_id)
+        if t is None:
+            t = self._token_text[token_id] = self.tok.decode([token_id])
+        return t
+
+    async def _gather(self, jobs: list[tuple[list[int], SamplingParams]]) -> list[RequestOutput]:
+        return list(await asyncio.gather(*(self.engine.complete(ids, p) for ids, p in jobs)))
 
     # -- chat ------------------------------------------------------------------------------------------
 
@@ -224,111 +236,213 @@ class OpenAIServing:
         except ChatTemplateError as e:  # a template error is the request's content, not a server fault
             raise APIError(f"cannot render messages with the chat template: {e}", param="messages") from None
 
+    @staticmethod
+    def forced_prefix(req: ChatCompletionRequest) -> str:
+        """tool_choice 'required' / named: the assistant turn starts inside a call, so the model must write one."""
+        tc = req.tool_choice
+        if tc == "required":
+            return TOOL_CALL_OPEN
+        if isinstance(tc, NamedToolChoice):
+            return TOOL_CALL_OPEN + '{"name": ' + json.dumps(tc.function.name, ensure_ascii=False) + ', "arguments": '
+        return ""
+
+    def chat_logprobs(self, lps: list) -> ChatLogprobs:
+        def entry(tid: int, lp: float) -> dict:
+            text = self.token_text(tid)
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+        return ChatLogprobs(content=[TokenLogprob(**entry(x.token_id, x.logprob),
+                                                  top_logprobs=[TopLogprob(**entry(t, v)) for t, v in x.top])
+                                     for x in lps])
+
     async def chat(self, req: ChatCompletionRequest):
         self.check_model(req.model)
         ids = self.render_chat(req)
+        prefix = self.forced_prefix(req)
+        if prefix:
+            ids = ids + list(self.tok(prefix, add_special_tokens=False)["input_ids"])
         limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        params = self.sampling_params(req, len(ids), "messages", req.token_limit(), limit_param)
+        params = self.sampling_params(req, len(ids), "messages", req.token_limit(), limit_param,
+                                      logprobs=req.num_logprobs())
         tools_on = req.template_tools() is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(self._chat_stream(ids, params, tools_on, include_usage))
-        out = await self._run(ids, params)
-        message, finish = ResponseMessage(content=out.text), out.finish_reason
-        if tools_on:
-            content, calls, _ = parse_tool_calls(out.text)
-            if calls:  # valid calls win even if the turn hit the length limit after them
-                message = ResponseMessage(content=content or None, tool_calls=[_tool_call(c) for c in calls])
-                finish = "tool_calls"
+            return self._stream(self._chat_stream(ids, self.fan_out(params, req.n), tools_on, include_usage,
+                                                  prefix, req.logprobs))
+        outs = await self._gather([(ids, p) for p in self.fan_out(params, req.n)])
+        choices = []
+        for i, out in enumerate(outs):
+            text = prefix + out.text
+            message, finish = ResponseMessage(content=text), out.finish_reason
+            if tools_on:
+                content, calls, _ = parse_tool_calls(text)
+                if calls:  # valid calls win even if the turn hit the length limit after them
+                    message = ResponseMessage(content=content or None, tool_calls=[_tool_call(c) for c in calls])
+                    finish = "tool_calls"
+            choices.append(ChatChoice(index=i, message=message, finish_reason=finish,
+                                      logprobs=self.chat_logprobs(out.logprobs) if req.logprobs else None))
         return ChatCompletionResponse(
-            model=self.model_name, choices=[ChatChoice(message=message, finish_reason=finish)],
-            usage=Usage.of(out.prompt_tokens, out.completion_tokens),
+            model=self.model_name, choices=choices,
+            usage=Usage.of(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs)),
         ).model_dump()
 
-    async def _chat_stream(self, ids, params, tools_on: bool, include_usage: bool) -> AsyncIterator[str]:
+    async def _chat_stream(self, ids, params_list, tools_on: bool, include_usage: bool, prefix: str,
+                           logprobs: bool | None) -> AsyncIterator[str]:
         cid, created = new_id("chatcmpl"), int(time.time())
 
-        def chunk(delta: DeltaMessage | None, finish=None, usage: Usage | None = None) -> str:
-            choices = [] if delta is None else [{"index": 0, "delta": delta.model_dump(exclude_none=True),
-                                                  "finish_reason": finish, "logprobs": None}]
+        def chunk(index: int | None, delta: DeltaMessage | None, finish=None, usage: Usage | None = None,
+                  lps=None) -> str:
+            choices = [] if delta is None else [{"index": index, "delta": delta.model_dump(exclude_none=True),
+                                                  "finish_reason": finish,
+                                                  "logprobs": lps.model_dump() if lps is not None else None}]
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
             return _sse(obj)
 
-        yield chunk(DeltaMessage(role="assistant", content=""))
-        streamer = ToolCallStreamer() if tools_on else None
-        async for out in self.engine.generate(ids, params):
+        n = len(params_list)
+        for i in range(n):
+            yield chunk(i, DeltaMessage(role="assistant", content=""))
+        streamers = [ToolCallStreamer() if tools_on else None for _ in range(n)]
+        for i, st in enumerate(streamers):
+            if st is not None and prefix:
+                st.feed(prefix)  # the forced start of a call: never content
+        prompt_tokens = completion = 0
+        async for i, out in _merge([self.engine.generate(ids, p) for p in params_list]):
+            streamer = streamers[i]
+            lps = self.chat_logprobs(out.logprobs) if logprobs and out.logprobs else None
             if streamer is None:
-                if out.delta_text:
-                    yield chunk(DeltaMessage(content=out.delta_text))
+                if out.delta_text or lps is not None:
+                    yield chunk(i, DeltaMessage(content=out.delta_text), lps=lps)
             else:
                 content, calls = streamer.feed(out.delta_text)
                 if out.finished:
                     rest, last = streamer.finish()
                     content, calls = content + rest, calls + last
-                if content:
-                    yield chunk(DeltaMessage(content=content))
+                if content or lps is not None:
+                    yield chunk(i, DeltaMessage(content=content), lps=lps)
                 first = streamer.calls - len(calls)  # OpenAI numbers calls across the whole turn
                 for j, c in enumerate(calls):
                     tc = _tool_call(c)
-                    yield chunk(DeltaMessage(tool_calls=[DeltaToolCall(
+                    yield chunk(i, DeltaMessage(tool_calls=[DeltaToolCall(
                         index=first + j, id=tc.id, type="function",
                         function=DeltaFunctionCall(name=tc.function.name, arguments=tc.function.arguments))]))
             if out.finished:
                 finish = "tool_calls" if streamer is not None and streamer.calls else out.finish_reason
-                yield chunk(DeltaMessage(), finish=finish)
-                if include_usage:
-                    yield chunk(None, usage=Usage.of(out.prompt_tokens, out.completion_tokens))
+                yield chunk(i, DeltaMessage(), finish=finish)
+                prompt_tokens, completion = out.prompt_tokens, completion + out.completion_tokens
+        if include_usage:
+            yield chunk(None, None, usage=Usage.of(prompt_tokens, completion))
 
     # -- text completions --------------------------------------------------------------------------------
 
+    def completion_prompts(self, req: CompletionRequest) -> list[tuple[list[int], str]]:
+        out = []
+        for k, prompt in enumerate(req.prompt_list()):
+            param = "prompt" if len(req.prompt_list()) == 1 else f"prompt[{k}]"
+            if isinstance(prompt, str):
+                ids, text = list(self.tok(prompt, add_special_tokens=False)["input_ids"]), prompt
+            else:
+                bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < self.vocab_size)]
+                if bad:
+                    raise APIError(f"'{param}' token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})",
+                                   param=param)
+                ids, text = list(prompt), self.tok.decode(prompt)
+            if not ids:
+                raise APIError(f"'{param}' encodes to zero tokens; give some text", param=param)
+            out.append((ids, text))
+        return out
+
+    def completion_logprobs(self, prompt_ids: list[int], prompt_lps, token_ids: list[int], lps: list, echo: bool,
+                            as_ids: bool, start: int = 0) -> CompletionLogprobs:
+        """Legacy logprobs: the prompt's (echo; the first token has none) then the completion's; text_offset
+        counts characters from `start`."""
+        def name(t: int) -> str:
+            return f"token_id:{t}" if as_ids else self.token_text(t)
+
+        lp = CompletionLogprobs()
+        offset = start
+        rows: list[tuple[int, object]] = []
+        if echo:
+            rows += list(zip(prompt_ids, prompt_lps or [None] * len(prompt_ids)))
+        rows += list(zip(token_ids, lps))
+        for tid, x in rows:
+            lp.tokens.append(name(tid))
+            lp.text_offset.append(offset)
+            offset += len(self.token_text(tid))
+            if x is None:
+                lp.token_logprobs.append(None)
+                lp.top_logprobs.append(None)
+            else:
+                lp.token_logprobs.append(x.logprob)
+                lp.top_logprobs.append({name(t): v for t, v in x.top})
+        return lp
+
     async def completion(self, req: CompletionRequest):
         self.check_model(req.model)
-        prompt = req.single_prompt()
-        if isinstance(prompt, str):
-            ids, prompt_text = list(self.tok(prompt, add_special_tokens=False)["input_ids"]), prompt
-        else:
-            bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-            if bad:
-                raise APIError(f"'prompt' token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})",
-                               param="prompt")
-            ids, prompt_text = list(prompt), self.tok.decode(prompt)
-        if not ids:
-            raise APIError("'prompt' encodes to zero tokens; give some text", param="prompt")
-        params = self.sampling_params(req, len(ids), "prompt", req.max_tokens, "max_tokens",
-                                      limit_is_default="max_tokens" not in req.model_fields_set)
-        echo = prompt_text if req.echo else ""
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError("'max_tokens' 0 returns nothing without echo; set echo: true (with logprobs to score the "
+                           "prompt) or max_tokens >= 1", param="max_tokens")
+        if req.max_tokens == 0 and req.stream:
+            raise APIError("'max_tokens' 0 cannot be streamed; send stream: false", param="max_tokens")
+        prompts = self.completion_prompts(req)
+        jobs = []
+        for k, (ids, _) in enumerate(prompts):
+            param = "prompt" if len(prompts) == 1 else f"prompt[{k}]"
+            params = self.sampling_params(
+                req, len(ids), param, req.max_tokens, "max_tokens",
+                limit_is_default="max_tokens" not in req.model_fields_set, logprobs=req.logprobs,
+                prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
+            jobs += [(k, ids, p) for p in self.fan_out(params, req.n)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(self._completion_stream(ids, params, echo, include_usage))
-        out = await self._run(ids, params)
-        return CompletionResponse(
-            model=self.model_name,
-            choices=[CompletionChoice(text=echo + out.text, finish_reason=out.finish_reason)],
-            usage=Usage.of(out.prompt_tokens, out.completion_tokens),
-        ).model_dump()
+            return self._stream(self._completion_stream(req, prompts, jobs, include_usage))
+        outs = await self._gather([(ids, p) for _, ids, p in jobs])
+        choices = []
+        for i, ((k, ids, _), out) in enumerate(zip(jobs, outs)):
+            echo = prompts[k][1] if req.echo else ""
+            lps = None
+            if req.logprobs is not None:
+                lps = self.completion_logprobs(ids, out.prompt_logprobs, out.token_ids, out.logprobs, req.echo,
+                                               req.return_tokens_as_token_ids)
+            choices.append(CompletionChoice(index=i, text=echo + out.text, finish_reason=out.finish_reason,
+                                            logprobs=lps))
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
+        return CompletionResponse(model=self.model_name, choices=choices,
+                                  usage=Usage.of(prompt_tokens, sum(o.completion_tokens for o in outs))).model_dump()
 
-    async def _completion_stream(self, ids, params, echo: str, include_usage: bool) -> AsyncIterator[str]:
+    async def _completion_stream(self, req: CompletionRequest, prompts, jobs, include_usage: bool
+                                 ) -> AsyncIterator[str]:
         cid, created = new_id("cmpl"), int(time.time())
 
-        def chunk(text: str | None, finish=None, usage: Usage | None = None) -> str:
-            choices = [] if text is None else [{"index": 0, "text": text, "finish_reason": finish,
-                                                 "logprobs": None}]
+        def chunk(index: int | None, text: str | None, finish=None, usage: Usage | None = None, lps=None) -> str:
+            choices = [] if text is None else [{"index": index, "text": text, "finish_reason": finish,
+                                                 "logprobs": lps.model_dump() if lps is not None else None}]
             obj = {"id": cid, "object": "text_completion", "created": created, "model": self.model_name,
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
             return _sse(obj)
 
-        if echo:
-            yield chunk(echo)
-        async for out in self.engine.generate(ids, params):
-            if out.delta_text or out.finished:
-                yield chunk(out.delta_text, finish=out.finish_reason)
-            if out.finished and include_usage:
-                yield chunk(None, usage=Usage.of(out.prompt_tokens, out.completion_tokens))
+        sent = [0] * len(jobs)  # chars streamed per choice (text_offset of the next token)
+        if req.echo:
+            for i, (k, _, _) in enumerate(jobs):
+                yield chunk(i, prompts[k][1])
+                sent[i] = len(prompts[k][1])
+        completion = 0
+        async for i, out in _merge([self.engine.generate(ids, p) for _, ids, p in jobs]):
+            lps = None
+            if req.logprobs is not None and out.new_token_ids:
+                lps = self.completion_logprobs([], None, out.new_token_ids, out.logprobs, False,
+                                               req.return_tokens_as_token_ids, start=sent[i])
+                sent[i] += sum(len(self.token_text(t)) for t in out.new_token_ids)
+            if out.delta_text or out.finished or lps is not None:
+                yield chunk(i, out.delta_text, finish=out.finish_reason, lps=lps)
+            if out.finished:
+                completion += out.completion_tokens
+        if include_usage:
+            yield chunk(None, None, usage=Usage.of(sum(len(ids) for ids, _ in prompts), completion))
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
@@ -349,7 +463,41 @@ class OpenAIServing:
         return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.engine.max_model_len)]).model_dump()
 
 
-def create_app(engine: AsyncEngine, tokenizer, model_name: str) -> FastAPI:
+async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+    """Items of several async iterators as they come, tagged with the iterator's index."""
+    if len(gens) == 1:
+        async for item in gens[0]:
+            yield 0, item
+        return
+    q: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, g):
+        try:
+            async for item in g:
+                await q.put((i, item))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            await q.put((i, e))
+        finally:
+            await q.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        left = len(gens)
+        while left:
+            i, item = await q.get()
+            if item is done:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def create_app(engine, tokenizer, model_name: str) -> FastAPI:
     serving = OpenAIServing(engine, tokenizer, model_name)
     app = FastAPI(title="fullchain OpenAI-compatible API")
     app.state.serving = serving

@@ -1,8 +1,8 @@
 """OpenAI API request/response models (pydantic v2), shaped as api.openai.com shapes them.
 
 Requests reject unknown fields (a typo such as `max_token` would otherwise be silently ignored) and
-unsupported values (n > 1, tool_choice "required") with messages that name the field and the fix; the
-API layer turns these into OpenAI-style 400 error bodies.
+unsupported values (suffix, a tool_choice naming an unknown tool) with messages that name the field and the fix;
+the API layer turns these into OpenAI-style 400 error bodies.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class StreamOptions(_Strict):
 
 
 class _SamplingFields(_Strict):
-    """Fields shared by chat and text completions."""
+    """Fields shared by chat and text completions (OpenAI's, plus vLLM's sampling extensions)."""
 
     model: str
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -105,18 +105,17 @@ class _SamplingFields(_Strict):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=16)
     user: str | None = None
-    # Accepted so common clients work; only the neutral value is, since we do not implement penalties.
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(f"only n=1 is supported, got n={v}; send {v} separate requests (set a seed each)")
-        return v
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # vLLM extensions, accepted under the same names
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -128,37 +127,64 @@ class _SamplingFields(_Strict):
             raise ValueError("stop sequences must be non-empty strings")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty")
+    @field_validator("stop_token_ids")
     @classmethod
-    def _no_penalty(cls, v):
-        if v not in (None, 0, 0.0):
-            raise ValueError("penalties are not supported by this server; leave the field out or set it to 0")
+    def _stop_ids(cls, v):
+        if v and any(t < 0 for t in v):
+            raise ValueError("stop_token_ids must be token ids >= 0")
         return v
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The fields that map one to one onto the engine's SamplingParams (absent ones keep its defaults)."""
+        kw: dict[str, Any] = {"temperature": 1.0 if self.temperature is None else self.temperature,
+                              "top_p": 1.0 if self.top_p is None else self.top_p, "stop": self.stop_list(),
+                              "seed": self.seed, "ignore_eos": self.ignore_eos,
+                              "stop_token_ids": list(self.stop_token_ids or [])}
+        for name in ("presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[ToolSpec] | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("tool_choice")
     @classmethod
-    def _tool_choice(cls, v):
-        if v not in (None, "auto", "none"):
-            raise ValueError(f"tool_choice {v!r} is not supported; use 'auto' (the model decides) or 'none'")
-        return v
+    def _tool_choice(cls, tc, info):
+        tools = info.data.get("tools")
+        if (isinstance(tc, NamedToolChoice) or tc == "required") and not tools:
+            raise ValueError(f"{tc!r} needs 'tools'; send the tools the model may call" if isinstance(tc, str)
+                             else "naming a function needs 'tools'; send the tools the model may call")
+        if isinstance(tc, NamedToolChoice):
+            names = [t.function.name for t in tools]
+            if tc.function.name not in names:
+                raise ValueError(f"names {tc.function.name!r}, which is not in tools {names}")
+        return tc
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported by this server; leave the field out or set it to false")
+    def _top_logprobs(cls, v, info):
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
         return v
 
     def token_limit(self) -> int | None:
@@ -170,41 +196,42 @@ class ChatCompletionRequest(_SamplingFields):
             return None
         return [t.model_dump(exclude_none=True) for t in self.tools]
 
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for /v1/completions
+    max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default; 0 scores the prompt (echo + logprobs)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
+    return_tokens_as_token_ids: bool = False   # vLLM: logprob tokens as "token_id:123"
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
+    def _prompts(cls, v):
         if isinstance(v, list):
             if len(v) == 0:
-                raise ValueError("prompt is empty; give a string or a list of token ids")
-            if isinstance(v[0], (str, list)):
-                if len(v) != 1:
-                    raise ValueError(f"only one prompt per request is supported, got {len(v)}; "
-                                     "send one request per prompt")
+                raise ValueError("prompt is empty; give a string, a list of strings or of token ids")
+            if any(isinstance(p, (str, list)) and len(p) == 0 for p in v):
+                raise ValueError("prompt has an empty entry; every prompt needs some text or tokens")
         elif v == "":
             raise ValueError("prompt is empty; give a non-empty string")
         return v
 
-    @field_validator("logprobs", "suffix")
+    @field_validator("suffix")
     @classmethod
-    def _unsupported(cls, v, info):
+    def _unsupported(cls, v):
         if v:
-            what = {"logprobs": "logprobs are", "suffix": "suffix (fill-in-the-middle) is"}[info.field_name]
-            raise ValueError(f"{what} not supported by this server; leave the field out")
+            raise ValueError("suffix (fill-in-the-middle) is not supported by this server; leave the field out")
         return v
 
-    def single_prompt(self) -> str | list[int]:
+    def prompt_list(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, list) and isinstance(p[0], (str, list)):
-            return p[0]
-        return p
+            return list(p)
+        return [p]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,11 +255,34 @@ class ResponseMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy shape (`/v1/completions`), as lm-eval's local-completions reads it."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ResponseMessage
     finish_reason: Literal["stop", "length", "tool_calls"] | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -267,7 +317,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -284,7 +334,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

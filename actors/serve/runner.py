@@ -1,0 +1,190 @@
+"""Model runner: all scheduled tokens of all requests in one forward over a paged KV cache, then sampling.
+
+The step's tokens are flattened into one (1, N) row with their own positions; the linear layers (nearly all the
+FLOPs) run once over all N. Attention goes through `PagedAttention`, the model's `attention=` seam: it writes
+each layer's new keys/values into the pool slots the scheduler's block tables give, then
+- one-token queries (decodes; a one-token prefill chunk is the same thing) attend together through
+  `kernels.paged_attention` over their block tables;
+- each longer chunk (a prompt, or a piece of one) attends causally over its cached prefix and itself.
+Only positions whose logits are needed reach the vocabulary projection: the last of a request that samples,
+every prompt position of a request that asked for prompt logprobs.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from actors.serve.sampling import SampleRow, TokenLogprobs, logprobs_of, sample
+from actors.serve.scheduler import Request, SchedulerOutput
+from kernels.paged_attention import DecodeMeta, decode_meta, gather_blocks, gather_index, paged_decode_attention, write_kv
+
+
+@dataclass
+class Chunk:
+    """A query longer than one token: a prompt or a piece of one."""
+
+    start: int                        # first row in the flattened batch
+    n: int                            # tokens in this chunk
+    past: int                         # tokens of the sequence already in the cache
+    blocks: torch.Tensor | None       # (1, nb) block ids covering past + n tokens (None when past == 0)
+
+
+def decode_groups(lengths: list[int], block_size: int) -> list[list[int]]:
+    """Split decodes (indices, by ascending length) into groups whose padding to the group's longest stays small:
+    one group over lengths 32..768 gathers and scores ~2x the real keys; a group costs ~6 small ops per layer."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and not (len(groups[-1]) >= 8 and lengths[i] > 1.5 * lengths[groups[-1][0]] + block_size):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class PagedAttention:
+    """`AttentionBackend` for one engine step (its metadata is shared by every layer)."""
+
+    def __init__(self, k_pools, v_pools, block_size: int, slot_mapping: torch.Tensor,
+                 groups: list[tuple[int, DecodeMeta]], chunks: list[Chunk]):
+        self.k_pools, self.v_pools, self.block_size = k_pools, v_pools, block_size
+        self.slot_mapping, self.groups, self.chunks = slot_mapping, groups, chunks
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kp, vp = self.k_pools[layer], self.v_pools[layer]
+        write_kv(kp, vp, k, v, self.slot_mapping)
+        hd = q.shape[-1]
+        if len(self.groups) == 1 and not self.chunks:  # pure decode, one group: no output assembly
+            return paged_decode_attention(q, kp, vp, self.groups[0][1], hd ** -0.5)
+        out = torch.empty_like(q)
+        for start, meta in self.groups:
+            B = meta.seq_lens.shape[0]
+            out[start:start + B] = paged_decode_attention(q[start:start + B], kp, vp, meta, hd ** -0.5)
+        for c in self.chunks:
+            qq = q[c.start:c.start + c.n].transpose(0, 1)[None]  # (1, nh, n, hd)
+            if c.past == 0:  # a whole prompt (or its first chunk): its own keys, plain causal
+                kk = k[c.start:c.start + c.n].transpose(0, 1)[None]  # (1, nkv, n, hd)
+                vv = v[c.start:c.start + c.n].transpose(0, 1)[None]
+                o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
+            else:  # a later chunk: token i sees the past and the chunk up to itself
+                ctx = c.past + c.n
+                index = gather_index(c.blocks, kp.shape[0], kp.shape[1] // self.block_size)
+                kk = gather_blocks(kp, index, 1, self.block_size)[:, 0, :ctx][None]  # (1, nkv, past + n, hd)
+                vv = gather_blocks(vp, index, 1, self.block_size)[:, 0, :ctx][None]
+                mask = torch.ones(c.n, ctx, dtype=torch.bool, device=q.device).tril(diagonal=c.past)
+                o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, enable_gqa=True)
+            out[c.start:c.start + c.n] = o[0].transpose(0, 1)  # (n, nh, hd)
+        return out
+
+
+@dataclass
+class ModelOutput:
+    sampled: dict[str, tuple[int, TokenLogprobs | None]] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+
+
+def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    cfg = model.config
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * block_size * elem
+
+
+def keep_freed_memory_in_heap() -> bool:
+    """glibc hands every freed block above its mmap threshold (128 KiB, adapting up to 32 MiB) back to the OS, so a
+    step's multi-MB temporaries (gathered K/V, MLP activations) fault their pages in again on every layer: raising
+    the threshold and the trim threshold keeps them in the heap (the engine took 65 s instead of 73 s on the
+    bench workload). No-op where glibc is absent."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int):
+        if hasattr(model, "fuse_projections"):
+            model.fuse_projections()
+        self.model = model.eval()
+        p = next(model.parameters())
+        if p.device.type == "cpu":
+            keep_freed_memory_in_heap()
+        self.device, self.dtype = p.device, p.dtype
+        self.block_size = block_size
+        cfg = model.config
+        shape = (cfg.num_key_value_heads, num_blocks * block_size, cfg.head_dim)  # (nkv, slots, hd) per layer
+        # zeros: block 0 (the padding block) must hold finite values, and so must unwritten slots
+        self.k_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+        self.v_pools = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+
+    def _slot(self, req: Request, pos: int) -> int:
+        return req.kv.blocks[pos // self.block_size].id * self.block_size + pos % self.block_size
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput, sample_rows: dict[str, SampleRow]) -> ModelOutput:
+        """`sample_rows`: the requests that sample a token after this step (their last token is computed)."""
+        bs, dev = self.block_size, self.device
+        decodes = [(req, n) for req, n in sched.scheduled if n == 1]
+        groups_idx = decode_groups([req.num_computed + 1 for req, _ in decodes], bs)
+        items = [decodes[i] for g in groups_idx for i in g] + [(r, n) for r, n in sched.scheduled if n != 1]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        need: list[int] = []                       # flattened rows whose logits are needed, ascending
+        sample_at: list[tuple[str, int]] = []      # (request id, index into need)
+        prompt_at: list[tuple[Request, int, int, int]] = []  # (request, first need index, count, first position)
+        chunks: list[Chunk] = []
+        for req, n in items:
+            start, row = req.num_computed, len(ids)
+            ids.extend(req.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(self._slot(req, p) for p in range(start, start + n))
+            if n > 1:
+                blocks = None
+                if start:
+                    blocks = torch.tensor([[b.id for b in req.kv.blocks[:-(-(start + n) // bs)]]], device=dev)
+                chunks.append(Chunk(row, n, start, blocks))
+            if req.wants_prompt_logprobs:
+                last = min(start + n, len(req.prompt_ids) - 1)  # position p scores prompt token p + 1
+                if last > start:
+                    prompt_at.append((req, len(need), last - start, start))
+                    need.extend(range(row, row + last - start))
+            if req.request_id in sample_rows:
+                if not need or need[-1] != row + n - 1:
+                    need.append(row + n - 1)
+                sample_at.append((req.request_id, len(need) - 1))
+        groups, row = [], 0
+        for g in groups_idx:
+            tables = [[b.id for b in decodes[i][0].kv.blocks] for i in g]
+            width = max(len(t) for t in tables)
+            groups.append((row, decode_meta(
+                torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev),
+                torch.tensor([decodes[i][0].num_computed + 1 for i in g], dtype=torch.long, device=dev),
+                bs, self.k_pools[0])))
+            row += len(g)
+        attention = PagedAttention(self.k_pools, self.v_pools, bs, torch.tensor(slots, dtype=torch.long, device=dev),
+                                   groups, chunks)
+        out = ModelOutput()
+        mask = torch.zeros(1, len(ids), dtype=torch.bool, device=dev)
+        mask[0, need] = True
+        logits = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([positions], device=dev),
+                            logits_mask=mask, attention=attention)  # (len(need), V)
+        if not need:
+            return out
+        logits = logits.float()
+        for req, first, count, p0 in prompt_at:
+            rows = logits[first:first + count]
+            targets = torch.tensor(req.token_ids[p0 + 1:p0 + 1 + count], device=dev)
+            out.prompt_logprobs[req.request_id] = logprobs_of(
+                torch.log_softmax(rows, dim=-1), targets, req.params.prompt_logprobs)
+        if sample_at:
+            rows = [sample_rows[rid] for rid, _ in sample_at]
+            picked = logits[torch.tensor([i for _, i in sample_at], device=dev)]
+            tokens, lps = sample(picked, rows)
+            for (rid, _), t, lp in zip(sample_at, tokens, lps):
+                out.sampled[rid] = (t, lp)
+        return out

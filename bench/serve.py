@@ -1,0 +1,204 @@
+"""Serving benchmark in the manner of `vllm bench serve`: our OpenAI endpoint on Ray Serve under load, against Hugging
+Face `generate` on the same requests in the same run.
+
+    .venv/bin/python -m bench.serve --baseline hf --dtype bfloat16      # the issue's workload (defaults)
+    .venv/bin/python -m bench.serve --request-rate 4 --num-prompts 100  # Poisson arrivals instead of a burst
+
+Requests: random token-id prompts with lengths uniform in [input-len-min, input-len-max], outputs uniform in
+[output-len-min, output-len-max] with `ignore_eos` (and `min_tokens` = the length, so every request produces exactly
+its length), greedy, streamed over HTTP from one engine replica; at most `--max-concurrency` in flight, sent at once
+or at `--request-rate` per second (Poisson). Reported: request/s, output tok/s, TTFT, TPOT, ITL and E2E (mean, p50,
+p99). `--baseline hf` then runs the same requests through `transformers` as one left-padded static batch to the
+longest output (each request counted only up to its own length), at the same dtype and torch threads, and compares
+the first `--greedy-check` requests token by token with HF greedy on each request alone.
+
+The full report goes to --out (JSON); the last line printed is the summary JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="registry name, .gguf or HF folder")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for both ours and HF")
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--max-concurrency", type=int, default=64)
+    ap.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s (Poisson); inf = burst")
+    ap.add_argument("--input-len-min", type=int, default=32)
+    ap.add_argument("--input-len-max", type=int, default=512)
+    ap.add_argument("--output-len-min", type=int, default=16)
+    ap.add_argument("--output-len-max", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", choices=["hf", "none"], default="none")
+    ap.add_argument("--greedy-check", type=int, default=16, help="requests compared with HF greedy, one by one")
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    ap.add_argument("--kv-cache-memory", default="3GiB")
+    ap.add_argument("--out", default=None, help="JSON report (default runs/bench/serve-<dtype>.json)")
+    return ap.parse_args(argv)
+
+
+def make_requests(a, vocab: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(a.seed)
+    # ids above the special/byte tokens: any such sequence is a valid prompt
+    return [([rng.randrange(1000, vocab) for _ in range(rng.randint(a.input_len_min, a.input_len_max))],
+             rng.randint(a.output_len_min, a.output_len_max)) for _ in range(a.num_prompts)]
+
+
+def stats_ms(xs: list[float]) -> dict:
+    if not xs:
+        return {"mean": None, "p50": None, "p99": None}
+    s = sorted(xs)
+    pct = lambda q: s[min(len(s) - 1, int(round(q * (len(s) - 1))))]  # noqa: E731
+    return {"mean": 1e3 * statistics.fmean(s), "p50": 1e3 * pct(0.5), "p99": 1e3 * pct(0.99)}
+
+
+async def _one(http, model: str, prompt: list[int], n_out: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out, "ignore_eos": True,
+            "temperature": 0, "stream": True, "logprobs": 0, "return_tokens_as_token_ids": True}
+    t0 = time.perf_counter()
+    times, tokens = [], []
+    async with http.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()[:300]}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"]["message"])
+            lp = chunk["choices"][0]["logprobs"] if chunk["choices"] else None
+            if lp and lp["tokens"]:
+                times.append(time.perf_counter())
+                tokens.extend(int(t.split(":", 1)[1]) for t in lp["tokens"])
+    e2e = time.perf_counter() - t0
+    ttft = times[0] - t0
+    return {"ttft": ttft, "e2e": e2e, "itl": [b - a for a, b in zip(times, times[1:])], "tokens": tokens,
+            "tpot": (e2e - ttft) / (len(tokens) - 1) if len(tokens) > 1 else None}
+
+
+async def run_load(base_url: str, model: str, requests, a) -> tuple[list[dict], float]:
+    import httpx
+
+    sem = asyncio.Semaphore(a.max_concurrency)
+    rng = random.Random(a.seed + 1)
+    limits = httpx.Limits(max_connections=a.max_concurrency + 8)
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as http:
+        async def limited(p, n):
+            async with sem:
+                return await _one(http, model, p, n)
+
+        t0 = time.perf_counter()
+        tasks = []
+        for p, n in requests:
+            tasks.append(asyncio.ensure_future(limited(p, n)))
+            if a.request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(a.request_rate))
+        results = await asyncio.gather(*tasks)
+        return results, time.perf_counter() - t0
+
+
+def hf_baseline(model_dir: str, requests, a) -> tuple[float, list[list[int]]]:
+    """One left-padded static batch to the longest output; then HF greedy on the first requests alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actors.model.tokenizer import load_tokenizer, stop_token_ids
+
+    torch.set_num_threads(a.threads)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, a.dtype)).eval()
+    stops = stop_token_ids(load_tokenizer(model_dir))
+    L, longest = max(len(p) for p, _ in requests), max(n for _, n in requests)
+    ids = torch.tensor([[0] * (L - len(p)) + p for p, _ in requests])  # (B, L) left-padded
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p, _ in requests])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=longest,
+                    min_new_tokens=longest, pad_token_id=0, eos_token_id=stops)
+        hf_s = time.perf_counter() - t0
+        alone = []
+        for p, n in requests[:a.greedy_check]:
+            out = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                              do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=stops)
+            alone.append(out[0, len(p):].tolist())
+    return hf_s, alone
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    import cluster
+    from actors.model.registry import resolve_model
+    from actors.serve.deployment import start_server, stop_server
+
+    cluster.connect()
+    model_dir = str(resolve_model(a.model, cluster.model_cache()))
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+    requests = make_requests(a, vocab)
+    app = "bench-serve"
+    url = start_server(model_dir, model_name="bench", port=0 or _free_port(), app_name=app, dtype=a.dtype,
+                       torch_threads=a.threads, num_cpus=a.threads, max_num_seqs=a.max_num_seqs,
+                       max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_memory=a.kv_cache_memory,
+                       max_ongoing_requests=max(a.max_concurrency, 64), timeout_s=600)
+    try:
+        asyncio.run(run_load(url, "bench", [(requests[0][0][:16], 4)], a))  # warm-up
+        results, dur = asyncio.run(run_load(url, "bench", requests, a))
+    finally:
+        stop_server(app)
+    out_tokens = sum(len(r["tokens"]) for r in results)
+    assert out_tokens == sum(n for _, n in requests), "a request produced a different number of tokens"
+    report = {
+        "model": a.model, "dtype": a.dtype, "threads": a.threads, "num_prompts": a.num_prompts,
+        "max_concurrency": a.max_concurrency, "request_rate": str(a.request_rate),
+        "input_len": [a.input_len_min, a.input_len_max], "output_len": [a.output_len_min, a.output_len_max],
+        "duration_s": dur, "request_throughput": len(results) / dur, "output_throughput": out_tokens / dur,
+        "total_input_tokens": sum(len(p) for p, _ in requests), "total_output_tokens": out_tokens,
+        "ttft_ms": stats_ms([r["ttft"] for r in results]),
+        "tpot_ms": stats_ms([r["tpot"] for r in results if r["tpot"] is not None]),
+        "itl_ms": stats_ms([x for r in results for x in r["itl"]]),
+        "e2e_ms": stats_ms([r["e2e"] for r in results]),
+    }
+    summary = {"ours_out_tok_s": round(report["output_throughput"], 2), "hf_out_tok_s": None, "ratio": None,
+               "ttft_p50_ms": round(report["ttft_ms"]["p50"], 1), "tpot_p50_ms": round(report["tpot_ms"]["p50"], 1),
+               "dtype": a.dtype, "threads": a.threads, "greedy_equal": None}
+    print(f"ours: {len(results)} requests in {dur:.1f}s, {report['output_throughput']:.1f} output tok/s, "
+          f"TTFT p50 {report['ttft_ms']['p50']:.0f} ms, TPOT p50 {report['tpot_ms']['p50']:.1f} ms", flush=True)
+    if a.baseline == "hf":
+        hf_s, alone = hf_baseline(model_dir, requests, a)
+        hf_tok_s = out_tokens / hf_s
+        ours = [r["tokens"] for r in results[:a.greedy_check]]
+        same = sum(x == y for o, h in zip(ours, alone) for x, y in zip(o, h))
+        total = sum(len(h) for h in alone)
+        report["hf"] = {"duration_s": hf_s, "output_throughput": hf_tok_s,
+                        "greedy_requests_equal": sum(o == h for o, h in zip(ours, alone)),
+                        "greedy_token_share": same / total}
+        summary.update(hf_out_tok_s=round(hf_tok_s, 2), ratio=round(report["output_throughput"] / hf_tok_s, 3),
+                       greedy_equal=all(o == h for o, h in zip(ours, alone)),
+                       greedy_token_share=round(same / total, 4))
+        print(f"hf generate (static batch): {hf_s:.1f}s, {hf_tok_s:.1f} output tok/s; greedy equal "
+              f"{report['hf']['greedy_requests_equal']}/{len(alone)} requests, {same}/{total} tokens", flush=True)
+    out = Path(a.out or f"runs/bench/serve-{a.dtype}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "report": report}, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()
