@@ -151,6 +151,9 @@ def main(argv=None) -> dict:
     try:
         asyncio.run(run_load(url, "bench", [(requests[0][0][:16], 4)], a))  # warm-up
         results, dur = asyncio.run(run_load(url, "bench", requests, a))
+        from ray import serve
+
+        engine_stats = serve.get_deployment_handle("LLMServer", app_name=app).stats.remote().result()
     finally:
         stop_server(app)
     out_tokens = sum(len(r["tokens"]) for r in results)
@@ -165,12 +168,14 @@ def main(argv=None) -> dict:
         "tpot_ms": stats_ms([r["tpot"] for r in results if r["tpot"] is not None]),
         "itl_ms": stats_ms([x for r in results for x in r["itl"]]),
         "e2e_ms": stats_ms([r["e2e"] for r in results]),
+        "engine": engine_stats,   # cumulative over the warm-up and the run
     }
     summary = {"ours_out_tok_s": round(report["output_throughput"], 2), "hf_out_tok_s": None, "ratio": None,
                "ttft_p50_ms": round(report["ttft_ms"]["p50"], 1), "tpot_p50_ms": round(report["tpot_ms"]["p50"], 1),
                "dtype": a.dtype, "threads": a.threads, "greedy_equal": None}
     print(f"ours: {len(results)} requests in {dur:.1f}s, {report['output_throughput']:.1f} output tok/s, "
-          f"TTFT p50 {report['ttft_ms']['p50']:.0f} ms, TPOT p50 {report['tpot_ms']['p50']:.1f} ms", flush=True)
+          f"TTFT p50 {report['ttft_ms']['p50']:.0f} ms, TPOT p50 {report['tpot_ms']['p50']:.1f} ms; engine "
+          f"{engine_stats.get('steps')} steps in {engine_stats.get('step_seconds')}s", flush=True)
     if a.baseline == "hf":
         hf_s, alone = hf_baseline(model_dir, requests, a)
         hf_tok_s = out_tokens / hf_s

@@ -31,6 +31,8 @@ class ServeConfig:
     num_replicas: int = 1
     # bfloat16 on a CPU with avx512_bf16 (or a GPU): decode reads half the bytes per token
     dtype: str = "float32"
+    kv_cache_memory: str = "2GiB"      # the engine's KV pool per replica (bytes or a fraction of free memory)
+    max_num_seqs: int = 64             # requests one replica advances together
     keep_alive: bool = False           # leave the endpoint up after the pipeline (Ctrl-C stops it)
     demo_prompt: str = "What is 4821 + 937?"
     demo_with_tools: bool = True       # send the synthetic task's tool specs with the demo chat
@@ -48,6 +50,13 @@ class ServeConfig:
         check(self.dtype in ("float32", "bfloat16", "float16"), "serve.dtype",
               f"{self.dtype!r}: use float32, bfloat16 or float16")
         check(self.demo_max_tokens >= 1, "serve.demo_max_tokens", "must be >= 1")
+        check(self.max_num_seqs >= 1, "serve.max_num_seqs", "must be >= 1")
+        from actors.serve.engine import parse_memory
+
+        try:
+            parse_memory(self.kv_cache_memory)
+        except ValueError as e:
+            check(False, "serve.kv_cache_memory", str(e))
 
 
 @dataclass

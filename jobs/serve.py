@@ -23,7 +23,8 @@ def _start(ctx: StageContext, port: int) -> str:
     cfg = ctx.cfg.serve
     model_dir = served_model(ctx)
     root = start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
-                        num_replicas=cfg.num_replicas, app_name=APP_NAME, dtype=cfg.dtype)
+                        num_replicas=cfg.num_replicas, app_name=APP_NAME, dtype=cfg.dtype,
+                        kv_cache_memory=cfg.kv_cache_memory, max_num_seqs=cfg.max_num_seqs)
     return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
 
 

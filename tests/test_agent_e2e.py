@@ -17,7 +17,7 @@ def served(ray_session, tmp_path_factory):
     from actors.serve.deployment import start_server, stop_server
 
     tiny = make_tiny_model(tmp_path_factory.getbasetemp())
-    url = start_server(str(tiny.dir), model_name="tiny", port=free_port(), app_name=APP)
+    url = start_server(str(tiny.dir), model_name="tiny", port=free_port(), app_name=APP, kv_cache_memory="64MiB")
     yield url + "/v1", tiny
     stop_server(APP)
 

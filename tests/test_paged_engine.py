@@ -292,3 +292,37 @@ def test_kv_cache_memory_too_small_names_the_setting(smol):
     model, tok, _ = smol
     with pytest.raises(ValueError, match="kv_cache_memory.*max_model_len"):
         LLMEngine(model, tok, EngineConfig(kv_cache_memory="1MiB"))
+
+
+def test_engine_factory_and_memory_settings_name_the_fix(smol):
+    from actors.common.config import ConfigError
+    from actors.serve.engine import ENGINES, make_engine, parse_memory
+
+    assert parse_memory("2GiB") == (2 * 2**30, None) and parse_memory("512MiB") == (512 * 2**20, None)
+    assert parse_memory(0.25) == (None, 0.25) and parse_memory("0.3") == (None, 0.3)
+    assert parse_memory(1 << 20) == (1 << 20, None)
+    with pytest.raises(ConfigError, match="kv_cache_memory"):
+        EngineConfig(kv_cache_memory="lots")
+    with pytest.raises(ConfigError, match="block_size"):
+        EngineConfig(block_size=12)
+    model, tok, _ = smol
+    with pytest.raises(ValueError, match="unknown engine 'fast'.*paged"):
+        make_engine("fast", model, tok)
+    with pytest.raises(ValueError, match="cannot be imported"):
+        make_engine("no.such.module:Engine", model, tok)
+    eng = make_engine("actors.serve.engine:LLMEngine", model, tok, EngineConfig(kv_cache_memory="64MiB",
+                                                                              max_model_len=256))
+    assert isinstance(eng, ENGINES["paged"]) and eng.max_model_len == 256
+
+
+def test_streaming_detokenization_holds_back_split_utf8(smol):
+    """Byte-level BPE splits a Chinese character over tokens: the stream never shows U+FFFD and joins to the text."""
+    from actors.serve.engine import IncrementalDetokenizer
+
+    _, tok, _ = smol
+    text = "你好，世界！今天的天气很好。33 + 2874 的结果是多少？"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # the premise: some tokens are partial characters
+    detok = IncrementalDetokenizer(tok)
+    deltas = [detok.push(i) for i in ids]
+    assert all("\ufffd" not in d for d in deltas) and "".join(deltas) == text

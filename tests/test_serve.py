@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
 def base_url(ray_session, tiny):
     from actors.serve.deployment import start_server, stop_server
 
-    url = start_server(str(tiny.dir), model_name=MODEL, port=free_port(), app_name=APP)
+    url = start_server(str(tiny.dir), model_name=MODEL, port=free_port(), app_name=APP, kv_cache_memory="64MiB")
     yield url
     stop_server(APP)
 

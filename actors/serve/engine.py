@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import importlib
 import re
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -247,6 +249,7 @@ class LLMEngine(Engine):
         self.eos_ids = frozenset(int(t) for t in (stop_token_ids(tokenizer) if eos_token_ids is None
                                                   else eos_token_ids))
         self._skip_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+        self.num_steps, self.step_seconds = 0, 0.0
 
     @property
     def max_model_len(self) -> int:
@@ -254,7 +257,7 @@ class LLMEngine(Engine):
 
     def stats(self) -> dict:
         kv = self.kv
-        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+        return {"steps": self.num_steps, "step_seconds": round(self.step_seconds, 3),"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_total": kv.usable_blocks, "kv_blocks_free": kv.num_free_blocks,
                 "prefix_cache_queries": kv.queries, "prefix_cache_hits": kv.hits,
                 "preemptions": self.scheduler.num_preemptions}
@@ -281,9 +284,13 @@ class LLMEngine(Engine):
         self.scheduler.add(Request(request_id, ids, params, state=state))
 
     def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         out = self.runner.execute(sched, self._to_sample(sched))
-        return self.update(sched, out)
+        outputs = self.update(sched, out)
+        self.num_steps += 1
+        self.step_seconds += time.perf_counter() - t0
+        return outputs
 
     def _stop_ids(self, p: SamplingParams) -> frozenset[int]:
         return frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else self.eos_ids)
@@ -417,6 +424,9 @@ class AsyncEngine:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        # one dedicated thread: torch keeps an OpenMP team per calling thread, and asyncio.to_thread's pool hands
+        # steps to whichever worker is free, so several teams spun against each other (steps ran ~1.5x slower)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
         self._commands: collections.deque[tuple[str, str, Any, Any]] = collections.deque()
         self._queues: dict[str, asyncio.Queue] = {}
         self._wake: asyncio.Event | None = None
@@ -504,7 +514,7 @@ class AsyncEngine:
                 self._wake.clear()
                 await self._wake.wait()
             try:
-                results = await asyncio.to_thread(self._work)
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._work)
             except Exception as e:  # engine state is unknown after a failed step: fail every request
                 for rid in list(self._queues):
                     self.engine.abort(rid)
