@@ -62,11 +62,15 @@ def stats_ms(xs: list[float]) -> dict:
     return {"mean": 1e3 * statistics.fmean(s), "p50": 1e3 * pct(0.5), "p99": 1e3 * pct(0.99)}
 
 
-async def _one(http, model: str, prompt: list[int], n_out: int) -> dict:
+async def _one(http, model: str, prompt: list[int], n_out: int, want_ids: bool) -> dict:
+    """One streamed request. Token ids come back (as logprobs entries) only where `want_ids`: the greedy check
+    needs them, the others count tokens by usage, as `vllm bench serve` does."""
     body = {"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out, "ignore_eos": True,
-            "temperature": 0, "stream": True, "logprobs": 0, "return_tokens_as_token_ids": True}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    if want_ids:
+        body.update(logprobs=0, return_tokens_as_token_ids=True)
     t0 = time.perf_counter()
-    times, tokens = [], []
+    times, tokens, n_tokens = [], [], 0
     async with http.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()[:300]}")
@@ -76,14 +80,19 @@ async def _one(http, model: str, prompt: list[int], n_out: int) -> dict:
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
-            lp = chunk["choices"][0]["logprobs"] if chunk["choices"] else None
-            if lp and lp["tokens"]:
+            if chunk.get("usage"):
+                n_tokens = chunk["usage"]["completion_tokens"]
+            if not chunk["choices"]:
+                continue
+            choice = chunk["choices"][0]
+            if choice["text"] or (choice["logprobs"] and choice["logprobs"]["tokens"]):
                 times.append(time.perf_counter())
-                tokens.extend(int(t.split(":", 1)[1]) for t in lp["tokens"])
+            if choice["logprobs"]:
+                tokens.extend(int(t.split(":", 1)[1]) for t in choice["logprobs"]["tokens"])
     e2e = time.perf_counter() - t0
     ttft = times[0] - t0
     return {"ttft": ttft, "e2e": e2e, "itl": [b - a for a, b in zip(times, times[1:])], "tokens": tokens,
-            "tpot": (e2e - ttft) / (len(tokens) - 1) if len(tokens) > 1 else None}
+            "n_tokens": n_tokens, "tpot": (e2e - ttft) / (n_tokens - 1) if n_tokens > 1 else None}
 
 
 async def run_load(base_url: str, model: str, requests, a) -> tuple[list[dict], float]:
@@ -93,14 +102,14 @@ async def run_load(base_url: str, model: str, requests, a) -> tuple[list[dict], 
     rng = random.Random(a.seed + 1)
     limits = httpx.Limits(max_connections=a.max_concurrency + 8)
     async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as http:
-        async def limited(p, n):
+        async def limited(p, n, want_ids):
             async with sem:
-                return await _one(http, model, p, n)
+                return await _one(http, model, p, n, want_ids)
 
         t0 = time.perf_counter()
         tasks = []
-        for p, n in requests:
-            tasks.append(asyncio.ensure_future(limited(p, n)))
+        for i, (p, n) in enumerate(requests):
+            tasks.append(asyncio.ensure_future(limited(p, n, i < a.greedy_check)))
             if a.request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(a.request_rate))
         results = await asyncio.gather(*tasks)
@@ -156,7 +165,7 @@ def main(argv=None) -> dict:
         engine_stats = serve.get_deployment_handle("LLMServer", app_name=app).stats.remote().result()
     finally:
         stop_server(app)
-    out_tokens = sum(len(r["tokens"]) for r in results)
+    out_tokens = sum(r["n_tokens"] for r in results)
     assert out_tokens == sum(n for _, n in requests), "a request produced a different number of tokens"
     report = {
         "model": a.model, "dtype": a.dtype, "threads": a.threads, "num_prompts": a.num_prompts,

@@ -20,7 +20,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,7 @@ class ServeArgs:
     enable_prefix_caching: bool = True
     max_model_len: int = 0            # 0 = the model's max_position_embeddings
     # failure handling
+    engine_niceness: int | None = 0   # nice value of the engine's step threads (Ray starts workers at 15; null keeps it)
     request_retries: int = 3          # resends of a request whose replica died before it produced output
     graceful_shutdown_timeout_s: float = 30.0
 
@@ -82,6 +83,8 @@ class ServeArgs:
               f"must be >= 1, got {self.max_ongoing_requests}")
         check(self.torch_threads >= 0, "torch_threads", f"must be >= 0, got {self.torch_threads}")
         check(self.request_retries >= 0, "request_retries", f"must be >= 0, got {self.request_retries}")
+        check(self.engine_niceness is None or -20 <= self.engine_niceness <= 19, "engine_niceness",
+              f"must be a nice value in [-20, 19] or null (keep Ray's), got {self.engine_niceness}")
         check(self.graceful_shutdown_timeout_s >= 0, "graceful_shutdown_timeout_s",
               f"must be >= 0 seconds, got {self.graceful_shutdown_timeout_s}")
         self.engine_config()  # validates the engine's fields, naming them
@@ -114,13 +117,15 @@ class LLMServer:
         device = "cuda" if a.num_gpus > 0 else "cpu"
         model = load_hf(a.model_dir, dtype=getattr(torch, a.dtype), device=device)
         tokenizer = load_tokenizer(a.model_dir)
-        self.engine = AsyncEngine(make_engine(a.engine, model, tokenizer, a.engine_config()))
+        self.engine = AsyncEngine(make_engine(a.engine, model, tokenizer, a.engine_config()),
+                                  thread_niceness=a.engine_niceness)
 
     async def generate(self, prompt_token_ids: list[int], params):
-        """Streams lists of RequestOutput (everything ready since the last message, so a slow consumer costs
-        fewer messages, not more)."""
+        """Streams lists of RequestOutput deltas: everything ready since the last message (a slow consumer costs
+        fewer messages, not more), without the cumulative `token_ids` / `text`, which grew every message by the
+        whole completion so far."""
         async for batch in self.engine.generate_batches(prompt_token_ids, params):
-            yield batch
+            yield [replace(o, token_ids=[], text="") for o in batch]
 
     async def complete(self, prompt_token_ids: list[int], params):
         return await self.engine.complete(prompt_token_ids, params)

@@ -17,12 +17,14 @@ import asyncio
 import collections
 import concurrent.futures
 import importlib
+import os
 import re
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -401,18 +403,33 @@ def make_engine(name: str, model: torch.nn.Module, tokenizer, config: EngineConf
 
 
 async def collect(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
-    """Fold a request's stream of outputs into its final one (logprobs of all steps, prompt logprobs)."""
-    final, lps, prompt_lps = None, [], None
+    """Fold a request's stream of outputs into its final one, from the deltas alone (a stream that crossed a
+    process boundary may carry deltas only): every step's tokens, text and logprobs, and the prompt logprobs."""
+    final, ids, text, lps, prompt_lps = None, [], [], [], None
     async for out in outputs:
+        ids.extend(out.new_token_ids)
+        text.append(out.delta_text)
         lps.extend(out.logprobs)
         if out.prompt_logprobs is not None:
             prompt_lps = out.prompt_logprobs
         final = out
     if final is None or not final.finished:
         raise RuntimeError("the request ended without a final output")
-    final.logprobs, final.prompt_logprobs = lps, prompt_lps
-    final.new_token_ids = list(final.token_ids)
-    return final
+    return replace(final, new_token_ids=list(ids), token_ids=list(ids), text="".join(text), logprobs=lps,
+                   prompt_logprobs=prompt_lps)
+
+
+def set_thread_niceness(niceness: int | None) -> bool:
+    """Give the calling thread (and the OpenMP threads it starts, which inherit it) this nice value. Ray runs
+    worker processes at nice 15, so any busier process at 0 preempts one of the step's threads and the other waits
+    at the next barrier. Lowering a nice value needs CAP_SYS_NICE; without it the thread keeps its value."""
+    if niceness is None or not hasattr(os, "setpriority"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        return True
+    except (PermissionError, OSError):
+        return False
 
 
 class AsyncEngine:
@@ -422,11 +439,13 @@ class AsyncEngine:
     for a forward pass and the engine never sees two threads.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, thread_niceness: int | None = None):
         self.engine = engine
         # one dedicated thread: torch keeps an OpenMP team per calling thread, and asyncio.to_thread's pool hands
-        # steps to whichever worker is free, so several teams spun against each other (steps ran ~1.5x slower)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
+        # steps to whichever worker is free, so several teams competed for the cores
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="engine-step", initializer=set_thread_niceness,
+            initargs=(thread_niceness,))
         self._commands: collections.deque[tuple[str, str, Any, Any]] = collections.deque()
         self._queues: dict[str, asyncio.Queue] = {}
         self._wake: asyncio.Event | None = None
