@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     requests = make_requests(a, vocab)
     app = "bench-serve"
-    url = start_server(model_dir, model_name="bench", port=0 or _free_port(), app_name=app, dtype=a.dtype,
+    url = start_server(model_dir, model_name="bench", port=_free_port(), app_name=app, dtype=a.dtype,
                        torch_threads=a.threads, num_cpus=a.threads, max_num_seqs=a.max_num_seqs,
                        max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_memory=a.kv_cache_memory,
                        max_ongoing_requests=max(a.max_concurrency, 64), timeout_s=600)

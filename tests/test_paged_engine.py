@@ -11,6 +11,7 @@ import torch
 from actors.model.tokenizer import stop_token_ids
 from actors.serve.engine import EngineConfig, LLMEngine, SamplingParams
 from actors.serve.kv_cache import BlockManager
+from actors.serve.runner import kv_bytes_per_block
 from actors.serve.sampling import SampleRow, sample
 from actors.serve.scheduler import Request, Scheduler
 from kernels.paged_attention import (
@@ -263,7 +264,7 @@ def test_preemption_under_a_small_cache_keeps_greedy_outputs(smol):
     model, tok, hf = smol
     prompts = _mixed_prompts(tok, 6, seed=3)
     # 6 requests of up to ~300 tokens, 24 blocks of 16 = 384 slots: they cannot all hold their KV at once
-    per_block = 2 * 30 * 3 * 64 * 16 * 4
+    per_block = kv_bytes_per_block(model, 16, torch.float32)
     engine = LLMEngine(model, tok, EngineConfig(kv_cache_memory=25 * per_block, max_model_len=384,
                                                 enable_prefix_caching=False))
     params = SamplingParams(temperature=0, max_tokens=8, min_tokens=8)

@@ -44,6 +44,7 @@ def test_killing_one_of_two_replicas_loses_no_request(two_replicas):
             body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 120, "temperature": 0, "ignore_eos": True}
             tasks = [asyncio.ensure_future(http.post("/v1/completions", json=body)) for _ in range(60)]
             await asyncio.sleep(1.0)  # requests are spread over both replicas and running
+            assert not all(t.done() for t in tasks), "every request finished before the kill: nothing was tested"
             victim = ray.get_actor(names[0], namespace="serve")
             ray.kill(victim, no_restart=True)
             return await asyncio.gather(*tasks)

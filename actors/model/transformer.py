@@ -271,6 +271,8 @@ class Transformer(nn.Module):
         become views into the fused tensors, so nothing is stored twice and the state dict is unchanged."""
         for layer in self.model.layers:
             a, m = layer.self_attn, layer.mlp
+            if a.qkv_weight is not None:  # fused already (a model shared by several engines)
+                continue
             parts = [a.q_proj, a.k_proj, a.v_proj]
             a.qkv_weight = torch.cat([p.weight for p in parts])
             start = 0

@@ -88,20 +88,16 @@ class Engine(ABC):
         plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         for rid, p, sp in zip(ids, prompts, plist):
             self.add_request(rid, p, sp)
-        done: dict[str, RequestOutput] = {}
-        first: dict[str, list] = {}
-        while len(done) < len(ids):
+        seen: dict[str, list[RequestOutput]] = {rid: [] for rid in ids}
+        left = set(ids)
+        while left:
             if not self.has_unfinished():
-                missing = [r for r in ids if r not in done]
-                raise RuntimeError(f"requests {missing[:3]} vanished without finishing (aborted?)")
+                raise RuntimeError(f"requests {sorted(left)[:3]} vanished without finishing (aborted?)")
             for out in self.step():
-                if out.prompt_logprobs is not None:
-                    first[out.request_id] = out.prompt_logprobs
+                seen[out.request_id].append(out)
                 if out.finished:
-                    done[out.request_id] = out
-        for rid, pl in first.items():
-            done[rid].prompt_logprobs = pl
-        return [done[r] for r in ids]
+                    left.discard(out.request_id)
+        return [fold_outputs(seen[rid]) for rid in ids]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,7 +223,6 @@ class LLMEngine(Engine):
         from actors.model.tokenizer import stop_token_ids
 
         self.config = cfg = config or EngineConfig()
-        self.model = model.eval()
         self.tokenizer = tokenizer
         p = next(model.parameters())
         ctx = int(model.config.max_position_embeddings)
@@ -259,7 +254,8 @@ class LLMEngine(Engine):
 
     def stats(self) -> dict:
         kv = self.kv
-        return {"steps": self.num_steps, "step_seconds": round(self.step_seconds, 3),"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+        return {"steps": self.num_steps, "step_seconds": round(self.step_seconds, 3),
+                "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_total": kv.usable_blocks, "kv_blocks_free": kv.num_free_blocks,
                 "prefix_cache_queries": kv.queries, "prefix_cache_hits": kv.hits,
                 "preemptions": self.scheduler.num_preemptions}
@@ -326,7 +322,7 @@ class LLMEngine(Engine):
                 self._apply_stop_rules(req, tok)
             elif req.num_computed == req.num_tokens and req.params.max_tokens == 0:
                 req.finish_reason = "length"  # scored the prompt; nothing to generate
-            elif not (req.num_computed == req.num_tokens):
+            elif req.num_computed != req.num_tokens:
                 continue  # a prefill chunk: nothing to show yet
             outputs.append(self._output(req, new, lps))
         return outputs
@@ -402,21 +398,19 @@ def make_engine(name: str, model: torch.nn.Module, tokenizer, config: EngineConf
 # asyncio driver
 
 
-async def collect(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
-    """Fold a request's stream of outputs into its final one, from the deltas alone (a stream that crossed a
-    process boundary may carry deltas only): every step's tokens, text and logprobs, and the prompt logprobs."""
-    final, ids, text, lps, prompt_lps = None, [], [], [], None
-    async for out in outputs:
-        ids.extend(out.new_token_ids)
-        text.append(out.delta_text)
-        lps.extend(out.logprobs)
-        if out.prompt_logprobs is not None:
-            prompt_lps = out.prompt_logprobs
-        final = out
-    if final is None or not final.finished:
+def fold_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
+    """A request's outputs folded into its final one from the deltas alone (a stream that crossed a process
+    boundary carries deltas only): every step's tokens, text and logprobs, and the prompt logprobs."""
+    if not outputs or not outputs[-1].finished:
         raise RuntimeError("the request ended without a final output")
-    return replace(final, new_token_ids=list(ids), token_ids=list(ids), text="".join(text), logprobs=lps,
-                   prompt_logprobs=prompt_lps)
+    ids = [t for o in outputs for t in o.new_token_ids]
+    prompt_lps = next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None)
+    return replace(outputs[-1], new_token_ids=ids, token_ids=list(ids), text="".join(o.delta_text for o in outputs),
+                   logprobs=[lp for o in outputs for lp in o.logprobs], prompt_logprobs=prompt_lps)
+
+
+async def collect(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    return fold_outputs([out async for out in outputs])
 
 
 def set_thread_niceness(niceness: int | None) -> bool:

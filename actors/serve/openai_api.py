@@ -283,7 +283,7 @@ class OpenAIServing:
                                       logprobs=self.chat_logprobs(out.logprobs) if req.logprobs else None))
         return ChatCompletionResponse(
             model=self.model_name, choices=choices,
-            usage=Usage.of(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs)),
+            usage=Usage.of(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs), outs[0].cached_tokens),
         ).model_dump()
 
     async def _chat_stream(self, ids, params_list, tools_on: bool, include_usage: bool, prefix: str,
@@ -410,7 +410,8 @@ class OpenAIServing:
                                             logprobs=lps))
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
         return CompletionResponse(model=self.model_name, choices=choices,
-                                  usage=Usage.of(prompt_tokens, sum(o.completion_tokens for o in outs))).model_dump()
+                                  usage=Usage.of(prompt_tokens, sum(o.completion_tokens for o in outs),
+                                                 sum(o.cached_tokens for o in outs[::req.n]))).model_dump()
 
     async def _completion_stream(self, req: CompletionRequest, prompts, jobs, include_usage: bool
                                  ) -> AsyncIterator[str]:

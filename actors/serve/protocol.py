@@ -238,14 +238,21 @@ class CompletionRequest(_SamplingFields):
 # Responses
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0            # prompt tokens whose KV came from the prefix cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
     @classmethod
-    def of(cls, prompt: int, completion: int) -> "Usage":
-        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    def of(cls, prompt: int, completion: int, cached: int | None = None) -> "Usage":
+        details = None if cached is None else PromptTokensDetails(cached_tokens=cached)
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=details)
 
 
 class ResponseMessage(BaseModel):

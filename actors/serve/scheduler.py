@@ -69,10 +69,6 @@ class SchedulerOutput:
     scheduled: list[tuple[Request, int]]   # (request, tokens to compute this step), decodes first
     preempted: list[Request]
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.scheduled)
-
 
 class Scheduler:
     def __init__(self, kv: BlockManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048):
