@@ -33,7 +33,7 @@ import torch
 
 from actors.train.config import OptimConfig
 from actors.train.sft import collate
-from actors.train.trainer import Trainer
+from actors.train.trainer import CausalLMLoss, Trainer
 
 
 def copy_task(gap: int, suffix: int, dmin: int, dmax: int):
@@ -119,7 +119,8 @@ def main() -> None:
         def next_batch():
             return rng.sample(train, args.batch_size)
     model = load_hf(init) if init else Transformer(get_config("debug", vocab_size=320))
-    trainer = Trainer(model, OptimConfig(lr=args.lr, warmup_steps=10, weight_decay=0.0), args.steps)
+    trainer = Trainer(model, CausalLMLoss(sparse=True), OptimConfig(lr=args.lr, warmup_steps=10, weight_decay=0.0),
+                      args.steps)
     t0 = time.perf_counter()
     for s in range(1, args.steps + 1):
         r = trainer.train_step(collate(next_batch(), pad_id))

@@ -37,7 +37,7 @@ def main() -> None:
     from actors.model.tokenizer import load_tokenizer
     from actors.train.config import FinetuneConfig, OptimConfig
     from actors.train.sft import collate, tokenize_conversation
-    from actors.train.trainer import Trainer
+    from actors.train.trainer import CausalLMLoss, Trainer
     from actors.train.workers import wrap_lora
 
     path = resolve_model(args.model, args.cache)
@@ -71,7 +71,7 @@ def main() -> None:
                        ("hf_peft_bf16", hf_bf16)):
         torch.manual_seed(0)
         model = make()
-        trainer = Trainer(model, OptimConfig(lr=1e-3, warmup_steps=0), args.steps + 1)
+        trainer = Trainer(model, CausalLMLoss(sparse=True), OptimConfig(lr=1e-3, warmup_steps=0), args.steps + 1)
         first = trainer.train_step(batches[0])["loss"]  # warm-up, and the loss at identical weights
         t0, tokens = time.perf_counter(), 0
         for b in batches[1:]:

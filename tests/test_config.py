@@ -32,7 +32,7 @@ def test_set_overrides_nested_values():
     ("pretrain.max_steps=abc", "pretrain.max_steps: expected an integer"),
     ("eval.tasks=[mmlu_pro]", "unknown task"),
     ("run.stages=[data,bogus]", "run.stages: unknown stage"),
-    ("pretrain.parallel.tp=2", "pretrain.parallel.tp"),
+    ("pretrain.parallel.tp=3", "pretrain.parallel.tp"),
     ("data.seq_len=64", "pretrain.seq_len"),
     ("pretrain.model=gpt5", "pretrain.model: unknown model"),
     ("finetune.lora.target_modules=[qkv]", "finetune.lora.target_modules"),

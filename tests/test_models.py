@@ -272,7 +272,7 @@ def test_lora_steps_on_the_imported_base(ray_session, smollm2, tmp_path):
     cfg = from_dict(FinetuneConfig, {"base": str(smollm2), "base_dtype": "bfloat16", "max_len": 256,
                                      "batch_size": 1, "max_steps": 2, "log_every": 1, "lora": {"r": 4, "alpha": 8},
                                      "optim": {"lr": 1e-3, "warmup_steps": 0},
-                                     "parallel": {"dp": 2, "threads_per_worker": 1}})
+                                     "parallel": {"dp_replicate": 2, "threads_per_worker": 1}})
     res = run_finetune(cfg, smollm2, sources, tmp_path / "ft")
     m = res["metrics"]
     assert m["step"] == 2 and m["world_size"] == 2 and m["loss"] > 0

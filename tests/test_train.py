@@ -110,8 +110,11 @@ def test_lora_merge_matches_unmerged_adapter(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("cache_max_rows", [65536, 0], ids=["shard-in-memory", "streaming"])
-def test_two_worker_ray_train_step(ray_session, tok_dir, tmp_path, cache_max_rows):
+@pytest.mark.parametrize("layout", [{"dp_replicate": 2}, {"pp": 2, "dp_shard": 2, "tp": 2}],
+                         ids=["dp2", "pp2xdp2xtp2"])
+def test_ray_train_pretrain_stage(ray_session, tok_dir, tmp_path, layout):
+    """The real stage on Ray Train workers: data-parallel ranks share the global batch, the checkpoint is one
+    HF folder whatever the layout (8 workers x 0.25 CPU on a 2-core machine)."""
     from actors.train.stage import run_pretrain
 
     tok = load_tokenizer(tok_dir)
@@ -123,18 +126,27 @@ def test_two_worker_ray_train_step(ray_session, tok_dir, tmp_path, cache_max_row
         (tmp_path / split).mkdir()
         pq.write_table(pa.table({"input_ids": pa.array(part, pa.list_(pa.int32()))}),
                        tmp_path / split / "part-0.parquet")
+    world = 1
+    for v in layout.values():
+        world *= v
     cfg = from_dict(PretrainConfig, {"seq_len": T, "batch_size": 2, "max_steps": 3, "eval_every": 3,
-                                     "log_every": 1, "parallel": {"dp": 2}, "cache_max_rows": cache_max_rows})
+                                     "log_every": 1, "parallel": {**layout, "cpus_per_worker": 2 / world}})
     res = run_pretrain(cfg, {"train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
                              "tokenizer_dir": str(tok_dir)}, tmp_path / "out",
-                       model_overrides={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1})
+                       model_overrides={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
     m = res["metrics"]
-    assert m["world_size"] == 2 and m["step"] == 3
-    assert m["tokens"] == 3 * 2 * 2 * T  # steps x workers x batch x seq_len
+    dp = layout.get("dp_replicate", 1) * layout.get("dp_shard", 1)
+    assert m["world_size"] == world and m["step"] == 3
+    assert m["tokens"] == 3 * dp * 2 * T  # steps x data-parallel ranks x batch x seq_len
     assert m["val_loss"] > 0
     rows_logged = [json.loads(line) for line in open(res["outputs"]["metrics_jsonl"])]
     assert [r["step"] for r in rows_logged] == [1, 2, 3]
     model = load_hf(res["outputs"]["hf"])
-    assert model.config.vocab_size == len(tok) and model.config.num_hidden_layers == 1
+    assert model.config.vocab_size == len(tok) and model.config.num_hidden_layers == 2
     assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
     assert load_tokenizer(res["outputs"]["hf"]).chat_template is not None
+    # the exported weights are the trained ones: their loss on the held-out rows is the logged one
+    val = torch.tensor(rows[-8:])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(val)[:, :-1].reshape(-1, len(tok)), val[:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(rows_logged[-1]["val_loss"], rel=1e-4)

@@ -114,6 +114,38 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
             shutil.copy2(Path(src) / f, Path(dst) / f)
 
 
+def read_config(path: str | Path) -> ModelConfig:
+    d = Path(path)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"{d}: not a Hugging Face model folder (no config.json)")
+    return config_from_hf(json.loads((d / "config.json").read_text()), name=d.name)
+
+
+def tensor_reader(path: str | Path):
+    """`get(name) -> tensor` over a folder's safetensors (one file or an index of shards), one tensor at a time:
+    materialising a sharded model reads each weight once without holding the whole checkpoint."""
+    from safetensors import safe_open
+
+    d = Path(path)
+    if (d / "model.safetensors").exists():
+        files = {None: d / "model.safetensors"}
+        where = None
+    elif (d / "model.safetensors.index.json").exists():
+        where = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+        files = {f: d / f for f in set(where.values())}
+    else:
+        raise FileNotFoundError(f"{d}: no model.safetensors or model.safetensors.index.json")
+    handles = {k: safe_open(str(f), framework="pt") for k, f in files.items()}
+    names = set(where) if where is not None else set(handles[None].keys())
+
+    def get(name: str) -> torch.Tensor | None:
+        if name not in names:
+            return None
+        return handles[where[name] if where is not None else None].get_tensor(name)
+
+    return get
+
+
 def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -31,8 +31,16 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def reset_buffers(self) -> None:
+        """Recompute the frequencies after a meta-device model is materialised (they are not in checkpoints)."""
+        with torch.no_grad():
+            self.inv_freq.copy_(self._inv_freq())
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # (B, T, hd/2)
@@ -123,28 +131,29 @@ class Attention(nn.Module):
                                                               self.nkv * self.hd], dim=-1)
             else:
                 q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-            q = q.view(N, self.nh, self.hd)  # (N, nh, hd)
-            k = k.view(N, self.nkv, self.hd)  # (N, nkv, hd)
-            v = v.view(N, self.nkv, self.hd)
+            q = q.view(N, -1, self.hd)  # (N, nh, hd)
+            k = k.view(N, -1, self.hd)  # (N, nkv, hd)
+            v = v.view(N, -1, self.hd)
             c, s = cos.reshape(N, 1, self.hd), sin.reshape(N, 1, self.hd)  # broadcast over heads
             q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
             out = attention.attend(self.layer_idx, q, k, v)  # (N, nh, hd)
-            return self.o_proj(out.reshape(B, T, self.nh * self.hd))
-        q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+            return self.o_proj(out.reshape(B, T, -1))
+        # -1 heads: under tensor parallelism a rank holds nh / tp query and nkv / tp key/value heads
+        q = self.q_proj(x).view(B, T, -1, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, -1, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, -1, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.lengths[self.layer_idx]
             k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, past+T, hd)
-        rep = self.nh // self.nkv
+        rep = q.shape[1] // k.shape[1]
         if T == 1 and cache is not None:  # one new token per row against its cache (decode)
             if cache.capacity is not None:  # the whole buffers (zeros beyond past + 1, masked): a sliced view
                 # would be copied to contiguous memory by every matmul of every step
                 k, v = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (B, nkv, capacity, hd)
             out = decode_attention(q, k, v, rep, attn_mask, length=past + 1)  # (B, nh, 1, hd)
-            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         if rep > 1:  # kv head j serves query heads j*rep .. j*rep+rep-1 (HF repeat_kv)
             k = k.repeat_interleave(rep, dim=1)  # (B, nh, S, hd)
             v = v.repeat_interleave(rep, dim=1)
@@ -157,7 +166,7 @@ class Attention(nn.Module):
         else:  # chunk after a cached prefix: token i sees past + i + 1 keys
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(B, T, self.nh * self.hd)  # (B, T, nh*hd)
+        out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hd)
         return self.o_proj(out)
 
 
@@ -207,7 +216,10 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None, attn_mask=None, attention=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, attn_mask, attention)
+        # extras as keywords, and only when set: tensor parallelism prepares the positional inputs (x, cos, sin)
+        extra = {k: v for k, v in (("cache", cache), ("attn_mask", attn_mask), ("attention", attention))
+                 if v is not None}
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, **extra)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -215,7 +227,9 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
+        # a dict keyed by layer index: a pipeline stage deletes the layers it does not own and the rest keep their
+        # checkpoint names (model.layers.7...)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)})
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
 
@@ -228,9 +242,15 @@ class Transformer(nn.Module):
         self.config = cfg
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.sequence_parallel = 1  # tensor-parallel degree splitting the sequence between blocks (apply_tp)
+        self.tie_weights()
         self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """The head shares the embedding matrix (when the config ties them and this module holds both: a pipeline
+        stage may hold one). Again after anything that re-creates parameters (`to_empty`, tensor parallel)."""
+        if self.config.tie_word_embeddings and self.lm_head is not None and self.model.embed_tokens is not None:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def reset_parameters(self) -> None:
         std = self.config.initializer_range
@@ -251,14 +271,19 @@ class Transformer(nn.Module):
 
         With `attention` (the serving engine's seam) the input is (1, N) tokens of many sequences with their
         own `positions`, and each layer hands its rotated q/k/v to `attention.attend` instead of a `KVCache`."""
-        B, T = input_ids.shape
+        B, T = input_ids.shape[:2]
+        if self.model.embed_tokens is None:  # hidden states of a pipeline stage: sequence-parallel holds T / tp
+            T *= self.sequence_parallel
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        x = self.model.embed_tokens(input_ids)  # (B, T, d)
+        # a pipeline stage without the embedding gets the previous stage's hidden states (B, T, d)
+        x = self.model.embed_tokens(input_ids) if self.model.embed_tokens is not None else input_ids  # (B, T, d)
         cos, sin = self.model.rotary_emb(positions, x.dtype)
-        for layer in self.model.layers:
+        for layer in self.model.layers.values():
             x = layer(x, cos, sin, cache, attn_mask, attention)
+        if self.lm_head is None:  # a pipeline stage before the last: hidden states go on
+            return x
         x = self.model.norm(x)
         if logits_mask is not None:
             x = x[logits_mask]  # (N, d)
@@ -269,7 +294,7 @@ class Transformer(nn.Module):
         """Inference: q/k/v and gate/up each become one matmul over a concatenated weight (fewer, larger matmuls:
         at 64 rows a bf16 576x1536 projection runs ~330 GFLOP/s, a 576x192 one ~230). The HF-named parameters
         become views into the fused tensors, so nothing is stored twice and the state dict is unchanged."""
-        for layer in self.model.layers:
+        for layer in self.model.layers.values():
             a, m = layer.self_attn, layer.mlp
             if a.qkv_weight is not None:  # fused already (a model shared by several engines)
                 continue

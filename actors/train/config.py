@@ -27,22 +27,73 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    """Mesh sizes. Data parallel runs (gloo on CPU, NCCL on GPU); tp/pp > 1 are rejected until implemented."""
+    """The layout of the training workers on a DeviceMesh: world = pp x dp_replicate x dp_shard x tp."""
 
-    dp: int = 2                        # number of Ray Train workers
-    tp: int = 1
-    pp: int = 1
-    activation_checkpointing: bool = False
-    compile: bool = False
+    dp_replicate: int = 1              # data parallel, full copies (DDP-like; with dp_shard > 1: HSDP)
+    dp_shard: int = 1                  # data parallel with sharded weights/grads/optimizer state (FSDP2)
+    tp: int = 1                        # tensor parallel (Megatron column/row-wise + sequence-parallel norms)
+    pp: int = 1                        # pipeline stages' ranks
+    pp_schedule: str = "1f1b"          # gpipe | 1f1b | interleaved_1f1b
+    pp_microbatches: int = 0           # 0: one per stage (the fewest that keeps every stage busy)
+    stages_per_rank: int = 0           # 0: 2 for interleaved_1f1b, else 1
+    activation_checkpointing: str = "none"  # none | selective (recompute pointwise ops) | full (whole layers)
+    compile: bool = False              # torch.compile each layer (off on CPU: compile time beats the gain)
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    threads_per_worker: int = 1        # torch intra-op threads per worker (2 workers x 1 thread on 2 cores)
+    cpus_per_worker: float = 1.0       # fractions allowed: 8 workers x 0.25 CPU fit a 2-core machine
+    gpus_per_worker: float = 1.0       # with use_gpu
+    threads_per_worker: int = 1        # torch intra-op threads per worker
 
     def __post_init__(self):
-        check(self.dp >= 1, "parallel.dp", "must be >= 1 (number of training workers)")
-        check(self.tp == 1, "parallel.tp", "tensor parallelism is not implemented yet; set parallel.tp=1")
-        check(self.pp == 1, "parallel.pp", "pipeline parallelism is not implemented yet; set parallel.pp=1")
-        check(self.threads_per_worker >= 1, "parallel.threads_per_worker", "must be >= 1")
+        for k in ("dp_replicate", "dp_shard", "tp", "pp", "threads_per_worker"):
+            check(getattr(self, k) >= 1, f"parallel.{k}", f"must be >= 1, got {getattr(self, k)}")
+        check(self.pp_schedule in ("gpipe", "1f1b", "interleaved_1f1b"), "parallel.pp_schedule",
+              f"{self.pp_schedule!r}: use gpipe, 1f1b or interleaved_1f1b")
+        check(self.activation_checkpointing in ("none", "selective", "full"), "parallel.activation_checkpointing",
+              f"{self.activation_checkpointing!r}: use none, selective or full")
+        check(self.pp_microbatches >= 0, "parallel.pp_microbatches", "must be >= 0 (0 = one per stage)")
+        check(self.stages_per_rank >= 0, "parallel.stages_per_rank", "must be >= 0 (0 = automatic)")
+        if self.stages_per_rank == 0:
+            self.stages_per_rank = 2 if self.pp_schedule == "interleaved_1f1b" else 1
+        check(self.pp_schedule == "interleaved_1f1b" or self.stages_per_rank == 1, "parallel.stages_per_rank",
+              f"{self.pp_schedule} runs one stage per rank; set stages_per_rank=1 or pp_schedule=interleaved_1f1b")
+        check(self.pp_schedule != "interleaved_1f1b" or self.stages_per_rank >= 2, "parallel.stages_per_rank",
+              "interleaved_1f1b needs >= 2 stages per rank")
+        check(self.cpus_per_worker > 0, "parallel.cpus_per_worker", "must be > 0 (fractions like 0.25 are fine)")
+        check(not self.use_gpu or self.gpus_per_worker > 0, "parallel.gpus_per_worker", "must be > 0 with use_gpu")
+        if self.pp_microbatches == 0:
+            self.pp_microbatches = self.num_stages if self.pp > 1 else 1
+
+    @property
+    def world_size(self) -> int:
+        return self.pp * self.dp_replicate * self.dp_shard * self.tp
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def num_stages(self) -> int:
+        return self.pp * self.stages_per_rank
+
+    def describe(self) -> str:
+        return f"pp{self.pp} x dp_replicate{self.dp_replicate} x dp_shard{self.dp_shard} x tp{self.tp}"
+
+    def check_model(self, mcfg, seq_len: int, batch_size: int, key: str = "pretrain") -> None:
+        """The layout against the model and batch shapes, before any worker starts."""
+        check(mcfg.num_attention_heads % self.tp == 0 and mcfg.num_key_value_heads % self.tp == 0,
+              f"{key}.parallel.tp", f"tp={self.tp} must divide the model's {mcfg.num_attention_heads} attention "
+              f"heads and {mcfg.num_key_value_heads} KV heads; choose tp in "
+              f"{[t for t in range(1, mcfg.num_key_value_heads + 1) if mcfg.num_key_value_heads % t == 0 and mcfg.num_attention_heads % t == 0]}")
+        check(seq_len % self.tp == 0, f"{key}.parallel.tp",
+              f"tp={self.tp} must divide seq_len={seq_len} (sequence-parallel norms split the sequence)")
+        check(self.num_stages <= mcfg.num_hidden_layers, f"{key}.parallel.pp",
+              f"pp x stages_per_rank = {self.num_stages} stages but the model has {mcfg.num_hidden_layers} "
+              "layers; use fewer stages")
+        check(batch_size % self.pp_microbatches == 0, f"{key}.parallel.pp_microbatches",
+              f"{self.pp_microbatches} microbatches must divide {key}.batch_size={batch_size}")
+        check(self.pp_schedule != "interleaved_1f1b" or self.pp_microbatches % self.pp == 0,
+              f"{key}.parallel.pp_microbatches",
+              f"interleaved_1f1b needs a multiple of pp={self.pp} microbatches, got {self.pp_microbatches}")
 
 
 @dataclass
@@ -54,24 +105,23 @@ class PretrainConfig:
     eval_every: int = 50
     eval_max_batches: int = 8
     log_every: int = 5
-    shuffle_buffer_rows: int = 2048      # per-worker local shuffle buffer (packed rows; 2048x256 int64 = 4 MB)
-    # Rows of its shard a worker may hold in memory: a shard up to this size is read through Ray Data once and
-    # reshuffled in memory every epoch (int32, 65536x256 = 64 MB), with nothing streaming while it trains
-    # (streaming cost 0.16 s of a 0.73 s step on 2 CPU cores); a larger shard streams. 0 always streams.
-    cache_max_rows: int = 65536
     seed: int = 0
+    grad_accum_steps: int = 1            # micro-batches per optimizer step on each data-parallel rank
+    # compute dtype; weights, gradients' reduction and optimizer state stay fp32 (mixed precision). bfloat16 on
+    # GPU, and on a CPU with avx512_bf16/AMX (a bf16 matmul is ~2-4x fp32); float32 is the parity reference.
+    dtype: str = "float32"
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
-        from actors.model.config import list_configs
+        from actors.model.config import get_config, list_configs
 
         check(self.model in list_configs(), "pretrain.model", f"unknown model {self.model!r}; choose one of "
               f"{list_configs()}")
-        for k in ("seq_len", "batch_size", "max_steps", "eval_every", "log_every"):
+        for k in ("seq_len", "batch_size", "max_steps", "eval_every", "log_every", "grad_accum_steps"):
             check(getattr(self, k) >= 1, f"pretrain.{k}", f"must be >= 1, got {getattr(self, k)}")
-        check(self.cache_max_rows >= 0, "pretrain.cache_max_rows",
-              f"must be >= 0 (0 always streams the shard), got {self.cache_max_rows}")
+        check(self.dtype in ("float32", "bfloat16"), "pretrain.dtype", f"{self.dtype!r}: use float32 or bfloat16")
+        self.parallel.check_model(get_config(self.model), self.seq_len, self.batch_size)
 
 
 @dataclass
@@ -128,5 +178,9 @@ class FinetuneConfig:
               "full fine-tuning trains the weights themselves in fp32; set finetune.base_dtype=float32")
         for k in ("max_len", "batch_size", "max_steps", "log_every"):
             check(getattr(self, k) >= 1, f"finetune.{k}", f"must be >= 1, got {getattr(self, k)}")
+        p = self.parallel
+        check(p.tp == 1 and p.pp == 1 and p.dp_shard == 1, "finetune.parallel",
+              f"fine-tuning runs data parallel with full copies of the base ({p.describe()} asked): use "
+              f"parallel.dp_replicate=N with tp=1, pp=1, dp_shard=1")
         check(self.synthetic_max_rows + self.sft_max_rows > 0, "finetune.synthetic_max_rows",
               "synthetic_max_rows and sft_max_rows are both 0: there is nothing to fine-tune on")

@@ -6,27 +6,53 @@ import shutil
 from pathlib import Path
 
 from actors.common.metrics import plot_curves, read_jsonl
+from actors.model import get_config
 from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
 from actors.train.sft import check_sources_fit
 
 
+def check_cluster(p: ParallelConfig, resources: dict | None = None) -> None:
+    """Fail before any worker starts when the cluster cannot hold the layout, naming the fix."""
+    import ray
+
+    res = ray.cluster_resources() if resources is None else resources
+    need_cpu = p.world_size * p.cpus_per_worker
+    have_cpu = res.get("CPU", 0)
+    if need_cpu > have_cpu + 1e-9:
+        fit = have_cpu / p.world_size
+        raise ValueError(f"parallel layout {p.describe()} needs {p.world_size} workers x {p.cpus_per_worker:g} CPU "
+                         f"= {need_cpu:g} CPUs; the cluster has {have_cpu:g} CPUs: set parallel.cpus_per_worker <= "
+                         f"{fit:g}, or use a smaller layout")
+    if p.use_gpu:
+        need_gpu, have_gpu = p.world_size * p.gpus_per_worker, res.get("GPU", 0)
+        if need_gpu > have_gpu + 1e-9:
+            raise ValueError(f"parallel layout {p.describe()} needs {need_gpu:g} GPUs; the cluster has "
+                             f"{have_gpu:g}: use a smaller layout or parallel.use_gpu=false")
+
+
 def _scaling(p: ParallelConfig):
     from ray.train import ScalingConfig
 
-    return ScalingConfig(num_workers=p.dp, use_gpu=p.use_gpu, resources_per_worker={"CPU": p.cpus_per_worker})
+    res = {"CPU": p.cpus_per_worker}
+    if p.use_gpu:
+        res["GPU"] = p.gpus_per_worker
+    # PACK: workers fill one node before the next, so consecutive ranks - a tensor-parallel group once the mesh
+    # orders ranks by node - share a node; pipeline and data-parallel groups span nodes
+    return ScalingConfig(num_workers=p.world_size, use_gpu=p.use_gpu, resources_per_worker=res,
+                         placement_strategy="PACK")
 
 
-def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str, datasets=None):
+def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str):
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    check_cluster(parallel)
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=config,
         scaling_config=_scaling(parallel),
         torch_config=TorchConfig(backend="nccl" if parallel.use_gpu else "gloo"),
-        datasets=datasets,
         run_config=RunConfig(name=name, storage_path=str((out_dir / "ray").resolve())),
     )
     result = trainer.fit()
@@ -36,10 +62,11 @@ def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name:
 
 
 def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, unigram_baseline: float | None = None,
-                 model_overrides: dict | None = None, lineage: list | None = None) -> dict:
-    """Pretrain on the data stage's packed shards; returns {"outputs": {"hf": dir, ...}, "metrics": {...}}."""
+                 model_overrides: dict | None = None, lineage: list | None = None,
+                 init_dir: str | Path | None = None) -> dict:
+    """Pretrain on the data stage's packed shards (from `init_dir`'s weights when given: continued pretraining);
+    returns {"outputs": {"hf": dir, ...}, "metrics": {...}}."""
     import pyarrow.parquet as pq
-    import ray
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,29 +76,28 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
     first = next(Path(train_dir).glob("*.parquet"), None)
     if first is None:
         raise FileNotFoundError(f"{train_dir}: no parquet shards; run the data stage first")
-    if "://" not in str(val_dir) and next(Path(val_dir).glob("*.parquet"), None) is None:
+    if next(Path(val_dir).glob("*.parquet"), None) is None:
         raise FileNotFoundError(f"{val_dir}: no held-out parquet shard; run the data stage with data.val_fraction > 0")
     row_len = len(pq.read_table(first, columns=["input_ids"]).column("input_ids")[0])
     if row_len != cfg.seq_len:
         raise ValueError(f"pretrain.seq_len={cfg.seq_len} but the data stage packed rows of {row_len} tokens; "
                          f"set pretrain.seq_len={row_len} or re-run data with data.seq_len={cfg.seq_len}")
-    from actors.model.tokenizer import load_tokenizer
-
     vocab = len(load_tokenizer(data_outputs["tokenizer_dir"]))
-    overrides = {"vocab_size": vocab, **(model_overrides or {})}
-    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in Path(train_dir).glob("*.parquet"))
-    cache = 0 < n_rows / cfg.parallel.dp <= cfg.cache_max_rows
+    if init_dir is not None:
+        from actors.model.hf import read_config
+
+        mcfg = read_config(init_dir)
+        if mcfg.vocab_size < vocab:
+            raise ValueError(f"{init_dir} has a {mcfg.vocab_size}-token vocabulary but the data was tokenized with "
+                             f"{vocab}: set data.tokenizer to the base model so both agree")
+    else:
+        mcfg = get_config(cfg.model, **{"vocab_size": vocab, **(model_overrides or {})})
+    cfg.parallel.check_model(mcfg, cfg.seq_len, cfg.batch_size)
     config = {"pretrain": dataclasses.asdict(cfg), "tokenizer_dir": str(data_outputs["tokenizer_dir"]),
-              "out_dir": str(out.resolve()), "model_overrides": overrides, "lineage": lineage or [],
-              "cache_shard": cache}
-    # The data stage already wrote the rows in a seeded global order, so a seeded shard order (pretrain.seed)
-    # plus a worker's in-memory reshuffle (or its local shuffle buffer when streaming) mixes sources within a
-    # step without an all-to-all shuffle. Read concurrency is capped because every concurrent read task is a
-    # Python worker process to start.
-    datasets = {"train": ray.data.read_parquet(str(train_dir), shuffle=ray.data.FileShuffleConfig(seed=cfg.seed),
-                                               concurrency=2)}
-    config["val_dir"] = str(val_dir) if "://" in str(val_dir) else str(Path(val_dir).resolve())
-    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", datasets)
+              "out_dir": str(out.resolve()), "model_config": dataclasses.asdict(mcfg), "lineage": lineage or [],
+              "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
+              "init_dir": str(Path(init_dir).resolve()) if init_dir else None}
+    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain")
     hf_dir = out / "hf"
     shutil.rmtree(hf_dir, ignore_errors=True)
     result.checkpoint.to_directory(str(hf_dir))

@@ -1,18 +1,27 @@
-"""The one training loop, Ray-free: a model, a loss, AdamW with warm-up + cosine, grad clipping, metrics.
+"""The one training loop, Ray-free: model parts, a `loss_fn`, AdamW with warm-up + cosine, clipping, metrics.
 
-Pretraining and SFT differ only in their batches' `labels` (-100 marks positions not trained on),
-so both use `Trainer.train_step` with `causal_lm_loss`.
+Every method is a `loss_fn(model, batch) -> (loss_sum, n_tokens)`: the summed loss of the batch and how many
+tokens (or pairs) it counts. The trainer turns the sums of a whole global batch - all gradient-accumulation
+micro-batches on all data-parallel ranks - into their mean over all trained tokens, whatever the layout:
+each rank's backward uses `loss_sum / (n_global / dp)`, and FSDP's gradient average over dp divides the rest.
+Pipeline-parallel layouts run the same loss on the last stage's logits (`loss_fn.on_logits`) inside the schedule.
+
+`run_loop(trainer, batches, hooks)` is the loop every stage uses (pretrain, SFT, and later preference methods).
 """
 from __future__ import annotations
 
+import contextlib
+import resource
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
-import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
 
-from actors.model.transformer import causal_lm_loss, sparse_causal_lm_loss
+from actors.model.transformer import trained_positions
 from actors.train.config import OptimConfig
+from actors.train.parallel import Dist, sync_tied_grads
 from actors.train.schedule import lr_at
 
 
@@ -25,67 +34,240 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
 
 
-def _all_reduce_sum(values: list[float]) -> list[float]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
-    return values
+# ---------------------------------------------------------------------------------------------------------------
+# losses
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Summed next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]; -100 labels are not trained."""
+    logits = logits[:, :-1].reshape(-1, logits.size(-1))  # (B*(T-1), V)
+    return F.cross_entropy(logits.float(), labels[:, 1:].reshape(-1), ignore_index=ignore_index, reduction="sum")
+
+
+def count_trained(batch: dict[str, torch.Tensor]) -> int:
+    labels = batch.get("labels", batch["input_ids"])
+    return int((labels[:, 1:] != -100).sum())
+
+
+class CausalLMLoss:
+    """Next-token loss over every position whose label is not -100 (pretraining: all of them). With `sparse`,
+    logits are computed only at trained positions: SFT trains on ~25% of them, and the vocabulary projection is
+    ~30% of a step for a 135M model."""
+
+    def __init__(self, sparse: bool = False):
+        self.sparse = sparse
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        input_ids = batch["input_ids"]
+        labels = batch.get("labels", input_ids)
+        kw = {k: batch[k] for k in ("positions", "attn_mask") if k in batch}
+        if self.sparse and "labels" in batch:
+            mask = trained_positions(labels)
+            logits = model(input_ids, logits_mask=mask, **kw)  # (N, V)
+            loss = F.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]], reduction="sum")
+        else:
+            loss = token_loss_sum(model(input_ids, **kw), labels)
+        return loss, count_trained(batch)
+
+    def on_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return token_loss_sum(logits, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float, d: Dist,
+                       also_clip: list[nn.Parameter] = ()) -> float:
+    """Global L2 norm of the gradients over every shard and pipeline stage; clipped to `max_norm` (0: no clip)
+    together with `also_clip` (copies not counted in the norm). DTensor gradients of one (mesh, placements) group
+    reduce together; stages add their squares over `pp`."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            g = p.grad
+            key = (id(g.device_mesh), tuple(g.placements)) if isinstance(g, DTensor) else ("local",)
+            groups.setdefault(key, []).append(g)
+    sq = torch.zeros((), dtype=torch.float64)
+    for grads in groups.values():
+        n = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if isinstance(n, DTensor):
+            n = n.full_tensor()
+        sq += n.double() ** 2
+    if d.size("pp") > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sq, group=d.group("pp"))
+    total = float(sq.sqrt())
+    if max_norm > 0 and total > max_norm:
+        coef = max_norm / (total + 1e-6)
+        for g in [g for grads in groups.values() for g in grads] + [p.grad for p in also_clip if p.grad is not None]:
+            g.mul_(coef)
+    return total
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_steps: int, world_size: int = 1):
-        self.model = model
-        self.cfg = optim
-        self.max_steps = max_steps
-        self.world_size = world_size
-        self.optimizer = build_optimizer(model.parameters(), optim)
+    """One optimizer step per global batch over `parts` (one module, or this rank's pipeline stages driven by
+    `schedule`). `autocast_dtype` runs the forward in bf16 where FSDP's mixed precision does not already."""
+
+    def __init__(self, parts: list[nn.Module] | nn.Module, loss_fn: Callable, optim: OptimConfig, max_steps: int,
+                 d: Dist | None = None, schedule=None, autocast_dtype: torch.dtype | None = None,
+                 tied_weight: nn.Parameter | None = None, tied_copy: bool = False,
+                 flops_per_token: float = 0.0, peak_flops: float = 0.0):
+        self.parts = list(parts) if isinstance(parts, (list, tuple)) else [parts]
+        self.model = self.parts[0]
+        self.loss_fn, self.cfg, self.max_steps = loss_fn, optim, max_steps
+        self.d = d or Dist()
+        self.schedule = schedule
+        self.autocast_dtype = autocast_dtype
+        self.tied_weight = tied_weight
+        params = [p for m in self.parts for p in m.parameters()]
+        # the last stage's copy of a tied head is not counted twice in the gradient norm
+        self.norm_params = [p for p in params if not (tied_copy and p is tied_weight)]
+        self.copies = [tied_weight] if tied_copy else []
+        self.optimizer = build_optimizer(params, optim)
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.step = 0
+        self._scale = 1.0
+        self.first_stage = schedule is None or any(s.is_first for s in self._stages())
+        self.last_stage = schedule is None or any(s.is_last for s in self._stages())
+
+    def attach_schedule(self, schedule) -> None:
+        """Drive this rank's pipeline stages with `schedule` (built with `self.pipeline_loss` as its loss)."""
+        self.schedule = schedule
+        self.first_stage = any(s.is_first for s in self._stages())
+        self.last_stage = any(s.is_last for s in self._stages())
+
+    def _average_plain_grads(self) -> None:
+        """Data parallel without FSDP (e.g. LoRA on a replicated base): average the plain-tensor gradients over
+        the data-parallel ranks, as FSDP does for its sharded ones."""
+        if self.d.mesh is None or self.d.dp_size == 1:
+            return
+        import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
+
+        grads = [p.grad for p in self.norm_params if p.grad is not None and not isinstance(p.grad, DTensor)]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective for all of them
+        dist.all_reduce(flat, group=self.d.group("dp"))
+        flat /= self.d.dp_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _stages(self):
+        return getattr(self.schedule, "_stages", None) or [self.schedule._stage]
 
     def lr(self) -> float:
         return lr_at(self.step, self.max_steps, self.cfg.lr, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict:
-        """One optimizer step; returns loss averaged over workers (weighted by trained tokens)."""
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.d.device.type, dtype=self.autocast_dtype)
+
+    def pipeline_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The schedule's per-microbatch loss: the same normalisation as the non-pipelined path."""
+        return self.loss_fn.on_logits(logits, labels) / self._scale
+
+    def _run(self, batch: dict[str, torch.Tensor], backward: bool) -> torch.Tensor:
+        """Summed loss of one micro-batch (0 on pipeline stages other than the last)."""
+        dev = self.d.device
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        if self.schedule is None:
+            with self._autocast():
+                loss_sum, _ = self.loss_fn(self.model, batch)
+            if backward:
+                (loss_sum / self._scale).backward()
+            return loss_sum.detach()
+        labels = batch.get("labels", batch["input_ids"])
+        args = (batch["input_ids"],) if self.first_stage else ()
+        target = labels if self.last_stage else None
+        losses: list[torch.Tensor] = []
+        with self._autocast():
+            if backward:
+                self.schedule.step(*args, target=target, losses=losses)
+            else:
+                self.schedule.eval(*args, target=target, losses=losses)
+        return torch.stack(losses).sum().detach() * self._scale if losses else torch.zeros(())
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict:
+        """One optimizer step over this rank's micro-batches of the global batch; loss = mean over all trained
+        tokens of the global batch (reduced over the data-parallel axes only)."""
+        if isinstance(micro_batches, dict):
+            micro_batches = [micro_batches]
         t0 = time.perf_counter()
-        self.model.train()
+        for m in self.parts:
+            m.train()
         lr = self.lr()
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        input_ids = batch["input_ids"]
-        labels = batch.get("labels", input_ids)
-        if "labels" in batch:  # SFT: logits only where a token is trained
-            loss = sparse_causal_lm_loss(self.model, input_ids, labels)
-        else:
-            loss = causal_lm_loss(self.model(input_ids), labels)
-        loss.backward()
-        gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                 if self.cfg.grad_clip > 0 else torch.tensor(0.0))
+        n_local = sum(count_trained(b) for b in micro_batches)
+        tokens_local = sum(b["input_ids"].numel() for b in micro_batches)
+        n_global, tokens = self.d.all_reduce([float(n_local), float(tokens_local)], "dp")
+        self._scale = max(n_global, 1.0) / self.d.dp_size
+        loss_sum = sum(float(self._run(b, backward=True)) for b in micro_batches)
+        self._average_plain_grads()
+        sync_tied_grads(self.tied_weight, self.d)
+        gnorm = grad_norm_and_clip(self.norm_params, self.cfg.grad_clip, self.d, self.copies)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        n_trained = float((labels[:, 1:] != -100).sum())
-        loss_sum, n, tokens = _all_reduce_sum([loss.item() * n_trained, n_trained, float(input_ids.numel())])
+        (loss_sum,) = self.d.all_reduce([loss_sum], "dp")
+        if self.d.size("pp") > 1:  # only the last stage computed it
+            (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")
         self.step += 1
         dt = time.perf_counter() - t0
-        return {"step": self.step, "loss": loss_sum / max(n, 1.0), "lr": lr, "grad_norm": float(gnorm),
-                "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
+        out = {"step": self.step, "loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": gnorm,
+               "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
+        if self.flops_per_token:
+            achieved = self.flops_per_token * tokens / dt / self.d.world
+            out["gflops_per_worker"] = achieved / 1e9
+            if self.peak_flops:
+                out["mfu"] = achieved / self.peak_flops
+        out["peak_mem_gb"] = peak_memory_gb(self.d.device)
+        return out
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]], max_batches: int | None = None) -> dict:
-        """Mean next-token NLL over every worker's share of the held-out data."""
-        self.model.eval()
+        """Mean next-token NLL over every data-parallel rank's share of the held-out rows."""
+        for m in self.parts:
+            m.eval()
         loss_sum, n = 0.0, 0.0
+        self._scale = 1.0
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            input_ids = batch["input_ids"]
-            labels = batch.get("labels", input_ids)
-            loss = causal_lm_loss(self.model(input_ids), labels)
-            k = float((labels[:, 1:] != -100).sum())
-            loss_sum += loss.item() * k
-            n += k
-        loss_sum, n = _all_reduce_sum([loss_sum, n])
+            loss_sum += float(self._run(batch, backward=False))
+            n += count_trained(batch)
+        loss_sum, n = self.d.all_reduce([loss_sum, n], "dp")
+        if self.d.size("pp") > 1:
+            (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")
         return {"val_loss": loss_sum / max(n, 1.0), "val_tokens": n}
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+Hook = Callable[[Trainer, dict], None]
+
+
+def run_loop(trainer: Trainer, batches: Iterator, hooks: Iterable[Hook] = ()) -> dict:
+    """Train until `trainer.max_steps`; each step's metrics pass through the hooks in order (evaluation,
+    logging, checkpointing...), which may add to them. Returns the last step's metrics."""
+    last: dict = {}
+    while trainer.step < trainer.max_steps:
+        m = trainer.train_step(next(batches))
+        for h in hooks:
+            h(trainer, m)
+        last = m
+    return last
 
 
 def repeat_epochs(make_iter, max_batches: int) -> Iterator:

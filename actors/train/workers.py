@@ -9,37 +9,28 @@ import torch
 
 from actors.common.config import from_dict
 from actors.common.metrics import MetricsWriter
-from actors.model import Transformer, get_config, load_hf, save_hf
+from actors.model import ModelConfig, Transformer, load_hf, save_hf
 from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig, PretrainConfig
-from actors.train.parallel import parallelize, unwrap
+from actors.train.data import packed_batches, read_rows, val_batches
+from actors.train.parallel import (Dist, build_mesh, build_model_parts, build_schedule, full_state_dict, init_value,
+                                   parallelize, tied_head)
 from actors.train.sft import load_examples, sft_batches
-from actors.train.trainer import Trainer, repeat_epochs
+from actors.train.trainer import CausalLMLoss, Trainer, run_loop
 
 
-def _context():
-    import ray.train
+def setup_dist(pcfg) -> Dist:
+    """The mesh over Ray Train's process group, ranks ordered by node so a tensor-parallel group shares one."""
+    import ray
+    import torch.distributed as dist
 
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size()
-
-
-def _val_batches(val_dir: str, batch_size: int, max_batches: int, rank: int, world: int) -> list[dict]:
-    """This rank's rows (rank::world) of the small held-out shard, read once and kept, so every evaluation
-    scores the same rows. Read with pyarrow, not Ray Data: starting a Ray Data pipeline for ~100 rows cost
-    ~20 s of worker start-up on 2 CPU cores."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(val_dir, columns=["input_ids"]).column("input_ids").to_pylist()[rank::world]
-    rows = rows[: batch_size * max_batches]
-    return [{"input_ids": torch.tensor(rows[i: i + batch_size], dtype=torch.long)}
-            for i in range(0, len(rows), batch_size)]
-
-
-def _read_shard(shard) -> torch.Tensor:
-    """This worker's whole shard as one int32 tensor (the driver decided it fits: pretrain.cache_max_rows)."""
-    return torch.cat([b["input_ids"] for b in shard.iter_torch_batches(batch_size=1024,
-                                                                       dtypes={"input_ids": torch.int32})])
+    if not (dist.is_available() and dist.is_initialized()):
+        return Dist()
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    d = build_mesh(pcfg, "cuda" if pcfg.use_gpu else "cpu", nodes)
+    d.nodes = nodes
+    return d
 
 
 def _sum_over_ranks(stats: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -64,100 +55,123 @@ def _report(metrics: dict, ckpt_dir: str | None) -> None:
     ray.train.report(metrics, checkpoint=ckpt)
 
 
+def initial_values(mcfg, seed: int, init_dir: str | None):
+    """`full_value(name, shape)` for materialising: a checkpoint's tensors (continued pretraining) or the seeded
+    init. A tied head missing from the checkpoint is the embedding."""
+    if not init_dir:
+        return lambda name, shape: init_value(mcfg, name, shape, seed)
+    from actors.model.hf import tensor_reader
+
+    get = tensor_reader(init_dir)
+
+    def value(name, shape):
+        t = get(name)
+        if t is None and name == "lm_head.weight":
+            t = get("model.embed_tokens.weight")
+        if t is None:
+            raise ValueError(f"{init_dir}: the checkpoint has no tensor {name}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{init_dir}: {name} has shape {tuple(t.shape)}, the model wants {tuple(shape)}")
+        return t.float()
+
+    return value
+
+
 def pretrain_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
     cfg = from_dict(PretrainConfig, config["pretrain"])
+    pc = cfg.parallel
     tok_dir, out_dir = config["tokenizer_dir"], Path(config["out_dir"])
-    torch.set_num_threads(cfg.parallel.threads_per_worker)
-    torch.manual_seed(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
-    rank, world = _context()
-    mcfg = get_config(cfg.model, **config.get("model_overrides", {}))
-    model = parallelize(Transformer(mcfg), cfg.parallel, prepare=ray.train.torch.prepare_model)
-    trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
+    torch.set_num_threads(pc.threads_per_worker)
+    d = setup_dist(pc)
+    mcfg = ModelConfig(**config["model_config"])
+    dtype = getattr(torch, cfg.dtype)
+    stages = build_model_parts(mcfg, pc, d, dtype, initial_values(mcfg, cfg.seed, config.get("init_dir")))
+    parts = [m for _, m in stages]
+    loss_fn = CausalLMLoss()
+    tied, tied_copy = tied_head(mcfg, stages, pc.num_stages) if pc.pp > 1 else (None, False)
+    fsdp_mixed = d.dp_size > 1  # FSDP's policy casts weights to the compute dtype; elsewhere autocast does
+    trainer = Trainer(parts, loss_fn, cfg.optim, cfg.max_steps, d,
+                      autocast_dtype=dtype if dtype != torch.float32 and not fsdp_mixed else None,
+                      tied_weight=tied, tied_copy=tied_copy, flops_per_token=mcfg.flops_per_token(cfg.seq_len),
+                      peak_flops=config.get("peak_flops", 0.0))
+    if pc.pp > 1:
+        trainer.attach_schedule(build_schedule(stages, pc, d, pc.pp_microbatches, trainer.pipeline_loss))
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_batches = _val_batches(config["val_dir"], cfg.batch_size, cfg.eval_max_batches, rank, world)
+    rows = read_rows(config["train_dir"])
+    batches = packed_batches(rows, cfg.batch_size, cfg.grad_accum_steps, d.dp_rank, d.dp_size, cfg.seed)
+    val = val_batches(read_rows(config["val_dir"]), cfg.batch_size, cfg.eval_max_batches, d.dp_rank, d.dp_size)
+    if d.rank == 0:
+        print(f"[pretrain] {pc.describe()} on {d.world} workers; {len(rows)} packed rows of {rows.shape[1]} tokens; "
+              f"{sum(p.numel() for m in parts for p in m.parameters())} parameters on rank 0", flush=True)
 
-    def stream_epoch(epoch: int):
-        return train_shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes={"input_ids": torch.long},
-                                              drop_last=True, local_shuffle_buffer_size=cfg.shuffle_buffer_rows,
-                                              local_shuffle_seed=cfg.seed + 1000 * rank + epoch)
+    writer = MetricsWriter(out_dir) if d.rank == 0 else None
+    t_start, tokens = time.perf_counter(), 0.0
 
-    cached = _read_shard(train_shard) if config.get("cache_shard") else None
+    def evaluate(tr, m):
+        if tr.step % cfg.eval_every == 0 or tr.step == cfg.max_steps:
+            m.update(tr.evaluate(val))
 
-    def cached_epoch(epoch: int):
-        g = torch.Generator().manual_seed(cfg.seed + 1000 * rank + epoch)
-        order = torch.randperm(len(cached), generator=g)
-        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-            yield {"input_ids": cached[order[i: i + cfg.batch_size]].long()}
-
-    epoch_iter = cached_epoch if cached is not None else stream_epoch
-    if rank == 0:
-        print(f"[pretrain] train shard {'in memory, ' + str(len(cached)) + ' rows' if cached is not None else 'streaming'}",
-              flush=True)
-
-    writer = MetricsWriter(out_dir) if rank == 0 else None
-    t_start, tokens, last = time.perf_counter(), 0.0, {}
-    for batch in repeat_epochs(epoch_iter, cfg.max_steps):
-        m = trainer.train_step({"input_ids": batch["input_ids"]})
+    def log(tr, m):
+        nonlocal tokens
         tokens += m["tokens"]
-        if trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps:
-            m.update(trainer.evaluate(val_batches))
-        if writer and (trainer.step % cfg.log_every == 0 or "val_loss" in m or trainer.step == 1):
-            writer.log({**m, "elapsed_s": time.perf_counter() - t_start})
+        m["elapsed_s"] = time.perf_counter() - t_start
+        if writer and (tr.step % cfg.log_every == 0 or "val_loss" in m or tr.step == 1):
+            writer.log(m)
             print(f"[pretrain] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
-                  f"tok/s {m['tokens_per_s']:.0f}" + (f" val {m['val_loss']:.4f}" if "val_loss" in m else ""),
-                  flush=True)
-        last = m
+                  f"gnorm {m['grad_norm']:.3f} tok/s {m['tokens_per_s']:.0f}"
+                  + (f" val {m['val_loss']:.4f}" if "val_loss" in m else ""), flush=True)
+
+    last = run_loop(trainer, batches, [evaluate, log])
     elapsed = time.perf_counter() - t_start
+    sd = full_state_dict(parts, d)
     final = {"step": trainer.step, "loss": last["loss"], "val_loss": last.get("val_loss"),
              "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed,
-             "num_params": unwrap(model).num_params(), "world_size": world}
+             "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe()}
     with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
+        if sd is not None:
             writer.close()
-            save_hf(unwrap(model), tmp, tokenizer_dir=tok_dir, step=trainer.step,
+            with torch.device("meta"):
+                model = Transformer(mcfg)
+            model.load_state_dict(sd, strict=False, assign=True)
+            model.tie_weights()
+            save_hf(model, tmp, tokenizer_dir=tok_dir, step=trainer.step,
                     lineage=config.get("lineage", []) + [{"stage": "pretrain", "steps": trainer.step,
-                                                          "tokens": tokens}])
-        _report(final, tmp if rank == 0 else None)
+                                                          "tokens": tokens, "layout": pc.describe()}])
+        _report(final, tmp if sd is not None else None)
 
 
 def finetune_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
     cfg = from_dict(FinetuneConfig, config["finetune"])
     base_dir, out_dir = config["base_model_dir"], Path(config["out_dir"])
     torch.set_num_threads(cfg.parallel.threads_per_worker)
-    torch.manual_seed(cfg.seed)
-    rank, world = _context()
+    torch.manual_seed(cfg.seed)  # the same LoRA init on every rank
+    d = setup_dist(cfg.parallel)
     tok = load_tokenizer(base_dir)
     base = load_hf(base_dir, dtype=getattr(torch, cfg.base_dtype))
     model = wrap_lora(base, cfg) if cfg.method == "lora" else base
-    model = parallelize(model, cfg.parallel, prepare=ray.train.torch.prepare_model)
+    model = parallelize(model, cfg.parallel, Dist(), None)  # data parallel: the trainer averages gradients
 
-    # Each worker tokenizes its own 1/world of every source (rank::world), so no data crosses the network.
-    examples, stats = load_examples(tok, config["sources"], cfg.max_len, rank, world)
+    # Each rank tokenizes its own 1/dp of every source (rows rank::dp), so no data crosses the network.
+    examples, stats = load_examples(tok, config["sources"], cfg.max_len, d.dp_rank, d.dp_size)
     stats = _sum_over_ranks(stats)
-    batches = sft_batches(examples, cfg.batch_size, tok.pad_token_id, cfg.seed + rank)
-    trainer = Trainer(model, cfg.optim, cfg.max_steps, world)
-    writer = MetricsWriter(out_dir) if rank == 0 else None
-    t_start, last = time.perf_counter(), {}
-    for _ in range(cfg.max_steps):
-        m = trainer.train_step(next(batches))
-        if writer and (trainer.step % cfg.log_every == 0 or trainer.step in (1, cfg.max_steps)):
+    batches = sft_batches(examples, cfg.batch_size, tok.pad_token_id, cfg.seed + d.dp_rank)
+    trainer = Trainer(model, CausalLMLoss(sparse=True), cfg.optim, cfg.max_steps, d)
+    writer = MetricsWriter(out_dir) if d.rank == 0 else None
+    t_start = time.perf_counter()
+
+    def log(tr, m):
+        if writer and (tr.step % cfg.log_every == 0 or tr.step in (1, cfg.max_steps)):
             writer.log({**m, "elapsed_s": time.perf_counter() - t_start})
             print(f"[finetune] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e}", flush=True)
-        last = m
+
+    last = run_loop(trainer, batches, [log])
     final = {"step": trainer.step, "loss": last["loss"], "train_s": time.perf_counter() - t_start,
-             "examples": sum(st["kept"] for st in stats.values()), "sources": stats, "world_size": world}
+             "examples": sum(st["kept"] for st in stats.values()), "sources": stats, "world_size": d.world}
     with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
+        if d.rank == 0:
             writer.close()
-            export_finetuned(unwrap(model), cfg, Path(tmp), base_dir, config.get("lineage", []), trainer.step)
-        _report(final, tmp if rank == 0 else None)
+            export_finetuned(model, cfg, Path(tmp), base_dir, config.get("lineage", []), trainer.step)
+        _report(final, tmp if d.rank == 0 else None)
 
 
 def wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig):
