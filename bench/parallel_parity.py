@@ -92,12 +92,13 @@ def main(argv=None) -> dict:
 
     import ray
 
-    from actors.common.config import load_config
+    from jobs.config import load_config
     from cluster.connect import connect
     from cluster.env import REPO_ROOT
 
     connect()
-    cpus = ray.cluster_resources().get("CPU", 2)
+    # 2 CPUs shared by every layout's workers (8 x 0.25 for pp2 x dp2 x tp2), whatever the logical CPU count
+    cpus = min(2.0, ray.available_resources().get("CPU", 2.0))
     optim = load_config(str(REPO_ROOT / "configs" / "demo.yaml")).pretrain.optim
     optim = {"lr": optim.lr, "warmup_steps": optim.warmup_steps, "min_lr_ratio": optim.min_lr_ratio,
              "weight_decay": optim.weight_decay, "grad_clip": optim.grad_clip}

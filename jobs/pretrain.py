@@ -10,7 +10,15 @@ def run(ctx: StageContext) -> dict:
     data = ctx.inputs("data")
     baseline = ctx.metrics("data").get("unigram_entropy_nats")
     lineage = [{"stage": "data", "train_dir": data["train_dir"], "tokenizer": data["tokenizer_dir"]}]
-    return run_pretrain(ctx.cfg.pretrain, data, ctx.dir, unigram_baseline=baseline, lineage=lineage)
+    init_dir = None
+    if ctx.cfg.pretrain.init_from:  # continued pretraining: the base's weights and shape
+        import cluster
+        from actors.model.registry import resolve_model
+
+        init_dir = resolve_model(ctx.cfg.pretrain.init_from, cluster.model_cache())
+        lineage.insert(0, {"stage": "base", "model": ctx.cfg.pretrain.init_from, "hf": str(init_dir)})
+    return run_pretrain(ctx.cfg.pretrain, data, ctx.dir, unigram_baseline=baseline, lineage=lineage,
+                        init_dir=init_dir)
 
 
 if __name__ == "__main__":

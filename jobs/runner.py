@@ -81,7 +81,16 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
     manifest.save()
     info = cluster.connect()
     log.info("ray: %s", info)
-    todo = [s for s in STAGES if s in (stages or cfg.run.stages)]
+    wanted = set(stages or cfg.run.stages)
+    if stages:  # a single-stage command runs the upstream stages this run dir has not completed yet, first
+        pending = list(stages)
+        while pending:
+            for u in upstream(cfg, pending.pop()):
+                if u not in wanted and manifest.stage(u).get("status") != "complete":
+                    print(f"== {u}: not yet run in {run_dir}; running it first", flush=True)
+                    wanted.add(u)
+                    pending.append(u)
+    todo = [s for s in STAGES if s in wanted]
     force = set(force or [])
     manifest.data["last_invocation"] = {"ran": [], "skipped": []}
     for name in todo:

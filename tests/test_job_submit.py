@@ -31,24 +31,32 @@ def head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_job_submit_runs_data_stage_on_loopback(head, tmp_path):
+def test_job_submit_runs_3d_pretraining_from_a_fresh_run_dir(head, tmp_path):
+    """`python -m jobs.pretrain` on the 3D config (pp2 x dp2 x tp2, 8 workers x 0.25 CPU) through `ray job
+    submit`: the data stage runs first because this run dir has none, then the layout trains and exports."""
     run_dir = tmp_path / "job-run"
     env = {**os.environ, "RAY_ADDRESS": head, "RAY_AUTH_MODE": "disabled"}
     ray_cli = str(Path(sys.executable).parent / "ray")
     assert head.startswith("http://127.0.0.1:")
     cmd = [ray_cli, "job", "submit", "--working-dir", ".", "--",
-           "python", "-m", "jobs.data", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir)]
+           "python", "-m", "jobs.pretrain", "--config", "configs/pretrain-3d.yaml", "--run-dir", str(run_dir),
+           "--set", "pretrain.max_steps=4", "--set", "pretrain.eval_every=4"]
     t0 = time.time()
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # the CLI colours its output
     assert re.search(r"Job '\S+' succeeded", log), log[-3000:]
+    assert "data: not yet run" in log
     manifest = json.loads((run_dir / "manifest.json").read_text())
     data = manifest["stages"]["data"]
     assert data["status"] == "complete"
     m = data["metrics"]
     assert m["read"] == m["kept"] + sum(m["dropped"].values()) + sum(m["quarantined"].values())
-    assert list((run_dir / "data" / "train").glob("*.parquet"))
+    pre = manifest["stages"]["pretrain"]
+    assert pre["status"] == "complete"
+    assert pre["metrics"]["world_size"] == 8 and pre["metrics"]["layout"] == "pp2 x dp_replicate1 x dp_shard2 x tp2"
+    assert pre["metrics"]["step"] == 4 and pre["metrics"]["val_loss"] > 0
+    assert (run_dir / "pretrain" / "hf" / "model.safetensors").exists()
     # the job's driver ran inside the head's cluster (loopback only), not a fresh embedded Ray
     status = subprocess.run([ray_cli, "job", "list"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout

@@ -68,8 +68,10 @@ def test_sft_sources_are_counted_and_a_too_short_max_len_fails_early(tok_dir, tm
 
 
 def test_sparse_sft_loss_equals_the_dense_loss_and_its_grads():
-    """SFT computes logits only where a token is trained; loss and gradients equal the full-logits loss."""
-    from actors.model.transformer import causal_lm_loss, sparse_causal_lm_loss
+    """The trainer's loss (the model's fused chunked projection + cross-entropy, logits only where a token is
+    trained for SFT) equals the unfused full-logits loss, and so do its gradients."""
+    from actors.model.transformer import causal_lm_loss
+    from actors.train.trainer import CausalLMLoss
 
     torch.manual_seed(0)
     cfg = get_config("debug", vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
@@ -83,12 +85,14 @@ def test_sparse_sft_loss_equals_the_dense_loss_and_its_grads():
     dense = causal_lm_loss(model(x), labels)
     dense.backward()
     g_dense = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    sparse = sparse_causal_lm_loss(model, x, labels)
-    sparse.backward()
-    assert sparse.item() == pytest.approx(dense.item(), rel=1e-6)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, g_dense[n], atol=1e-6, rtol=1e-5)
+    for sparse in (True, False):
+        model.zero_grad()
+        loss_sum, n = CausalLMLoss(sparse=sparse)(model, {"input_ids": x, "labels": labels})
+        (loss_sum / n).backward()
+        assert n == 1 + 8 + 9  # trained next tokens: row 2 one, row 1 positions 11-16 + 1-3, row 0 9-16
+        assert (loss_sum / n).item() == pytest.approx(dense.item(), rel=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, g_dense[name], atol=1e-6, rtol=1e-5)
 
 
 def test_lora_merge_matches_unmerged_adapter(tmp_path):

@@ -109,6 +109,9 @@ def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
         k = unknown[0]
         close = difflib.get_close_matches(k, list(fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        renamed = getattr(cls, "RENAMED", {})  # keys a config class replaced: say by what
+        if k in renamed:
+            hint = f" (replaced by {renamed[k]})"
         raise ConfigError(f"unknown config key {_join(prefix, k)!r}{hint}; allowed keys under "
                           f"{prefix or 'the top level'}: {sorted(fields)}")
     kwargs = {k: _coerce(v, hints[k], _join(prefix, k)) for k, v in data.items()}

@@ -116,6 +116,9 @@ class DataConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: bool = True                      # exact dedup of normalized text, global across all sources
     vocab_size: int = 4096
+    # "" trains a BPE tokenizer of vocab_size on the corpus; a model (registry name, HF folder or .gguf) takes
+    # that model's tokenizer instead, as continued pretraining of that model needs
+    tokenizer: str = ""
     tokenizer_sample_bytes: int = 8_000_000  # UTF-8 bytes of kept train text the tokenizer is trained on
     tokenizer_min_frequency: int = 2
     seq_len: int = 256
@@ -139,6 +142,12 @@ class DataConfig:
         check(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes",
               f"must be > 0, e.g. 8000000, got {self.tokenizer_sample_bytes}")
         check(self.tokenizer_min_frequency >= 1, "data.tokenizer_min_frequency", "must be >= 1")
+        if self.tokenizer:
+            from actors.model.registry import spec_problem
+
+            why = spec_problem(self.tokenizer)
+            check(why is None, "data.tokenizer", f"{why}; use '' (train one on the corpus), a registry name "
+                                                 "(python -m jobs.models list), a .gguf file or an HF folder")
         check(self.seq_len >= 2, "data.seq_len", f"must be >= 2 (next-token pairs), got {self.seq_len}")
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction",
               f"must be in [0, 1), e.g. 0.02, got {self.val_fraction}")

@@ -29,7 +29,8 @@ from ray.data.expressions import col
 from actors.data import extract, sft, synthetic
 from actors.data import transforms as T
 from actors.data.config import DataConfig
-from actors.model.tokenizer import EOS, train_tokenizer
+from actors.model.hf import copy_tokenizer
+from actors.model.tokenizer import document_end_id, train_tokenizer
 
 ORDER_STRIDE = 1 << 32             # order = file index * stride + record index within the file
 DROPPED_SAMPLE_PER_RULE = 20
@@ -91,7 +92,7 @@ def _cached_tokenizer(tok_dir: str):
 
 def _tokenize_batch(batch: pa.Table, tok_dir: str) -> pa.Table:
     tok = _cached_tokenizer(tok_dir)
-    ids = T.tokenize_texts(tok, batch.column("text").to_pylist(), tok.token_to_id(EOS))
+    ids = T.tokenize_texts(tok, batch.column("text").to_pylist(), document_end_id(tok))
     return pa.table({"ids": pa.array(ids, type=pa.list_(pa.int32())),
                      "n_tokens": pa.array([len(x) for x in ids], type=pa.int64())})
 
@@ -119,7 +120,8 @@ def _token_counts(ds, vocab: int, seq_len: int, skip_first: bool) -> np.ndarray:
     return counts
 
 
-def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) -> dict:
+def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
+                   base_model_dir: str | Path | None = None) -> dict:
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,10 +201,20 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path) 
             sample.append(text)
             nbytes += len(text.encode("utf-8"))
         del train_docs
-        ray.get(ray.remote(num_cpus=1)(train_tokenizer).remote(
-            sample, cfg.vocab_size, str(tok_dir), cfg.tokenizer_min_frequency, max(1024, cfg.seq_len)))
-        vocab = T.load_fast_tokenizer(str(tok_dir)).get_vocab_size(with_added_tokens=True)
-        _progress(t0, f"tokenizer trained on {len(sample)} docs / {nbytes / 1e6:.2f} MB, vocab {vocab}")
+        if cfg.tokenizer:  # a base model's own tokenizer (continued pretraining of that model)
+            if base_model_dir is None:
+                raise ValueError(f"data.tokenizer={cfg.tokenizer!r}: the driver must resolve it to a model folder "
+                                 "(run_data_stage(..., base_model_dir=...))")
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            copy_tokenizer(base_model_dir, tok_dir)
+            sample, nbytes = [], 0
+            vocab = T.load_fast_tokenizer(str(tok_dir)).get_vocab_size(with_added_tokens=True)
+            _progress(t0, f"tokenizer of {cfg.tokenizer} ({base_model_dir}), vocab {vocab}")
+        else:
+            ray.get(ray.remote(num_cpus=1)(train_tokenizer).remote(
+                sample, cfg.vocab_size, str(tok_dir), cfg.tokenizer_min_frequency, max(1024, cfg.seq_len)))
+            vocab = T.load_fast_tokenizer(str(tok_dir)).get_vocab_size(with_added_tokens=True)
+            _progress(t0, f"tokenizer trained on {len(sample)} docs / {nbytes / 1e6:.2f} MB, vocab {vocab}")
 
         # 5. tokenize + EOS, pack to seq_len rows, write parquet
         split_metrics = {}

@@ -163,3 +163,13 @@ def stop_token_ids(tok) -> list[int]:
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     return sorted(ids)
+
+
+def document_end_id(tok) -> int:
+    """The token closing each pretraining document (a `tokenizers.Tokenizer`): ours is <|endoftext|>; a base
+    model's tokenizer may name it otherwise."""
+    for name in (EOS, "</s>", "<|end_of_text|>", "<eos>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    raise ValueError("the tokenizer has no end-of-document token (<|endoftext|>, </s>, <|end_of_text|>, <eos>)")

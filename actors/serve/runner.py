@@ -11,12 +11,12 @@ every prompt position of a request that asked for prompt logprobs.
 """
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from actors.common.memory import keep_freed_memory_in_heap
 from actors.serve.sampling import SampleRow, TokenLogprobs, logprobs_of, sample
 from actors.serve.scheduler import Request, SchedulerOutput
 from kernels.paged_attention import DecodeMeta, decode_meta, gather_blocks, gather_index, paged_decode_attention, write_kv
@@ -90,19 +90,6 @@ def kv_bytes_per_block(model: torch.nn.Module, block_size: int, dtype: torch.dty
     cfg = model.config
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * block_size * elem
-
-
-def keep_freed_memory_in_heap() -> bool:
-    """glibc hands every freed block above its mmap threshold (128 KiB, adapting up to 32 MiB) back to the OS, so a
-    step's multi-MB temporaries (gathered K/V, MLP activations) fault their pages in again on every layer: raising
-    the threshold and the trim threshold keeps them in the heap (the engine took 65 s instead of 73 s on the
-    bench workload). No-op where glibc is absent."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 class ModelRunner:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from actors.common.config import check
 
@@ -28,6 +29,9 @@ class OptimConfig:
 @dataclass
 class ParallelConfig:
     """The layout of the training workers on a DeviceMesh: world = pp x dp_replicate x dp_shard x tp."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "dp": "dp_replicate (full copies, DDP-like) or dp_shard (sharded, FSDP2)"}
 
     dp_replicate: int = 1              # data parallel, full copies (DDP-like; with dp_shard > 1: HSDP)
     dp_shard: int = 1                  # data parallel with sharded weights/grads/optimizer state (FSDP2)
@@ -98,7 +102,10 @@ class ParallelConfig:
 
 @dataclass
 class PretrainConfig:
-    model: str = "debug"                 # registry name, see actors.model.config.list_configs()
+    model: str = "debug"                 # shape from actors.model.config.list_configs() (random init)
+    # continued pretraining: start from this model's weights and shape instead (registry name, HF folder or
+    # .gguf); the data stage must tokenize with its tokenizer (data.tokenizer: the same model)
+    init_from: str = ""
     seq_len: int = 256                   # must equal the data stage's packed length
     batch_size: int = 8                  # sequences per worker per step
     max_steps: int = 150
@@ -110,6 +117,9 @@ class PretrainConfig:
     # compute dtype; weights, gradients' reduction and optimizer state stay fp32 (mixed precision). bfloat16 on
     # GPU, and on a CPU with avx512_bf16/AMX (a bf16 matmul is ~2-4x fp32); float32 is the parity reference.
     dtype: str = "float32"
+    # rows are packed from several documents: with this on, tokens attend only within their own document and
+    # positions restart per document (as if each had its own row); off, a row is one causal sequence
+    document_mask: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
@@ -121,7 +131,16 @@ class PretrainConfig:
         for k in ("seq_len", "batch_size", "max_steps", "eval_every", "log_every", "grad_accum_steps"):
             check(getattr(self, k) >= 1, f"pretrain.{k}", f"must be >= 1, got {getattr(self, k)}")
         check(self.dtype in ("float32", "bfloat16"), "pretrain.dtype", f"{self.dtype!r}: use float32 or bfloat16")
-        self.parallel.check_model(get_config(self.model), self.seq_len, self.batch_size)
+        check(not (self.document_mask and self.parallel.pp > 1), "pretrain.document_mask",
+              "document masks do not pass between pipeline stages yet; set document_mask=false or parallel.pp=1")
+        if self.init_from:
+            from actors.model.registry import spec_problem
+
+            why = spec_problem(self.init_from)
+            check(why is None, "pretrain.init_from", f"{why}; use '' (random init of pretrain.model), a registry "
+                                                     "name, a .gguf file or an HF folder")
+        else:  # with init_from the driver checks the layout against the base's own shape
+            self.parallel.check_model(get_config(self.model), self.seq_len, self.batch_size)
 
 
 @dataclass

@@ -51,7 +51,26 @@ def packed_batches(rows: np.ndarray, batch_size: int, grad_accum: int, dp_rank: 
 
 def val_batches(rows: np.ndarray, batch_size: int, max_batches: int, dp_rank: int,
                 dp_size: int) -> list[dict[str, torch.Tensor]]:
-    """This rank's held-out rows (rank::dp), the same every evaluation."""
+    """This rank's held-out rows (rank::dp), the same every evaluation; whole batches only (a pipeline splits
+    each into its fixed number of microbatches)."""
     mine = rows[dp_rank::dp_size][: batch_size * max_batches]
+    if len(mine) < batch_size:
+        raise ValueError(f"the held-out shard gives this data-parallel rank {len(mine)} rows, fewer than one batch "
+                         f"of {batch_size}; raise data.val_fraction or lower pretrain.batch_size")
     return [{"input_ids": torch.from_numpy(mine[i:i + batch_size].astype(np.int64))}
-            for i in range(0, len(mine), batch_size)]
+            for i in range(0, len(mine) - batch_size + 1, batch_size)]
+
+
+def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
+    """Positions and attention mask for rows packed from several documents (each ends with `eos_id`): a token
+    attends only to earlier tokens of its own document, and positions restart at 0 with each document, as if
+    every document had its own row. (B, T) ids -> positions (B, T), attn_mask bool (B, 1, T, T), True = attend."""
+    B, T = input_ids.shape
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == eos_id  # the token after an EOS opens a document
+    seg = starts.long().cumsum(dim=1)  # (B, T) document index within the row
+    idx = torch.arange(T, device=input_ids.device).expand(B, T)
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T) start of own document
+    causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+    same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
+    return {"positions": idx - first, "attn_mask": (same & causal)[:, None]}

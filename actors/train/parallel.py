@@ -222,8 +222,9 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, d: Dist, param_dtype: tor
     apply_ac(model, cfg.activation_checkpointing)
     if cfg.compile:
         apply_compile(model)
-    if d.mesh is not None and d.dp_size > 1:
-        # HSDP over (dp_replicate, dp_shard); pure replication is the dp_shard == 1 case of it
+    if d.mesh is not None and cfg.dp_shard > 1:
+        # FSDP2 over dp_shard, HSDP when dp_replicate > 1 too. Pure replication (dp_shard == 1) is cheaper without
+        # it: whole weights, and the trainer all-reduces the gradients in a few flat buckets (DDP's scheme)
         apply_fsdp(model, d.mesh["dp_replicate", "dp_shard"], param_dtype,
                    reshard_after_forward=cfg.pp == 1)  # with PP, microbatches re-use the gathered weights
     return outer

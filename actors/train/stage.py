@@ -43,7 +43,54 @@ def _scaling(p: ParallelConfig):
                          placement_strategy="PACK")
 
 
-def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str):
+class _Progress:
+    """A driver-side progress bar over the steps rank 0 appends to metrics.jsonl (shared storage), so the
+    driver shows progress without a message per step from the workers."""
+
+    def __init__(self, metrics: Path, total: int | None, desc: str):
+        import threading
+
+        self.metrics, self.total, self.desc = metrics, total, desc
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import json
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total, desc=self.desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+        seen, done = 0, 0
+        while not self._stop.wait(2.0):
+            if not self.metrics.exists():
+                continue
+            with open(self.metrics) as f:
+                lines = f.readlines()[seen:]
+            seen += len(lines)
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                step = int(row.get("step", 0))
+                if step > done:
+                    bar.update(step - done)
+                    done = step
+                post = {k: f"{row[k]:.4f}" for k in ("loss", "val_loss") if isinstance(row.get(k), float)}
+                if post:
+                    bar.set_postfix(post)
+        bar.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str, total_steps: int | None = None):
     from ray.train import RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -55,7 +102,8 @@ def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name:
         torch_config=TorchConfig(backend="nccl" if parallel.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=str((out_dir / "ray").resolve())),
     )
-    result = trainer.fit()
+    with _Progress(out_dir / "metrics.jsonl", total_steps, name):
+        result = trainer.fit()
     if result.error:
         raise result.error
     return result
@@ -97,7 +145,7 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
               "out_dir": str(out.resolve()), "model_config": dataclasses.asdict(mcfg), "lineage": lineage or [],
               "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
               "init_dir": str(Path(init_dir).resolve()) if init_dir else None}
-    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain")
+    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", cfg.max_steps)
     hf_dir = out / "hf"
     shutil.rmtree(hf_dir, ignore_errors=True)
     result.checkpoint.to_directory(str(hf_dir))
@@ -125,7 +173,7 @@ def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[
     check_sources_fit(load_tokenizer(base_model_dir), sources, cfg.max_len)
     config = {"finetune": dataclasses.asdict(cfg), "base_model_dir": str(Path(base_model_dir).resolve()),
               "out_dir": str(out.resolve()), "sources": sources, "lineage": lineage or []}
-    result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune")
+    result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune", cfg.max_steps)
     ckpt = out / "checkpoint"
     shutil.rmtree(ckpt, ignore_errors=True)
     result.checkpoint.to_directory(str(ckpt))

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from actors.model.transformer import trained_positions
+from actors.common.memory import keep_freed_memory_in_heap
+from actors.model.transformer import token_loss_sum, trained_positions
 from actors.train.config import OptimConfig
 from actors.train.parallel import Dist, sync_tied_grads
 from actors.train.schedule import lr_at
@@ -38,12 +39,6 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
 # losses
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Summed next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]; -100 labels are not trained."""
-    logits = logits[:, :-1].reshape(-1, logits.size(-1))  # (B*(T-1), V)
-    return F.cross_entropy(logits.float(), labels[:, 1:].reshape(-1), ignore_index=ignore_index, reduction="sum")
-
-
 def count_trained(batch: dict[str, torch.Tensor]) -> int:
     labels = batch.get("labels", batch["input_ids"])
     return int((labels[:, 1:] != -100).sum())
@@ -58,15 +53,17 @@ class CausalLMLoss:
         self.sparse = sparse
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """The model computes the loss itself (`targets=`: fused projection + cross-entropy)."""
         input_ids = batch["input_ids"]
         labels = batch.get("labels", input_ids)
         kw = {k: batch[k] for k in ("positions", "attn_mask") if k in batch}
         if self.sparse and "labels" in batch:
             mask = trained_positions(labels)
-            logits = model(input_ids, logits_mask=mask, **kw)  # (N, V)
-            loss = F.cross_entropy(logits.float(), labels[:, 1:][mask[:, :-1]], reduction="sum")
+            loss = model(input_ids, logits_mask=mask, targets=labels[:, 1:][mask[:, :-1]], **kw)
         else:
-            loss = token_loss_sum(model(input_ids, **kw), labels)
+            # position t is scored on label t + 1; the last position has none
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
+            loss = model(input_ids, targets=targets, **kw)
         return loss, count_trained(batch)
 
     def on_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -92,10 +89,13 @@ def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float, d: Dist,
             groups.setdefault(key, []).append(g)
     sq = torch.zeros((), dtype=torch.float64)
     for grads in groups.values():
-        n = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        # float64 accumulation: an fp32 norm over millions of values is off by ~1e-4 relative, which would hide
+        # the real differences between layouts
+        norms = [torch.linalg.vector_norm(g, 2, dtype=torch.float64) for g in grads]
+        n = torch.linalg.vector_norm(torch.stack(norms), 2)
         if isinstance(n, DTensor):
             n = n.full_tensor()
-        sq += n.double() ** 2
+        sq += n ** 2
     if d.size("pp") > 1:
         import torch.distributed as dist
 
@@ -117,6 +117,8 @@ class Trainer:
                  tied_weight: nn.Parameter | None = None, tied_copy: bool = False,
                  flops_per_token: float = 0.0, peak_flops: float = 0.0):
         self.parts = list(parts) if isinstance(parts, (list, tuple)) else [parts]
+        if (d or Dist()).device.type == "cpu":
+            keep_freed_memory_in_heap()
         self.model = self.parts[0]
         self.loss_fn, self.cfg, self.max_steps = loss_fn, optim, max_steps
         self.d = d or Dist()
@@ -129,6 +131,12 @@ class Trainer:
         self.copies = [tied_weight] if tied_copy else []
         self.optimizer = build_optimizer(params, optim)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        from torch.distributed.tensor import DTensor
+
+        # FSDP-managed parameters are DTensors on a mesh with a data-parallel axis
+        self.fsdp = any(isinstance(p, DTensor) and any(n in ("dp_shard", "dp_replicate", "dp")
+                                                       for n in (p.device_mesh.mesh_dim_names or ()))
+                        for p in params)
         self.step = 0
         self._scale = 1.0
         self.first_stage = schedule is None or any(s.is_first for s in self._stages())
@@ -140,24 +148,30 @@ class Trainer:
         self.first_stage = any(s.is_first for s in self._stages())
         self.last_stage = any(s.is_last for s in self._stages())
 
-    def _average_plain_grads(self) -> None:
-        """Data parallel without FSDP (e.g. LoRA on a replicated base): average the plain-tensor gradients over
-        the data-parallel ranks, as FSDP does for its sharded ones."""
-        if self.d.mesh is None or self.d.dp_size == 1:
+    def _average_replicated_grads(self) -> None:
+        """Data parallel without FSDP (dp_shard == 1: replicas, or LoRA on a replicated base): average every
+        gradient over the data-parallel ranks, as FSDP does for its shards. Flat buckets of ~32 MB, one all-reduce
+        each (a DTensor's gradient - tensor parallel - is averaged shard by shard: replicas hold the same shards)."""
+        if self.d.mesh is None or self.d.dp_size == 1 or self.fsdp:
             return
         import torch.distributed as dist
-        from torch.distributed.tensor import DTensor
 
-        grads = [p.grad for p in self.norm_params if p.grad is not None and not isinstance(p.grad, DTensor)]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective for all of them
-        dist.all_reduce(flat, group=self.d.group("dp"))
-        flat /= self.d.dp_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        from actors.train.parallel import _local
+
+        grads = [_local(p.grad) for p in self.norm_params + self.copies if p.grad is not None]
+        group, bucket, size = self.d.group("dp"), [], 0
+        for i, g in enumerate(grads):
+            bucket.append(g)
+            size += g.numel()
+            if size >= (8 << 20) or i == len(grads) - 1:
+                flat = torch.cat([b.reshape(-1).float() for b in bucket])
+                dist.all_reduce(flat, group=group)
+                flat /= self.d.dp_size
+                offset = 0
+                for b in bucket:
+                    b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                    offset += b.numel()
+                bucket, size = [], 0
 
     def _stages(self):
         return getattr(self.schedule, "_stages", None) or [self.schedule._stage]
@@ -211,7 +225,7 @@ class Trainer:
         n_global, tokens = self.d.all_reduce([float(n_local), float(tokens_local)], "dp")
         self._scale = max(n_global, 1.0) / self.d.dp_size
         loss_sum = sum(float(self._run(b, backward=True)) for b in micro_batches)
-        self._average_plain_grads()
+        self._average_replicated_grads()
         sync_tied_grads(self.tied_weight, self.d)
         gnorm = grad_norm_and_clip(self.norm_params, self.cfg.grad_clip, self.d, self.copies)
         self.optimizer.step()
@@ -247,6 +261,18 @@ class Trainer:
         if self.d.size("pp") > 1:
             (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")
         return {"val_loss": loss_sum / max(n, 1.0), "val_tokens": n}
+
+
+# dense bf16 peak FLOP/s by accelerator name (MFU's denominator); a CPU reports achieved GFLOP/s only
+_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+              "A10G": 70e12, "L4": 121e12}
+
+
+def device_peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16.items() if k in name), 0.0)
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -1,6 +1,7 @@
 """Ray Train worker functions (the shell): build model, parallelize, loop with `Trainer`, report a checkpoint."""
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -11,12 +12,12 @@ from actors.common.config import from_dict
 from actors.common.metrics import MetricsWriter
 from actors.model import ModelConfig, Transformer, load_hf, save_hf
 from actors.model.tokenizer import load_tokenizer
-from actors.train.config import FinetuneConfig, PretrainConfig
-from actors.train.data import packed_batches, read_rows, val_batches
+from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
+from actors.train.data import document_mask, packed_batches, read_rows, val_batches
 from actors.train.parallel import (Dist, build_mesh, build_model_parts, build_schedule, full_state_dict, init_value,
                                    parallelize, tied_head)
 from actors.train.sft import load_examples, sft_batches
-from actors.train.trainer import CausalLMLoss, Trainer, run_loop
+from actors.train.trainer import CausalLMLoss, Trainer, device_peak_flops, run_loop
 
 
 def setup_dist(pcfg) -> Dist:
@@ -89,17 +90,25 @@ def pretrain_worker(config: dict) -> None:
     parts = [m for _, m in stages]
     loss_fn = CausalLMLoss()
     tied, tied_copy = tied_head(mcfg, stages, pc.num_stages) if pc.pp > 1 else (None, False)
-    fsdp_mixed = d.dp_size > 1  # FSDP's policy casts weights to the compute dtype; elsewhere autocast does
+    fsdp_mixed = pc.dp_shard > 1  # FSDP's policy casts weights to the compute dtype; elsewhere autocast does
     trainer = Trainer(parts, loss_fn, cfg.optim, cfg.max_steps, d,
                       autocast_dtype=dtype if dtype != torch.float32 and not fsdp_mixed else None,
                       tied_weight=tied, tied_copy=tied_copy, flops_per_token=mcfg.flops_per_token(cfg.seq_len),
-                      peak_flops=config.get("peak_flops", 0.0))
+                      peak_flops=device_peak_flops(d.device))
     if pc.pp > 1:
         trainer.attach_schedule(build_schedule(stages, pc, d, pc.pp_microbatches, trainer.pipeline_loss))
 
     rows = read_rows(config["train_dir"])
     batches = packed_batches(rows, cfg.batch_size, cfg.grad_accum_steps, d.dp_rank, d.dp_size, cfg.seed)
     val = val_batches(read_rows(config["val_dir"]), cfg.batch_size, cfg.eval_max_batches, d.dp_rank, d.dp_size)
+    if cfg.document_mask:
+        from tokenizers import Tokenizer
+
+        from actors.model.tokenizer import document_end_id
+
+        eos = document_end_id(Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json")))
+        batches = ([{**b, **document_mask(b["input_ids"], eos)} for b in step] for step in batches)
+        val = [{**b, **document_mask(b["input_ids"], eos)} for b in val]
     if d.rank == 0:
         print(f"[pretrain] {pc.describe()} on {d.world} workers; {len(rows)} packed rows of {rows.shape[1]} tokens; "
               f"{sum(p.numel() for m in parts for p in m.parameters())} parameters on rank 0", flush=True)
@@ -121,6 +130,11 @@ def pretrain_worker(config: dict) -> None:
                   f"gnorm {m['grad_norm']:.3f} tok/s {m['tokens_per_s']:.0f}"
                   + (f" val {m['val_loss']:.4f}" if "val_loss" in m else ""), flush=True)
 
+    if config.get("init_dir"):  # continued pretraining: where the base starts on the held-out rows
+        start = trainer.evaluate(val)
+        if writer:
+            writer.log({"step": 0, **start, "elapsed_s": 0.0})
+            print(f"[pretrain] step 0 (base) val {start['val_loss']:.4f}", flush=True)
     last = run_loop(trainer, batches, [evaluate, log])
     elapsed = time.perf_counter() - t_start
     sd = full_state_dict(parts, d)
@@ -195,3 +209,38 @@ def export_finetuned(model, cfg: FinetuneConfig, out: Path, base_dir: str, linea
     else:
         merged = model
     save_hf(merged.float(), out / "hf", tokenizer_dir=base_dir, step=step, lineage=lineage)
+
+
+def layout_probe_worker(config: dict) -> None:
+    """Build `config["model"]` for `config["parallel"]` the way pretraining does (meta device -> stages ->
+    parallelize -> materialise this rank's shards) and report what rank 0 holds: local and total parameters,
+    peak memory, and whether its shard of `config["check_param"]` equals that slice of the full seeded init.
+    Sizing a big shape for a layout before training it; the 1b-on-2-workers test runs it."""
+    import ray.train
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from actors.model import get_config
+    from actors.train.parallel import _local, canonical_name
+    from actors.train.trainer import peak_memory_gb
+
+    pc = from_dict(ParallelConfig, config["parallel"])
+    d = setup_dist(pc)
+    mcfg = get_config(config["model"], **config.get("model_overrides", {}))
+    stages = build_model_parts(mcfg, pc, d, torch.float32, lambda n, s: init_value(mcfg, n, s, 0))
+    local = sum(_local(p).numel() for _, m in stages for p in m.parameters())
+    check = config.get("check_param")
+    match = None
+    for _, m in stages:
+        for name, p in m.named_parameters():
+            if canonical_name(name) == check:
+                full = init_value(mcfg, check, p.shape, 0)
+                want = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local() \
+                    if isinstance(p, DTensor) else full
+                match = bool(torch.equal(_local(p), want))
+    report = {"local_params": local, "total_params": mcfg.num_params(), "world_size": d.world,
+              "check_param_matches": match, "peak_mem_gb": peak_memory_gb(d.device),
+              "on_meta": any(_local(p).is_meta for _, m in stages for p in m.parameters())}
+    with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps the metrics that come with a checkpoint
+        if d.rank == 0:
+            (Path(tmp) / "layout_probe.json").write_text(json.dumps(report))
+        _report(report, tmp if d.rank == 0 else None)
