@@ -248,6 +248,25 @@ def stage_layers(num_layers: int, num_stages: int) -> list[range]:
     return out
 
 
+def _stage_class():
+    from actors.model.transformer import Transformer
+
+    class StageModel(Transformer):
+        """A pipeline stage's piece of the model (the same modules and parameter names). The last stage returns
+        the microbatch's summed loss through the model's own fused head + cross-entropy, so a pipeline computes
+        the loss exactly as one worker does; its targets are queued by the trainer (every rank of a pipeline
+        reads the same batch) and taken in microbatch order, the order every schedule runs a stage's forwards."""
+
+        microbatch_targets: list
+
+        def forward(self, x):
+            if self.lm_head is None:
+                return super().forward(x)
+            return super().forward(x, targets=self.microbatch_targets.pop(0))
+
+    return StageModel
+
+
 def pipeline_stages(model: nn.Module, cfg: ParallelConfig, pp_rank: int) -> list[tuple[int, nn.Module]]:
     """This rank's stages (index, module) of `cfg.num_stages`: rank r holds stages r, r + pp, ... (the looped
     placement interleaved 1F1B wants). Each is a copy of the (meta) model without what other stages own."""
@@ -269,6 +288,7 @@ def pipeline_stages(model: nn.Module, cfg: ParallelConfig, pp_rank: int) -> list
             # a tied head on the last stage is its own parameter; `sync_tied_grads` keeps it equal to the
             # embedding on stage 0 (Megatron's embedding group)
             part.lm_head.weight = nn.Parameter(part.lm_head.weight.detach().clone())
+        part.__class__ = _stage_class()  # the stage calling convention; modules and names unchanged
         out.append((s, part))
     return out
 

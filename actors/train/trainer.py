@@ -4,7 +4,7 @@ Every method is a `loss_fn(model, batch) -> (loss_sum, n_tokens)`: the summed lo
 tokens (or pairs) it counts. The trainer turns the sums of a whole global batch - all gradient-accumulation
 micro-batches on all data-parallel ranks - into their mean over all trained tokens, whatever the layout:
 each rank's backward uses `loss_sum / (n_global / dp)`, and FSDP's gradient average over dp divides the rest.
-Pipeline-parallel layouts run the same loss on the last stage's logits (`loss_fn.on_logits`) inside the schedule.
+Pipeline-parallel layouts compute the same loss on the last stage (`parallel.StageModel`) inside the schedule.
 
 `run_loop(trainer, batches, hooks)` is the loop every stage uses (pretrain, SFT, and later preference methods).
 """
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from actors.common.memory import keep_freed_memory_in_heap
-from actors.model.transformer import token_loss_sum, trained_positions
+from actors.model.transformer import trained_positions
 from actors.train.config import OptimConfig
 from actors.train.parallel import Dist, sync_tied_grads
 from actors.train.schedule import lr_at
@@ -66,8 +66,6 @@ class CausalLMLoss:
             loss = model(input_ids, targets=targets, **kw)
         return loss, count_trained(batch)
 
-    def on_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return token_loss_sum(logits, labels)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,9 +182,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.d.device.type, dtype=self.autocast_dtype)
 
-    def pipeline_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The schedule's per-microbatch loss: the same normalisation as the non-pipelined path."""
-        return self.loss_fn.on_logits(logits, labels) / self._scale
+    def pipeline_loss(self, loss_sum: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The schedule's per-microbatch loss: the last stage already returns the microbatch's summed loss (see
+        `parallel.StageModel`); the same normalisation as the non-pipelined path."""
+        return loss_sum / self._scale
 
     def _run(self, batch: dict[str, torch.Tensor], backward: bool) -> torch.Tensor:
         """Summed loss of one micro-batch (0 on pipeline stages other than the last)."""
@@ -199,14 +198,26 @@ class Trainer:
                 (loss_sum / self._scale).backward()
             return loss_sum.detach()
         labels = batch.get("labels", batch["input_ids"])
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t is scored on label t + 1
+        chunks = list(targets.tensor_split(self.schedule._n_microbatches))
+        # the schedule first runs a metadata-inference forward of each stage when it starts, and again whenever
+        # it switches between training and evaluation: that forward takes a target too (all ignored)
+        sch = self.schedule
+        fwd = getattr(sch, "_stage_forward_initialized", getattr(sch, "_stages_forward_initialized", True))
+        bwd = getattr(sch, "_stage_backward_initialized", getattr(sch, "_stages_backward_initialized", backward))
+        if not fwd or bwd != backward:
+            chunks.insert(0, torch.full_like(chunks[0], -100))
+        for part in self.parts:
+            if part.lm_head is not None:  # the last stage: its microbatches' targets, in order
+                part.microbatch_targets = list(chunks)
         args = (batch["input_ids"],) if self.first_stage else ()
-        target = labels if self.last_stage else None
+        target = targets if self.last_stage else None
         losses: list[torch.Tensor] = []
         with self._autocast():
             if backward:
-                self.schedule.step(*args, target=target, losses=losses)
+                self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
             else:
-                self.schedule.eval(*args, target=target, losses=losses)
+                self.schedule.eval(*args, target=target, losses=losses, return_outputs=False)
         return torch.stack(losses).sum().detach() * self._scale if losses else torch.zeros(())
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict:
