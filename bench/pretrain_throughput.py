@@ -39,7 +39,7 @@ def make_rows(tok_dir: Path, seq_len: int, n: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def run_ours(model_dir: Path, rows: torch.Tensor, a) -> float:
+def run_ours(model_dir: Path, rows: torch.Tensor, a) -> tuple[float, list[float]]:
     from actors.model.hf import read_config
     from actors.train.config import OptimConfig, ParallelConfig
     from actors.train.parallel import Dist, build_model_parts
@@ -61,7 +61,7 @@ def run_ours(model_dir: Path, rows: torch.Tensor, a) -> float:
     return a.steps * a.batch * rows.shape[1] / dt, losses
 
 
-def run_hf(model_dir: Path, rows: torch.Tensor, a, out: Path) -> float:
+def run_hf(model_dir: Path, rows: torch.Tensor, a, out: Path) -> tuple[float, list[float]]:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)

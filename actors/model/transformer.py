@@ -253,14 +253,12 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def reset_parameters(self) -> None:
-        std = self.config.initializer_range
-        # residual-branch outputs scaled by 1/sqrt(2L) (GPT-2) so the residual stream does not grow with depth
-        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
         for name, p in self.named_parameters():
-            if p.dim() == 2:
-                nn.init.normal_(p, 0.0, out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
-            else:
+            std = init_std(self.config, name, p.dim())
+            if std is None:
                 nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, 0.0, std)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
@@ -329,6 +327,17 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def init_std(cfg: ModelConfig, name: str, ndim: int) -> float | None:
+    """The init of parameter `name`: N(0, std) for matrices, with residual-branch outputs scaled by 1/sqrt(2L)
+    (GPT-2) so the residual stream does not grow with depth; None = ones (norm gains)."""
+    if ndim < 2:
+        return None
+    std = cfg.initializer_range
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        std /= math.sqrt(2 * cfg.num_hidden_layers)
+    return std
 
 
 def trained_positions(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

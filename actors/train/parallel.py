@@ -50,6 +50,7 @@ class Dist:
     world: int = 1
     device: torch.device = torch.device("cpu")
     tied_group: object | None = None  # first and last pipeline stage of this rank's pipeline
+    nodes: list | None = None         # the Ray node of every rank (rank order)
 
     def size(self, axis: str) -> int:
         return 1 if self.mesh is None else self.mesh[axis].size()
@@ -108,7 +109,7 @@ def build_mesh(cfg: ParallelConfig, device_type: str = "cpu", node_of_rank: list
     shape = (cfg.pp, cfg.dp_replicate, cfg.dp_shard, cfg.tp)
     mesh = DeviceMesh(device_type, torch.tensor(order).view(shape), mesh_dim_names=MESH_AXES)
     device = torch.device(device_type, torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
-    d = Dist(mesh, rank, world, device)
+    d = Dist(mesh, rank, world, device, nodes=node_of_rank)
     if cfg.pp > 1:  # first + last stage of each pipeline: where a tied embedding/head gradient is summed
         grid = mesh.mesh
         for r in range(cfg.dp_replicate):
@@ -341,18 +342,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def init_value(cfg, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
-    """The initial value of parameter `name` (checkpoint name), the same on every rank and layout: a generator
-    seeded from (seed, name). Matrices N(0, std), residual-branch outputs std / sqrt(2L) (GPT-2), norms 1."""
-    import math
+    """The initial value of parameter `name` (checkpoint name) - the model's own init distribution
+    (`init_std`) - the same on every rank and layout: a generator seeded from (seed, name)."""
+    from actors.model.transformer import init_std
 
     if cfg.tie_word_embeddings and name == "lm_head.weight":
         name = "model.embed_tokens.weight"
-    if len(shape) < 2:
+    std = init_std(cfg, name, len(shape))
+    if std is None:
         return torch.ones(shape)
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    std = cfg.initializer_range
-    if name.endswith(("o_proj.weight", "down_proj.weight")):
-        std /= math.sqrt(2 * cfg.num_hidden_layers)
     return torch.randn(shape, generator=g) * std
 
 

@@ -137,8 +137,9 @@ class Trainer:
                         for p in params)
         self.step = 0
         self._scale = 1.0
-        self.first_stage = schedule is None or any(s.is_first for s in self._stages())
-        self.last_stage = schedule is None or any(s.is_last for s in self._stages())
+        self.first_stage = self.last_stage = True  # no pipeline: this rank runs the whole model
+        if schedule is not None:
+            self.attach_schedule(schedule)
 
     def attach_schedule(self, schedule) -> None:
         """Drive this rank's pipeline stages with `schedule` (built with `self.pipeline_loss` as its loss)."""
@@ -305,20 +306,3 @@ def run_loop(trainer: Trainer, batches: Iterator, hooks: Iterable[Hook] = ()) ->
             h(trainer, m)
         last = m
     return last
-
-
-def repeat_epochs(make_iter, max_batches: int) -> Iterator:
-    """Yield batches across as many epochs as needed; `make_iter()` starts a fresh epoch."""
-    seen, epoch = 0, 0
-    while seen < max_batches:
-        got = 0
-        for batch in make_iter(epoch):
-            yield batch
-            got += 1
-            seen += 1
-            if seen >= max_batches:
-                return
-        if got == 0:
-            raise RuntimeError("training data is empty: the data stage produced no packed sequences for this "
-                               "worker; lower data.seq_len or add sources")
-        epoch += 1

@@ -29,9 +29,7 @@ def setup_dist(pcfg) -> Dist:
         return Dist()
     nodes: list = [None] * dist.get_world_size()
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    d = build_mesh(pcfg, "cuda" if pcfg.use_gpu else "cpu", nodes)
-    d.nodes = nodes
-    return d
+    return build_mesh(pcfg, "cuda" if pcfg.use_gpu else "cpu", nodes)
 
 
 def _sum_over_ranks(stats: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
