@@ -38,7 +38,7 @@ def main() -> None:
     from actors.train.config import FinetuneConfig, OptimConfig
     from actors.train.sft import collate, tokenize_conversation
     from actors.train.trainer import CausalLMLoss, Trainer
-    from actors.train.workers import wrap_lora
+    from actors.train.finetune import wrap_lora
 
     path = resolve_model(args.model, args.cache)
     tok = load_tokenizer(path)

@@ -1,22 +1,36 @@
-"""`python -m jobs.finetune`: LoRA SFT on the synthetic tool task + the data stage's SFT sets; merged HF export.
+"""`python -m jobs.finetune --config configs/finetune-{lora,qlora,full,dpo,kto,rm}.yaml`: fine-tune a base with
+one objective (sft | dpo | kto | rm) and method (lora | qlora | full) on registry datasets and/or the data
+stage's SFT sets; outputs a peft adapter and the merged HF checkpoint.
+
+`python -m jobs.finetune check-dataset NAME_OR_PATH [--format F] [--base MODEL --max-len N --template T]`
+reports every problem row (missing field, empty turn, unknown role, over-long sample) with its row number,
+without training.
 
 The base is `finetune.base`: `pretrain` (this run's pretrain output, or `--input pretrain.hf=MODEL`), a registry
 name such as `smollm2-135m-instruct`, a .gguf file or a Llama-family HF folder.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+
 from jobs.runner import StageContext, main_for
 
 
 def run(ctx: StageContext) -> dict:
+    import cluster
     from actors.train.stage import run_finetune
 
     cfg = ctx.cfg.finetune
-    data = ctx.inputs("data")
     base = finetune_base(ctx)
-    sources = [(data["synthetic_train"], cfg.synthetic_max_rows)]
-    sources += [(p, cfg.sft_max_rows) for p in data.get("sft", [])]
-    res = run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "base", "spec": cfg.base, "hf": base}])
+    sources = []
+    if cfg.synthetic_max_rows + cfg.sft_max_rows > 0:  # the pipeline's own SFT sets, from the data stage
+        data = ctx.inputs("data")
+        sources = [(data["synthetic_train"], cfg.synthetic_max_rows)]
+        sources += [(p, cfg.sft_max_rows) for p in data.get("sft", [])]
+    res = run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "base", "spec": cfg.base, "hf": base}],
+                       data_root=cluster.data_root())
     res["outputs"].update(base=cfg.base, base_hf=str(base))
     return res
 
@@ -32,5 +46,56 @@ def finetune_base(ctx: StageContext) -> str:
     return str(resolve_model(spec, cluster.model_cache()))
 
 
+def check_dataset_main(argv: list[str]) -> int:
+    import cluster
+    from actors.common.formats import FORMATS
+    from actors.train.config import DatasetConfig
+    from actors.train.datasets import check_dataset, load_registry, resolve
+
+    p = argparse.ArgumentParser(prog="python -m jobs.finetune check-dataset",
+                                description="Report every problem row of a fine-tuning dataset, with row numbers.")
+    p.add_argument("dataset", help="a registry name (configs/datasets.yaml) or a file (json / jsonl / parquet)")
+    p.add_argument("--format", default="auto", choices=list(FORMATS))
+    p.add_argument("--columns", default="", help="ours=theirs,... when the file names its columns otherwise")
+    p.add_argument("--base", default="", help="a model whose tokenizer measures lengths (registry name / folder)")
+    p.add_argument("--template", default="", help="chat template by name (ours, chatml, internlm2, llama3)")
+    p.add_argument("--max-len", type=int, default=0, help="flag samples longer than this many tokens")
+    p.add_argument("--show", type=int, default=50, help="problem rows to print (all go to --json)")
+    p.add_argument("--json", default="", help="write the full report here")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    reg = load_registry()
+    is_name = args.dataset in reg
+    cols = dict(kv.split("=", 1) for kv in args.columns.split(",") if kv)
+    spec = DatasetConfig(name=args.dataset if is_name else "", path="" if is_name else str(Path(args.dataset)),
+                         format=args.format, columns=cols)
+    try:
+        entry = resolve(spec, reg, cluster.data_root())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tok = None
+    if args.base:
+        from actors.model.registry import resolve_model
+        from actors.model.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(resolve_model(args.base, cluster.model_cache()))
+    rep = check_dataset(entry, tok, args.max_len, args.template)
+    print(f"{rep['dataset']} ({rep['path']}, format {rep['format']}): {rep['read']} rows, {rep['kept']} readable, "
+          f"{rep['quarantined']} quarantined" + (f"; kinds {rep['kinds']}; tokens p50 {rep['tokens_p50']} max "
+                                                 f"{rep['tokens_max']}" if tok else ""))
+    for prob in rep["problems"][:args.show]:
+        where = f"row {prob['row']}" if prob["row"] is not None else "file"
+        print(f"  {where}: {prob['reason']}")
+    if len(rep["problems"]) > args.show:
+        print(f"  ... {len(rep['problems']) - args.show} more (--show N or --json FILE)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=2, ensure_ascii=False))
+    return 1 if rep["problems"] else 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "check-dataset":
+        sys.exit(check_dataset_main(sys.argv[2:]))
     main_for(["finetune"], "python -m jobs.finetune")

@@ -55,6 +55,8 @@ def upstream(cfg: PipelineConfig, name: str) -> list[str]:
     ups = list(UPSTREAM[name])
     if name == "finetune" and cfg.finetune.base != "pretrain":
         ups.remove("pretrain")
+    if name == "finetune" and cfg.finetune.synthetic_max_rows + cfg.finetune.sft_max_rows == 0:
+        ups.remove("data")  # only registry datasets: the data stage has nothing to give it
     return ups
 
 

@@ -136,3 +136,51 @@ def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, t
     """The unfused definition (whole logits, fp32 softmax): the oracle of the tests."""
     logits = (hidden @ weight.to(hidden.dtype).t()).float()
     return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+
+
+class _LinearTokenLoss(torch.autograd.Function):
+    """Per-row losses (N,) instead of their sum: preference losses need each sequence's log-probability, and
+    their upstream gradient per row is known only in backward, so backward recomputes each chunk's logits (one
+    more projection) instead of storing gradients in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index: int, chunk: int):
+        wt = weight.to(hidden.dtype).t().contiguous()  # (d, V)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            out[s:s + chunk] = ce_rows(hidden[s:s + chunk] @ wt, targets[s:s + chunk], ignore_index)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.ignore_index, ctx.chunk = ignore_index, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        wt = w.t().contiguous()
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[s:s + ctx.chunk]
+            logits = h @ wt
+            ce_rows(logits, targets[s:s + ctx.chunk], ctx.ignore_index)  # logits -> softmax - one-hot, in place
+            logits.mul_(grad_out[s:s + ctx.chunk, None].to(logits.dtype))
+            if grad_h is not None:
+                grad_h[s:s + ctx.chunk] = logits @ w
+            if grad_w is not None:
+                grad_w += (logits.t() @ h).float()
+        return grad_h, grad_w.to(weight.dtype) if grad_w is not None else None, None, None, None
+
+
+def linear_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                        ignore_index: int = -100, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """Per-row cross_entropy(hidden @ weight.T, targets) (N,) fp32, 0 on `ignore_index` rows (a row's
+    log-probability of its target is minus this); chunked like `linear_cross_entropy`, with gradients."""
+    return _LinearTokenLoss.apply(hidden, weight, targets, ignore_index, chunk)
+
+
+def linear_token_losses_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                  ignore_index: int = -100) -> torch.Tensor:
+    logits = (hidden @ weight.to(hidden.dtype).t()).float()
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")

@@ -17,7 +17,7 @@ from actors.data import extract
 from actors.data import transforms as T
 from actors.data.config import DataConfig, FilterConfig, SFTSourceConfig, SourceConfig, SyntheticConfig
 from actors.data.extract import html_to_text, markdown_to_text
-from actors.data.sft import alpaca_to_messages, convert_alpaca_file
+from actors.common.formats import alpaca_to_messages, convert_alpaca_file
 
 # ------------------------------------------------------------------------------------------ extraction
 
@@ -242,7 +242,7 @@ def test_synthetic_heldout_keeps_phrasings_and_chinese_out_of_training():
 
 def test_sharegpt_tool_call_converter(tmp_path, data_root):
     """LLaMA-Factory's ShareGPT rows (glaive): function_call -> assistant tool_calls, observation -> tool."""
-    from actors.data.sft import convert_sft_file, sharegpt_to_messages
+    from actors.common.formats import convert_sft_file, sharegpt_to_messages
 
     tools = json.dumps([{"name": "add", "description": "Add", "parameters": {
         "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}])

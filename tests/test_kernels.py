@@ -82,3 +82,65 @@ def test_fused_linear_cross_entropy_forward_and_grads(dtype):
     torch.testing.assert_close(gh.float(), h.grad.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(gw, w.grad, atol=tol * 4, rtol=tol)
     assert gw.dtype == torch.float32  # fp32 master weights get fp32 gradients
+
+
+@pytest.mark.parametrize("out, n, group", [(7, 96, 32), (33, 128, 64), (1, 10, 2)])
+def test_int4_dequant_triton_matches_reference_and_roundtrips(out, n, group):
+    """QLoRA's group-wise int4 format: the Triton dequantizer equals the torch one (odd shapes); a weight
+    round-trips to within half a step of its group, and codes fill the 16 levels."""
+    from kernels.int4 import dequantize_int4_reference, dequantize_int4_triton, quantize_int4
+
+    torch.manual_seed(out)
+    w = torch.randn(out, n)
+    q, s, m = quantize_int4(w, group)
+    assert q.dtype == torch.uint8 and q.shape == (out, n // 2) and s.shape == m.shape == (out, n // group)
+    ref = dequantize_int4_reference(q, s, m, group)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 8e-3)):  # bf16: one unit of its last place
+        torch.testing.assert_close(dequantize_int4_triton(q, s, m, group, dtype).float(),
+                                   dequantize_int4_reference(q, s, m, group, dtype).float(), atol=tol, rtol=tol)
+    step = s.float().repeat_interleave(group, dim=1)
+    assert ((ref - w).abs() <= step / 2 + 1e-3).all()
+    with pytest.raises(ValueError, match="group size"):
+        quantize_int4(w, 3)
+
+
+def test_int4_linear_grads_match_dequantized_reference():
+    from kernels.int4 import int4_linear, int4_linear_reference, quantize_int4
+
+    torch.manual_seed(0)
+    q, s, m = quantize_int4(torch.randn(24, 64), 16)
+    x = torch.randn(5, 3, 64, requires_grad=True)
+    y = int4_linear(x, q, s, m, 16)
+    g = torch.randn_like(y)
+    y.backward(g)
+    gx = x.grad.clone()
+    x.grad = None
+    yr = int4_linear_reference(x, q, s, m, 16)
+    yr.backward(g)
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, x.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_token_losses_forward_and_grads(dtype):
+    """Per-row fused projection + cross-entropy (preference losses' sequence log-probs): rows in several chunks,
+    an ignored row, a non-uniform upstream gradient (recomputed in backward)."""
+    from kernels.fused_linear_ce import linear_token_losses, linear_token_losses_reference
+
+    torch.manual_seed(1)
+    h = torch.randn(37, 24, dtype=dtype, requires_grad=True)
+    w = torch.randn(301, 24, requires_grad=True)
+    t = torch.randint(0, 301, (37,))
+    t[5] = -100
+    up = torch.randn(37)
+    out = linear_token_losses(h, w, t, chunk=16)
+    (out * up).sum().backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = linear_token_losses_reference(h, w, t)
+    (ref * up).sum().backward()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert out[5] == 0 and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(gh.float(), h.grad.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(gw, w.grad, atol=tol * 10, rtol=tol)

@@ -257,7 +257,7 @@ def test_lora_steps_on_the_imported_base(ray_session, smollm2, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from actors.common.config import from_dict
-    from actors.data.sft import convert_sft_file
+    from actors.common.formats import convert_sft_file
     from actors.data.synthetic import generate, write_jsonl
     from actors.train.config import FinetuneConfig
     from actors.train.stage import run_finetune
@@ -276,7 +276,8 @@ def test_lora_steps_on_the_imported_base(ray_session, smollm2, tmp_path):
     res = run_finetune(cfg, smollm2, sources, tmp_path / "ft")
     m = res["metrics"]
     assert m["step"] == 2 and m["world_size"] == 2 and m["loss"] > 0
-    assert m["sources"]["arith"]["kept"] == 8 and m["sources"]["glaive"]["rows"] == 8
+    assert m["data"]["arith"] == {"read": 8, "kept": 8, "quarantined": 0} and m["data"]["glaive"]["read"] == 8
+    assert m["sources"]["train"]["rows"] == 16  # both files mixed, split over the two workers and summed
     hf = AutoModelForCausalLM.from_pretrained(res["outputs"]["hf"], dtype=torch.float32)
     assert hf.config.num_hidden_layers == 30
     assert (Path(res["outputs"]["adapter"]) / "adapter_config.json").exists()

@@ -15,7 +15,7 @@ from actors.model.tokenizer import load_tokenizer, train_tokenizer
 from actors.train.config import FinetuneConfig, PretrainConfig
 from actors.train.schedule import lr_at
 from actors.train.sft import collate, tokenize_conversation
-from actors.train.workers import wrap_lora
+from actors.train.finetune import wrap_lora
 
 
 @pytest.fixture(scope="module")

@@ -80,15 +80,15 @@ class SFTSourceConfig:
     name: str
     path: str
     max_rows: int = 0                 # 0: all rows; otherwise the first max_rows rows of the file
-    format: Literal["auto", "alpaca", "sharegpt"] = "auto"   # auto: detected from the first row
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = "auto"   # auto: detected from the first row
 
     def __post_init__(self):
         check(bool(self.name.strip()), "data.sft_sources[].name", "must be a non-empty name, e.g. 'alpaca_en'")
         check(bool(self.path.strip()), f"data.sft_sources[{self.name}].path",
               "must be a JSON file relative to the data root, e.g. 'sft_alpaca_demo/alpaca_en_demo.json'")
         check(self.max_rows >= 0, f"data.sft_sources[{self.name}].max_rows", "must be >= 0 (0 = all rows)")
-        check(self.format in ("auto", "alpaca", "sharegpt"), f"data.sft_sources[{self.name}].format",
-              f"{self.format!r}: use auto, alpaca or sharegpt")
+        check(self.format in ("auto", "alpaca", "sharegpt", "messages"), f"data.sft_sources[{self.name}].format",
+              f"{self.format!r}: use auto, alpaca, sharegpt or messages")
 
 
 def default_sources() -> list[SourceConfig]:

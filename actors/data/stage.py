@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
 
-from actors.data import extract, sft, synthetic
+from actors.common import formats as sft
+from actors.data import extract, synthetic
 from actors.data import transforms as T
 from actors.data.config import DataConfig
 from actors.model.hf import copy_tokenizer

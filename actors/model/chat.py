@@ -12,7 +12,28 @@ the model never generates it); the text is tokenized span by span and the spans'
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from actors.tooltask import fold_tools, template_supports_tools
+
+_TEMPLATE_DIR = Path(__file__).parent / "templates"
+# Chat templates by name, as Jinja files in the repo (applied with any tokenizer): ours (ChatML + tool
+# signatures), chatml (Qwen/SmolLM2), internlm2 (ChatML after the BOS), llama3 (header ids, <|eot_id|>).
+TEMPLATES = tuple(sorted(p.stem for p in _TEMPLATE_DIR.glob("*.jinja")))
+
+
+def named_template(name: str) -> str:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}: choose one of {list(TEMPLATES)} or '' for the "
+                         "tokenizer's own")
+    return (_TEMPLATE_DIR / f"{name}.jinja").read_text()
+
+
+def use_template(tok, name: str):
+    """`tok` rendering with the named template ('' keeps the tokenizer's own); returns tok."""
+    if name:
+        tok.chat_template = named_template(name)
+    return tok
 
 
 class ChatTemplateError(ValueError):
@@ -49,7 +70,8 @@ def encode_chat(tok, messages: list[dict], tools: list[dict] | None = None,
 
 
 def assistant_spans(tok, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The whole conversation's text and the character span [start, end) of every assistant turn."""
+    """The whole conversation's text and the character span [start, end) of every assistant turn (an empty
+    turn gets an empty span, so spans stay aligned with the assistant turns)."""
     msgs, tl = template_messages(tok, messages, tools)
     full = _apply(tok, msgs, tl, False)
     spans = []
@@ -62,28 +84,38 @@ def assistant_spans(tok, messages: list[dict], tools: list[dict] | None = None) 
             raise ChatTemplateError(
                 f"the chat template renders turn {i} differently once later turns follow (it is not prefix-"
                 "stable, e.g. it drops earlier reasoning), so assistant tokens cannot be located; fine-tune "
-                "with a template that renders earlier turns verbatim (e.g. finetune.chat_template)")
+                "with a template that renders earlier turns verbatim (finetune.template: one of actors/model/templates)")
         end = len(after.rstrip())
-        if end > len(before):
-            spans.append((len(before), end))
+        spans.append((len(before), max(end, len(before))))
     return full, spans
 
 
-def chat_ids_and_mask(tok, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
+def chat_ids_and_mask(tok, messages: list[dict], tools: list[dict] | None = None, train: list[bool] | None = None,
+                      train_on_prompt: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of the whole conversation and 1 for every token of an assistant turn (SFT loss mask).
+    `train` picks the assistant turns trained, in order (default all; e.g. OpenAI `loss: false` turns or only
+    the last one); `train_on_prompt` trains every token (the prompts and the template's markup too).
 
     The text is tokenized piece by piece at the turn boundaries (as LLaMA-Factory encodes prompt and response
     separately): the prompt before the first assistant turn is then exactly the tokens the model is given at
     inference, and each assistant turn exactly the tokens it would generate. Tokenizing the whole text at once
     can merge across a boundary (Llama-3's `\n\n` + content), training on a prompt the model never sees."""
     full, spans = assistant_spans(tok, messages, tools)
-    cuts = [0] + [c for span in spans for c in span] + [len(full)]
+    if train is None:
+        train = [True] * len(spans)
+    if len(train) != len(spans):
+        raise ValueError(f"train flags for {len(train)} assistant turns, the conversation has {len(spans)}")
+    # cut at every assistant turn whether trained or not: the ids do not depend on the loss options
+    pieces = [(0, spans[0][0] if spans else len(full), False)]
+    for i, ((a, b), t) in enumerate(zip(spans, train)):
+        nxt = spans[i + 1][0] if i + 1 < len(spans) else len(full)
+        pieces += [(a, b, t), (b, nxt, False)]
     ids: list[int] = []
     mask: list[int] = []
-    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+    for a, b, trained in pieces:
         if b <= a:
             continue
         piece = list(tok(full[a:b], add_special_tokens=False)["input_ids"])
         ids += piece
-        mask += [k % 2] * len(piece)  # odd pieces are the assistant spans
+        mask += [1 if train_on_prompt or trained else 0] * len(piece)
     return ids, mask

@@ -94,8 +94,18 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path |
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)  # tied: HF re-ties from embed_tokens
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_hf_meta(cfg, out, dtype, lineage, step, extra)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, out)
+    return out
+
+
+def write_hf_meta(cfg: ModelConfig, out: Path, dtype: torch.dtype = torch.float32, lineage: list[dict] | None = None,
+                  step: int | None = None, extra: dict | None = None, hf_overrides: dict | None = None) -> None:
+    """config.json (+ `hf_overrides`, e.g. a sequence-classification head), generation_config.json and our
+    provenance file."""
     dname = str(dtype).replace("torch.", "")
-    (out / "config.json").write_text(json.dumps(hf_config_dict(cfg, dname), indent=2))
+    (out / "config.json").write_text(json.dumps({**hf_config_dict(cfg, dname), **(hf_overrides or {})}, indent=2))
     gen = {"eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
     if cfg.bos_token_id is not None:
         gen["bos_token_id"] = cfg.bos_token_id
@@ -103,9 +113,60 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path |
     (out / LINEAGE_FILE).write_text(json.dumps({
         "model_config": dataclasses.asdict(cfg), "step": step, "lineage": lineage or [], **(extra or {}),
     }, indent=2))
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, out)
-    return out
+
+
+class ShardWriter:
+    """Tensors written one by one into safetensors shards of at most `shard_bytes` (HF's sharded layout:
+    model-0000i-of-0000n.safetensors + model.safetensors.index.json); only one shard is ever in memory."""
+
+    def __init__(self, out: str | Path, shard_bytes: int = 256 << 20):
+        self.out, self.limit = Path(out), shard_bytes
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.buf: dict[str, torch.Tensor] = {}
+        self.size, self.files, self.where = 0, [], {}
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        n = t.numel() * t.element_size()
+        if self.buf and self.size + n > self.limit:
+            self._flush()
+        self.buf[name] = t.contiguous()
+        self.size += n
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        f = f"part-{len(self.files):05d}.safetensors"
+        save_file(self.buf, str(self.out / f), metadata={"format": "pt"})
+        self.where.update({k: f for k in self.buf})
+        self.files.append(f)
+        self.buf, self.size = {}, 0
+
+    def close(self) -> None:
+        if self.buf:
+            self._flush()
+        if len(self.files) == 1:
+            (self.out / self.files[0]).rename(self.out / "model.safetensors")
+            return
+        n = len(self.files)
+        names = {f: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, f in enumerate(self.files)}
+        total = 0
+        for f, new in names.items():
+            (self.out / f).rename(self.out / new)
+            total += (self.out / new).stat().st_size
+        (self.out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": {k: names[f] for k, f in self.where.items()}},
+            indent=2))
+
+
+def tensor_names(path: str | Path) -> list[str]:
+    """The tensor names of a folder's safetensors, in file order."""
+    from safetensors import safe_open
+
+    d = Path(path)
+    if (d / "model.safetensors").exists():
+        with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    return list(json.loads((d / "model.safetensors.index.json").read_text())["weight_map"])
 
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> None:

@@ -23,55 +23,9 @@ EOS = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOS, IM_START, IM_END, TOOL_CALL_OPEN, TOOL_CALL_CLOSE]
 
-CHAT_TEMPLATE = (
-    "{% set sys = messages[0].content if messages and messages[0].role == 'system' else none %}"
-    "{% if tools %}"
-    "<|im_start|>system\n"
-    "{% if sys %}{{ sys }}\n\n{% endif %}"
-    # Each tool as a one-line signature, `name(arg: type, opt?: type) - description` (as Functionary renders
-    # TypeScript-like signatures) rather than its JSON schema: two tools take ~250 characters instead of ~700,
-    # which halves the length of every tool-call conversation the small models train and decode on.
-    "# Tools\nYou may call these functions:"
-    "{% for tool in tools %}{% set f = tool.function if tool.function is defined else tool %}"
-    "{% set p = f.parameters if f.parameters is defined and f.parameters else {} %}"
-    "{% set req = p.required if p.required is defined else [] %}"
-    "{{ '\\n' }}{{ f.name }}("
-    "{% for k, v in (p.properties if p.properties is defined else {}).items() %}"
-    "{% if not loop.first %}, {% endif %}{{ k }}{% if k not in req %}?{% endif %}: "
-    "{% if v.enum is defined %}{{ v.enum | map('tojson') | join('|') }}{% else %}{{ v.type | default('any') }}{% endif %}"
-    "{% endfor %})"
-    "{% if f.description is defined and f.description %} - {{ f.description }}{% endif %}"
-    "{% endfor %}{{ '\\n' }}"
-    "Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|im_end|>\n"
-    "{% elif sys is not none %}"
-    "<|im_start|>system\n{{ sys }}<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages %}"
-    "{% if m.role == 'system' %}"
-    "{% if not loop.first %}<|im_start|>system\n{{ m.content }}<|im_end|>\n{% endif %}"
-    "{% elif m.role == 'assistant' %}"
-    "<|im_start|>assistant\n"
-    "{% generation %}"
-    "{% if m.content %}{{ m.content }}{% endif %}"
-    "{% if m.tool_calls %}"
-    "{% for tc in m.tool_calls %}"
-    "{% set f = tc.function if tc.function is defined else tc %}"
-    "{% if m.content or not loop.first %}{{ '\\n' }}{% endif %}"
-    "<tool_call>{\"name\": {{ f.name | tojson }}, \"arguments\": "
-    "{% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}"
-    "}</tool_call>"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>"
-    "{% endgeneration %}{{ '\\n' }}"
-    "{% elif m.role == 'tool' %}"
-    "<|im_start|>tool\n{{ m.content }}<|im_end|>\n"
-    "{% else %}"
-    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Our chat template (ChatML with tools as one-line signatures, as InternLM2/Qwen use ChatML): kept as Jinja in
+# actors/model/templates/ours.jinja with the other named templates (actors.model.chat.TEMPLATES).
+CHAT_TEMPLATE = (Path(__file__).parent / "templates" / "ours.jinja").read_text()
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from actors.model.config import ModelConfig
-from kernels import linear_cross_entropy, rms_norm
+from kernels import linear_cross_entropy, linear_token_losses, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -263,7 +263,7 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
                 logits_mask: torch.Tensor | None = None, attention: "AttentionBackend | None" = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, reduction: str = "sum") -> torch.Tensor:
         """Logits (B, T, vocab); with a bool `logits_mask` (B, T), only the selected positions' logits (N, vocab)
         in row-major order: SFT trains on ~25% of positions, and the 49152-wide vocabulary projection and its
         log-softmax are ~30% of a step for a 135M model when computed everywhere.
@@ -273,7 +273,8 @@ class Transformer(nn.Module):
 
         With `targets` (aligned with the positions whose logits would be returned: (B, T), or (N,) with
         `logits_mask`; -100 = not trained) the result is the summed cross-entropy instead, through the fused
-        chunked projection + loss (the 49152-wide logits are never whole in memory)."""
+        chunked projection + loss (the 49152-wide logits are never whole in memory); with reduction="none" each
+        position's loss (-log p(target)), 0 where not trained: sequence log-probabilities for preference losses."""
         B, T = input_ids.shape[:2]
         if self.model.embed_tokens is None:  # hidden states of a pipeline stage: sequence-parallel holds T / tp
             T *= self.sequence_parallel
@@ -294,10 +295,11 @@ class Transformer(nn.Module):
             from torch.distributed.tensor import DTensor
 
             if not isinstance(self.lm_head.weight, DTensor):  # a vocab-sharded head (TP) takes the plain path
-                return linear_cross_entropy(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+                fused = linear_cross_entropy if reduction == "sum" else linear_token_losses
+                return fused(x.reshape(-1, x.shape[-1]), self.lm_head.weight, targets.reshape(-1))
             logits = self.lm_head(x)
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                   reduction="sum")
+                                   reduction=reduction)
         return self.lm_head(x)
 
     @torch.no_grad()

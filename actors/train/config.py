@@ -161,28 +161,98 @@ class LoraConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """One fine-tuning dataset: a registry name (configs/datasets.yaml) or a file `path` (json / jsonl / parquet,
+    relative to the data root or absolute) in `format`, with `columns` mapping our field names to the file's."""
+    name: str = ""
+    path: str = ""
+    format: str = "auto"                 # auto | alpaca | sharegpt | messages
+    columns: dict[str, str] = field(default_factory=dict)
+    max_rows: int = 0                    # the file's first rows only (0: all)
+    ratio: float = 0.0                   # share of the training mix (0 for all datasets: every row once)
+
+    def __post_init__(self):
+        from actors.common.formats import FORMATS
+
+        where = f"finetune.datasets[{self.name or self.path}]"
+        check(bool(self.name or self.path), "finetune.datasets[]", "each dataset needs a `name` (registry: "
+              "configs/datasets.yaml) or a `path`")
+        check(self.format in FORMATS, f"{where}.format", f"{self.format!r}: use one of {list(FORMATS)}")
+        check(self.max_rows >= 0, f"{where}.max_rows", "must be >= 0 (0 = all rows)")
+        check(self.ratio >= 0, f"{where}.ratio", "must be >= 0")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1                    # strength of the KL anchor to the reference (TRL's default)
+    label_smoothing: float = 0.0         # conservative DPO: assumed rate of flipped preference labels
+
+    def __post_init__(self):
+        check(self.beta > 0, "finetune.dpo.beta", "must be > 0 (0.1 is the usual)")
+        check(0 <= self.label_smoothing < 0.5, "finetune.dpo.label_smoothing", "must be in [0, 0.5)")
+
+
+@dataclass
+class KTOConfig:
+    beta: float = 0.1
+    desirable_weight: float = 1.0        # λ_D; raise it when desirable rows are rarer (λ_D n_D ≈ λ_U n_U)
+    undesirable_weight: float = 1.0
+
+    def __post_init__(self):
+        check(self.beta > 0, "finetune.kto.beta", "must be > 0 (0.1 is the usual)")
+        check(self.desirable_weight > 0 and self.undesirable_weight > 0, "finetune.kto",
+              "desirable_weight and undesirable_weight must be > 0")
+
+
+OBJECTIVE_KINDS = {"sft": ("sft",), "dpo": ("preference",), "rm": ("preference",), "kto": ("kto",)}
+
+
+@dataclass
 class FinetuneConfig:
     # What to fine-tune: "pretrain" (this run's pretrain stage output), a registry name
     # (`python -m jobs.models list`), a .gguf file, or a Llama-family Hugging Face folder.
     base: str = "pretrain"
+    objective: str = "sft"               # sft | dpo | kto | rm (reward model: scalar head, pairwise loss)
+    method: str = "lora"                 # lora | qlora (4-bit frozen base) | full
     # dtype of the frozen base weights under LoRA: bfloat16 where the CPU has it (a bf16 matmul is ~4x fp32
     # here) or on GPU; the adapter trains in fp32 and is merged into an fp32 copy of the base at export.
-    # Full fine-tuning keeps fp32 weights.
+    # Full fine-tuning keeps fp32 master weights; bfloat16 there runs the forward under autocast.
+    # QLoRA computes in this dtype from its 4-bit weights.
     base_dtype: str = "float32"
-    method: str = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
-    max_len: int = 1024                  # tokens per conversation; longer ones are truncated from the right
-    batch_size: int = 8                  # conversations per worker per step
+    quant_group: int = 64                # QLoRA: weights per int4 scale/min group
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
+    template: str = ""                   # chat template by name (ours, chatml, internlm2, llama3); '' = the base's
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    mix_rows: int = 0                    # with ratios: rows in the mix (0 = as many as the datasets hold)
+    val_size: float = 0.0                # held out of the mix: a fraction (< 1) or a row count
+    train_on_prompt: bool = False        # SFT loss on every token, prompts included
+    mask_history: bool = False           # SFT loss on the last assistant turn only
+    packing: bool = False                # SFT: several samples per row (per-sample masks), max_len tokens a row
+    group_by_length: int = 16            # length-grouped batches: windows of this many batches (1: off)
+    max_len: int = 1024                  # tokens per conversation; longer SFT rows are truncated from the right,
+    #                                      longer pairs / KTO rows are skipped (counted)
+    batch_size: int = 8                  # conversations (pairs) per worker per micro-batch
+    grad_accum_steps: int = 1
     max_steps: int = 200
     log_every: int = 5
-    synthetic_max_rows: int = 4000       # 0 disables the synthetic tool task
-    sft_max_rows: int = 500              # per data.sft_sources file (Alpaca, glaive tool calls...); 0 disables
+    eval_every: int = 0                  # validation loss (+ preference accuracy) every N steps; 0: at the end
+    sample_every: int = 0                # a greedy generation sample every N steps (0: never)
+    sample_prompt: str = "What is 17 + 25?"
+    save_every: int = 0                  # a resumable checkpoint every N steps (0: none)
+    resume: bool = True                  # continue from the stage dir's last checkpoint of this same config
+    synthetic_max_rows: int = 4000       # pipeline: the data stage's synthetic tool task (0 disables)
+    sft_max_rows: int = 500              # pipeline: per data.sft_sources file (Alpaca, glaive tool calls...)
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=10, weight_decay=0.0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
-        check(self.method in ("lora", "full"), "finetune.method", f"{self.method!r}: use 'lora' or 'full'")
+        check(self.objective in OBJECTIVE_KINDS, "finetune.objective",
+              f"{self.objective!r}: use one of {list(OBJECTIVE_KINDS)}")
+        check(self.method in ("lora", "qlora", "full"), "finetune.method",
+              f"{self.method!r}: use 'lora', 'qlora' or 'full'")
         check(isinstance(self.base, str) and self.base.strip() != "", "finetune.base",
               "must be 'pretrain', a registry name (python -m jobs.models list), a .gguf file or an HF folder")
         if self.base != "pretrain":
@@ -193,13 +263,32 @@ class FinetuneConfig:
                                                 "name, a .gguf file or an HF folder")
         check(self.base_dtype in ("float32", "bfloat16"), "finetune.base_dtype",
               f"{self.base_dtype!r}: use float32 or bfloat16")
-        check(self.method == "lora" or self.base_dtype == "float32", "finetune.base_dtype",
-              "full fine-tuning trains the weights themselves in fp32; set finetune.base_dtype=float32")
-        for k in ("max_len", "batch_size", "max_steps", "log_every"):
+        check(self.quant_group >= 2 and self.quant_group % 2 == 0, "finetune.quant_group",
+              "must be an even number >= 2 (64 is the usual)")
+        if self.template:
+            from actors.model.chat import TEMPLATES
+
+            check(self.template in TEMPLATES, "finetune.template",
+                  f"{self.template!r}: use one of {list(TEMPLATES)} or '' (the base's own template)")
+        for k in ("max_len", "batch_size", "max_steps", "log_every", "grad_accum_steps", "group_by_length"):
             check(getattr(self, k) >= 1, f"finetune.{k}", f"must be >= 1, got {getattr(self, k)}")
+        for k in ("eval_every", "sample_every", "save_every", "mix_rows"):
+            check(getattr(self, k) >= 0, f"finetune.{k}", f"must be >= 0 (0 = off), got {getattr(self, k)}")
+        check(self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()), "finetune.val_size",
+              f"{self.val_size}: a fraction in [0, 1) or a whole number of rows")
+        check(not self.packing or self.objective == "sft", "finetune.packing",
+              f"packing is for SFT; {self.objective} compares whole sequences: set packing=false")
+        self.datasets = [d if isinstance(d, DatasetConfig) else DatasetConfig(**d) for d in self.datasets]
+        ratios = [d.ratio for d in self.datasets]
+        check(all(ratios) or not any(ratios), "finetune.datasets",
+              f"ratios {ratios}: give every dataset a ratio, or none (every row once)")
         p = self.parallel
         check(p.tp == 1 and p.pp == 1 and p.dp_shard == 1, "finetune.parallel",
               f"fine-tuning runs data parallel with full copies of the base ({p.describe()} asked): use "
               f"parallel.dp_replicate=N with tp=1, pp=1, dp_shard=1")
-        check(self.synthetic_max_rows + self.sft_max_rows > 0, "finetune.synthetic_max_rows",
-              "synthetic_max_rows and sft_max_rows are both 0: there is nothing to fine-tune on")
+        check(self.objective != "sft" or self.datasets or self.synthetic_max_rows + self.sft_max_rows > 0,
+              "finetune.datasets", "no data: name datasets (configs/datasets.yaml), or keep the pipeline's "
+              "synthetic_max_rows / sft_max_rows > 0")
+        check(self.objective == "sft" or self.datasets, "finetune.datasets",
+              f"{self.objective} trains on {' / '.join(OBJECTIVE_KINDS[self.objective])} rows: name such a "
+              "dataset, e.g. datasets: [{name: dpo_en_demo}] or [{name: kto_en_demo}]")

@@ -8,7 +8,7 @@ from pathlib import Path
 from actors.common.metrics import plot_curves, read_jsonl
 from actors.model import get_config
 from actors.model.tokenizer import load_tokenizer
-from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
+from actors.train.config import OBJECTIVE_KINDS, FinetuneConfig, ParallelConfig, PretrainConfig
 from actors.train.sft import check_sources_fit
 
 
@@ -161,18 +161,40 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
 
 
 def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[tuple[str, int]],
-                 out_dir: str | Path, lineage: list | None = None) -> dict:
-    """LoRA (or full) SFT of `base_model_dir` on JSONL conversation files [(path, max_rows), ...]."""
+                 out_dir: str | Path, lineage: list | None = None, data_root: str | Path | None = None,
+                 registry: str | Path | None = None) -> dict:
+    """Fine-tune `base_model_dir` with `cfg.objective` / `cfg.method` on `cfg.datasets` (registry names or files
+    under `data_root`) plus the pipeline's own JSONL record files `sources` [(path, max_rows), ...].
+
+    Here, on the driver: every dataset is read and checked (bad rows quarantined with row numbers and reasons),
+    mixed and split into `out/data/{train,val}.jsonl`; then the workers tokenize their shares and train."""
+    from actors.model.chat import use_template
+    from actors.train.datasets import DatasetEntry, load_registry, prepare, resolve
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    sources = [(str(Path(p).resolve()), int(n)) for p, n in sources if n > 0]
-    for p, _ in sources:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"finetune source {p} does not exist; run the data stage first")
-    check_sources_fit(load_tokenizer(base_model_dir), sources, cfg.max_len)
+    entries = [DatasetEntry(Path(p).stem, Path(p).resolve(), "messages", max_rows=int(n)) for p, n in sources
+               if n > 0]
+    for e in entries:
+        if not e.path.is_file():
+            raise FileNotFoundError(f"finetune source {e.path} does not exist; run the data stage first")
+    if cfg.datasets:
+        reg = load_registry(registry)
+        entries += [resolve(spec, reg, data_root or ".") for spec in cfg.datasets]
+    prep = prepare(entries, out / "data", cfg.seed, cfg.val_size, cfg.mix_rows, OBJECTIVE_KINDS[cfg.objective])
+    if prep["train_rows"] == 0:
+        raise ValueError(f"finetune: no usable {cfg.objective} rows in {[e.name for e in entries]} (quarantined "
+                         f"{prep['quarantined']}: see {prep['paths']['quarantine']})")
+    print(f"[finetune] data: {prep['train_rows']} train / {prep['val_rows']} val rows; quarantined "
+          f"{prep['quarantined']} ({prep['paths']['quarantine']}); per dataset {prep['counts']}", flush=True)
+    train = [(prep["paths"]["train"], 0)]
+    val = [(prep["paths"]["val"], 0)] if prep["val_rows"] else []
+    check_sources_fit(use_template(load_tokenizer(base_model_dir), cfg.template), train, cfg.max_len)
+    metrics_file = out / "metrics.jsonl"
+    if not (cfg.resume and (out / "checkpoints").exists()):
+        metrics_file.unlink(missing_ok=True)
     config = {"finetune": dataclasses.asdict(cfg), "base_model_dir": str(Path(base_model_dir).resolve()),
-              "out_dir": str(out.resolve()), "sources": sources, "lineage": lineage or []}
+              "out_dir": str(out.resolve()), "sources": train, "val_sources": val, "lineage": lineage or []}
     result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune", cfg.max_steps)
     ckpt = out / "checkpoint"
     shutil.rmtree(ckpt, ignore_errors=True)
@@ -182,12 +204,18 @@ def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[
         if (ckpt / sub).exists():
             shutil.move(str(ckpt / sub), str(out / sub))
     shutil.rmtree(ckpt, ignore_errors=True)
-    rows = read_jsonl(out / "metrics.jsonl")
-    plot_curves(rows, "step", ["loss"], out / "loss.png", title="fine-tune loss (assistant tokens)")
-    outputs = {"hf": str(out / "hf"), "metrics_jsonl": str(out / "metrics.jsonl"), "loss_png": str(out / "loss.png")}
-    if (out / "adapter").exists():
-        outputs["adapter"] = str(out / "adapter")
-    return {"outputs": outputs, "metrics": dict(result.metrics)}
+    rows = read_jsonl(metrics_file)
+    ys = ["loss", "val_loss"] + (["val_pref_acc", "val_reward_acc"] if cfg.objective in ("dpo", "rm") else [])
+    plot_curves(rows, "step", ys, out / "loss.png", title=f"fine-tune ({cfg.objective}, {cfg.method})")
+    outputs = {"metrics_jsonl": str(metrics_file), "loss_png": str(out / "loss.png"), **prep["paths"]}
+    for sub in ("hf", "adapter"):
+        if (out / sub).exists():
+            outputs[sub] = str(out / sub)
+    metrics = {**dict(result.metrics), "data": prep["counts"], "quarantined": prep["quarantined"]}
+    base_row = next((r for r in rows if r.get("step") == 0), None)
+    if base_row:
+        metrics["base"] = {k: v for k, v in base_row.items() if k.startswith("val_")}
+    return {"outputs": outputs, "metrics": metrics}
 
 
 def _pretrain_fn():

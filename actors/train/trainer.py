@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from actors.common.memory import keep_freed_memory_in_heap
-from actors.model.transformer import trained_positions
 from actors.train.config import OptimConfig
+from actors.train.losses import CausalLMLoss, count_trained  # noqa: F401 - the default loss_fn
 from actors.train.parallel import Dist, sync_tied_grads
 from actors.train.schedule import lr_at
 
@@ -33,39 +33,6 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# losses
-
-
-def count_trained(batch: dict[str, torch.Tensor]) -> int:
-    labels = batch.get("labels", batch["input_ids"])
-    return int((labels[:, 1:] != -100).sum())
-
-
-class CausalLMLoss:
-    """Next-token loss over every position whose label is not -100 (pretraining: all of them). With `sparse`,
-    logits are computed only at trained positions: SFT trains on ~25% of them, and the vocabulary projection is
-    ~30% of a step for a 135M model."""
-
-    def __init__(self, sparse: bool = False):
-        self.sparse = sparse
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """The model computes the loss itself (`targets=`: fused projection + cross-entropy)."""
-        input_ids = batch["input_ids"]
-        labels = batch.get("labels", input_ids)
-        kw = {k: batch[k] for k in ("positions", "attn_mask") if k in batch}
-        if self.sparse and "labels" in batch:
-            mask = trained_positions(labels)
-            loss = model(input_ids, logits_mask=mask, targets=labels[:, 1:][mask[:, :-1]], **kw)
-        else:
-            # position t is scored on label t + 1; the last position has none
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
-            loss = model(input_ids, targets=targets, **kw)
-        return loss, count_trained(batch)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,6 +86,7 @@ class Trainer:
             keep_freed_memory_in_heap()
         self.model = self.parts[0]
         self.loss_fn, self.cfg, self.max_steps = loss_fn, optim, max_steps
+        self.count = getattr(loss_fn, "count", count_trained)  # what the loss is a mean over
         self.d = d or Dist()
         self.schedule = schedule
         self.autocast_dtype = autocast_dtype
@@ -232,8 +200,10 @@ class Trainer:
         lr = self.lr()
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        n_local = sum(count_trained(b) for b in micro_batches)
-        tokens_local = sum(b["input_ids"].numel() for b in micro_batches)
+        n_local = sum(self.count(b) for b in micro_batches)
+        # non-padding tokens where the batch says how many (SFT batches), else every position
+        tokens_local = sum(int(b["num_tokens"]) if "num_tokens" in b else b["input_ids"].numel()
+                           for b in micro_batches)
         n_global, tokens = self.d.all_reduce([float(n_local), float(tokens_local)], "dp")
         self._scale = max(n_global, 1.0) / self.d.dp_size
         loss_sum = sum(float(self._run(b, backward=True)) for b in micro_batches)
@@ -248,7 +218,7 @@ class Trainer:
         self.step += 1
         dt = time.perf_counter() - t0
         out = {"step": self.step, "loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": gnorm,
-               "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt}
+               "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt, **self._loss_stats(n_global)}
         if self.flops_per_token:
             achieved = self.flops_per_token * tokens / dt / self.d.world
             out["gflops_per_worker"] = achieved / 1e9
@@ -268,11 +238,22 @@ class Trainer:
             if max_batches is not None and i >= max_batches:
                 break
             loss_sum += float(self._run(batch, backward=False))
-            n += count_trained(batch)
+            n += self.count(batch)
         loss_sum, n = self.d.all_reduce([loss_sum, n], "dp")
         if self.d.size("pp") > 1:
             (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")
-        return {"val_loss": loss_sum / max(n, 1.0), "val_tokens": n}
+        stats = {f"val_{k}": v for k, v in self._loss_stats(n).items()}
+        return {"val_loss": loss_sum / max(n, 1.0), "val_tokens": n, **stats}
+
+    def _loss_stats(self, n_global: float) -> dict[str, float]:
+        """The loss's own metrics (DPO reward accuracy, margins...) as means over the global batch."""
+        take = getattr(self.loss_fn, "take_stats", None)
+        if take is None:
+            return {}
+        stats = take()
+        keys = sorted(stats)
+        vals = self.d.all_reduce([stats[k] for k in keys], "dp") if keys else []
+        return {k: v / max(n_global, 1.0) for k, v in zip(keys, vals)}
 
 
 # dense bf16 peak FLOP/s by accelerator name (MFU's denominator); a CPU reports achieved GFLOP/s only

@@ -10,13 +10,12 @@ import torch
 
 from actors.common.config import from_dict
 from actors.common.metrics import MetricsWriter
-from actors.model import ModelConfig, Transformer, load_hf, save_hf
-from actors.model.tokenizer import load_tokenizer
+from actors.model import ModelConfig, Transformer, save_hf
 from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
 from actors.train.data import document_mask, packed_batches, read_rows, val_batches
 from actors.train.parallel import (Dist, build_mesh, build_model_parts, build_schedule, full_state_dict, init_value,
                                    parallelize, tied_head)
-from actors.train.sft import load_examples, sft_batches
+from actors.train.finetune import Finetuner
 from actors.train.trainer import CausalLMLoss, Trainer, device_peak_flops, run_loop
 
 
@@ -153,60 +152,19 @@ def pretrain_worker(config: dict) -> None:
 
 
 def finetune_worker(config: dict) -> None:
+    """One data-parallel rank of the fine-tune stage: `Finetuner` does the work; rank 0 exports."""
     cfg = from_dict(FinetuneConfig, config["finetune"])
-    base_dir, out_dir = config["base_model_dir"], Path(config["out_dir"])
     torch.set_num_threads(cfg.parallel.threads_per_worker)
-    torch.manual_seed(cfg.seed)  # the same LoRA init on every rank
     d = setup_dist(cfg.parallel)
-    tok = load_tokenizer(base_dir)
-    base = load_hf(base_dir, dtype=getattr(torch, cfg.base_dtype))
-    model = wrap_lora(base, cfg) if cfg.method == "lora" else base
-    model = parallelize(model, cfg.parallel, Dist(), None)  # data parallel: the trainer averages gradients
-
-    # Each rank tokenizes its own 1/dp of every source (rows rank::dp), so no data crosses the network.
-    examples, stats = load_examples(tok, config["sources"], cfg.max_len, d.dp_rank, d.dp_size)
-    stats = _sum_over_ranks(stats)
-    batches = sft_batches(examples, cfg.batch_size, tok.pad_token_id, cfg.seed + d.dp_rank)
-    trainer = Trainer(model, CausalLMLoss(sparse=True), cfg.optim, cfg.max_steps, d)
-    writer = MetricsWriter(out_dir) if d.rank == 0 else None
-    t_start = time.perf_counter()
-
-    def log(tr, m):
-        if writer and (tr.step % cfg.log_every == 0 or tr.step in (1, cfg.max_steps)):
-            writer.log({**m, "elapsed_s": time.perf_counter() - t_start})
-            print(f"[finetune] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e}", flush=True)
-
-    last = run_loop(trainer, batches, [log])
-    final = {"step": trainer.step, "loss": last["loss"], "train_s": time.perf_counter() - t_start,
-             "examples": sum(st["kept"] for st in stats.values()), "sources": stats, "world_size": d.world}
+    ft = Finetuner(cfg, config["base_model_dir"], config["sources"], config["out_dir"],
+                   config.get("val_sources", []), d, log=lambda s: d.rank == 0 and print(s, flush=True))
+    stats = _sum_over_ranks(ft.stats)
+    final = ft.run()
+    final.update(examples=sum(st["kept"] for st in stats.values()), sources=stats, world_size=d.world)
     with tempfile.TemporaryDirectory() as tmp:
         if d.rank == 0:
-            writer.close()
-            export_finetuned(model, cfg, Path(tmp), base_dir, config.get("lineage", []), trainer.step)
+            ft.export(tmp, config.get("lineage", []))
         _report(final, tmp if d.rank == 0 else None)
-
-
-def wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig):
-    from peft import LoraConfig, get_peft_model
-
-    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none")
-    return get_peft_model(model, lcfg)
-
-
-def export_finetuned(model, cfg: FinetuneConfig, out: Path, base_dir: str, lineage: list, step: int) -> None:
-    """`out/adapter` (peft adapter) + `out/hf` (adapter merged into the base, a plain HF checkpoint)."""
-    lineage = lineage + [{"stage": "finetune", "method": cfg.method, "steps": step, "base": str(base_dir)}]
-    if cfg.method == "lora":
-        from peft import PeftModel
-
-        model.save_pretrained(str(out / "adapter"))
-        # merge into an fp32 copy of the base: a bf16 training base would round the merged weights
-        merged = PeftModel.from_pretrained(load_hf(base_dir, dtype=torch.float32), str(out / "adapter"))
-        merged = merged.merge_and_unload()
-    else:
-        merged = model
-    save_hf(merged.float(), out / "hf", tokenizer_dir=base_dir, step=step, lineage=lineage)
 
 
 def layout_probe_worker(config: dict) -> None:

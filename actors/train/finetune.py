@@ -1,0 +1,294 @@
+"""The fine-tune stage's logic (Ray-free): one `Finetuner` per worker builds the model for the method (full,
+LoRA, QLoRA; a scalar head for a reward model), the examples for the objective (SFT, DPO, KTO, RM), and runs the
+one training loop (`Trainer` + `run_loop`) with the objective's `loss_fn`, evaluation / sample / checkpoint hooks
+and resume. The Ray Train worker (`workers.finetune_worker`) is a thin shell around it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from actors.common.metrics import MetricsWriter, read_jsonl
+from actors.model import load_hf
+from actors.model.chat import encode_chat, use_template
+from actors.model.tokenizer import load_tokenizer, stop_token_ids
+from actors.train.config import FinetuneConfig
+from actors.train.losses import (CausalLMLoss, DPOLoss, KTOLoss, PairwiseRewardLoss, reference_logps,
+                                 reward_head)
+from actors.train.parallel import Dist, parallelize
+from actors.train.sft import collate_kind, load_examples, sft_batches
+from actors.train.trainer import Trainer, run_loop
+
+LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# config keys that do not change what is trained: a checkpoint resumes across changes to them
+_RESUME_FREE = ("resume", "save_every", "log_every", "eval_every", "sample_every", "sample_prompt", "parallel")
+
+
+def make_loss(cfg: FinetuneConfig):
+    if cfg.objective == "dpo":
+        return DPOLoss(cfg.dpo.beta, cfg.dpo.label_smoothing)
+    if cfg.objective == "kto":
+        return KTOLoss(cfg.kto.beta, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
+    if cfg.objective == "rm":
+        return PairwiseRewardLoss()
+    return CausalLMLoss(sparse=True)
+
+
+def wrap_lora(model: nn.Module, cfg: FinetuneConfig):
+    """peft LoRA on the target projections (any Int4Linear of QLoRA included); a reward model's new score head
+    trains in full (`modules_to_save`)."""
+    from peft import LoraConfig, get_peft_model
+
+    from actors.model.quant import peft_custom_modules
+
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none",
+                      modules_to_save=["lm_head"] if cfg.objective == "rm" else None)
+    if cfg.method == "qlora":
+        lcfg._register_custom_module(peft_custom_modules())
+    with warnings.catch_warnings():  # peft calls Int4Linear an "unsupported layer type": it wraps it as a linear
+        warnings.simplefilter("ignore", UserWarning)
+        return get_peft_model(model, lcfg)
+
+
+def build_model(cfg: FinetuneConfig, base_dir: str | Path) -> tuple[nn.Module, torch.dtype | None]:
+    """(model to train, autocast dtype). LoRA: the base frozen in `base_dtype`, adapters fp32. QLoRA: the
+    projections packed to int4 (computing in `base_dtype`), the rest in `base_dtype`. Full: fp32 weights,
+    autocast to bf16 when base_dtype is bfloat16."""
+    dtype = getattr(torch, cfg.base_dtype)
+    if cfg.method == "full":
+        model = load_hf(base_dir, dtype=torch.float32)
+        autocast = dtype if dtype != torch.float32 else None
+    else:
+        model = load_hf(base_dir, dtype=dtype)
+        autocast = None
+        if cfg.method == "qlora":
+            from actors.model.quant import quantize_linears
+
+            quantize_linears(model, LINEAR_NAMES, cfg.quant_group, dtype)
+    if cfg.objective == "rm":
+        reward_head(model)
+    model.train()
+    if cfg.method in ("lora", "qlora"):
+        model = wrap_lora(model, cfg)
+    return model, autocast
+
+
+def config_fingerprint(cfg: FinetuneConfig, base_dir, sources) -> str:
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE}
+    blob = json.dumps({"cfg": d, "base": str(base_dir), "sources": sources}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Finetuner:
+    """One worker's fine-tune: `run()` trains to `cfg.max_steps` (resuming from the last checkpoint of the same
+    config in `out_dir/checkpoints` when `cfg.resume`), `export(dir)` writes the outputs."""
+
+    def __init__(self, cfg: FinetuneConfig, base_dir: str | Path, sources: list[tuple[str, int]], out_dir: str | Path,
+                 val_sources: list[tuple[str, int]] = (), d: Dist | None = None, log: Callable = print):
+        self.cfg, self.base_dir, self.out = cfg, str(base_dir), Path(out_dir)
+        self.d, self.log = d or Dist(), log
+        self.fingerprint = config_fingerprint(cfg, base_dir, sources)
+        self.tok = use_template(load_tokenizer(base_dir), cfg.template)
+        torch.manual_seed(cfg.seed)  # the same adapter / head init on every rank, and dropout from a known state
+        self.model, autocast = build_model(cfg, base_dir)
+        self.model = parallelize(self.model, cfg.parallel, Dist(), None)  # activation checkpointing, compile
+        opts = dict(train_on_prompt=cfg.train_on_prompt, mask_history=cfg.mask_history)
+        # each rank tokenizes its own 1/dp of every source (rows rank::dp): no data crosses the network
+        self.examples, self.stats = load_examples(self.tok, sources, cfg.max_len, self.d.dp_rank, self.d.dp_size,
+                                                  **opts)
+        self.val_examples, self.val_stats = load_examples(self.tok, list(val_sources), cfg.max_len, self.d.dp_rank,
+                                                          self.d.dp_size, **opts)
+        self.loss_fn = make_loss(cfg)
+        if cfg.objective in ("dpo", "kto"):  # the frozen reference's log-probs, once, before any update
+            t0 = time.perf_counter()
+            reference_logps(self.model, self.examples + self.val_examples, self.tok.pad_token_id,
+                            cfg.batch_size * 2, autocast)
+            self.log(f"[finetune] reference log-probs of {len(self.examples) + len(self.val_examples)} "
+                     f"examples in {time.perf_counter() - t0:.1f}s")
+        self.trainer = Trainer(self.model, self.loss_fn, cfg.optim, cfg.max_steps, self.d, autocast_dtype=autocast)
+        self.batches = sft_batches(self.examples, cfg.batch_size, self.tok.pad_token_id, cfg.seed + self.d.dp_rank,
+                                   cfg.group_by_length, cfg.max_len if cfg.packing else 0, cfg.grad_accum_steps)
+        ordered = sorted(self.val_examples, key=lambda e: e["length"])
+        self.val = [collate_kind(ordered[i:i + cfg.batch_size], self.tok.pad_token_id)
+                    for i in range(0, len(ordered), cfg.batch_size)]
+        self.writer = MetricsWriter(self.out) if self.d.rank == 0 else None
+        self.samples: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------------ hooks
+
+    def evaluate(self) -> dict:
+        return self.trainer.evaluate(self.val) if self.val or self.d.dp_size > 1 else {}
+
+    def sample(self) -> str:
+        from actors.model.generate import greedy_generate
+
+        prompt = encode_chat(self.tok, [{"role": "user", "content": self.cfg.sample_prompt}])
+        self.model.eval()
+        with self.trainer._autocast():
+            out = greedy_generate(self.model, [prompt], [48], stop_token_ids(self.tok), len(prompt) + 48,
+                                  pad_id=self.tok.pad_token_id)[0]
+        self.model.train()
+        return self.tok.decode(out, skip_special_tokens=True)
+
+    def _ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Trainable weights, optimizer state, step and RNG: what an identical continuation needs (the batch
+        order is re-derived from the seed). Written to a temporary folder and renamed (a crash leaves the last
+        complete one); the two newest are kept."""
+        import torch.distributed as dist
+
+        root = self._ckpt_root()
+        final = root / f"step-{self.trainer.step:06d}"
+        tmp = root / f".tmp-step-{self.trainer.step:06d}"
+        if self.d.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            trained = {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad}
+            torch.save({"params": trained, "optimizer": self.trainer.optimizer.state_dict(),
+                        "step": self.trainer.step}, tmp / "state.pt")
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        torch.save(torch.get_rng_state(), tmp / f"rng-{self.d.rank}.pt")
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if self.d.rank == 0:
+            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": self.trainer.step}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in sorted(root.glob("step-*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        for c in sorted(self._ckpt_root().glob("step-*"), reverse=True):
+            meta = c / "meta.json"
+            if meta.exists() and json.loads(meta.read_text())["fingerprint"] == self.fingerprint:
+                return c
+        return None
+
+    def resume(self, ckpt: Path) -> None:
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                params[k].copy_(v)
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.step = state["step"]
+        for _ in range(self.trainer.step):  # the same batches an uninterrupted run would see next
+            next(self.batches)
+        rng = ckpt / f"rng-{self.d.rank}.pt"
+        if rng.exists():
+            torch.set_rng_state(torch.load(rng))
+        if self.writer:  # metrics after the checkpoint are re-logged by this run
+            rows = [r for r in read_jsonl(self.out / "metrics.jsonl") if r.get("step", 0) <= state["step"]] \
+                if (self.out / "metrics.jsonl").exists() else []
+            with open(self.out / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        self.log(f"[finetune] resumed from {ckpt} at step {state['step']}")
+
+    # ------------------------------------------------------------------------------------------------ run
+
+    def run(self, extra_hooks=()) -> dict:
+        cfg, t_start = self.cfg, time.perf_counter()
+        ckpt = self.latest_checkpoint() if cfg.resume else None
+        if ckpt is not None:
+            self.resume(ckpt)
+        elif self.val:  # where the base starts (DPO's preference accuracy of the base, the base's val loss)
+            m = self.evaluate()
+            self._write({"step": 0, **m, "elapsed_s": 0.0})
+
+        def evaluate(tr, m):
+            every = cfg.eval_every or cfg.max_steps
+            if self.val and (tr.step % every == 0 or tr.step == cfg.max_steps):
+                m.update(self.evaluate())
+
+        def sample(tr, m):
+            if cfg.sample_every and cfg.objective != "rm" and tr.step % cfg.sample_every == 0:
+                text = self.sample()
+                m["sample"] = text
+                self.samples.append({"step": tr.step, "prompt": cfg.sample_prompt, "output": text})
+
+        def save(tr, m):
+            if cfg.save_every and (tr.step % cfg.save_every == 0 or tr.step == cfg.max_steps):
+                self.save_checkpoint()
+
+        def log(tr, m):
+            if tr.step % cfg.log_every == 0 or tr.step in (1, cfg.max_steps) or "val_loss" in m:
+                self._write({**m, "elapsed_s": time.perf_counter() - t_start})
+
+        last = run_loop(self.trainer, self.batches, [evaluate, sample, save, log, *extra_hooks])
+        return {"step": self.trainer.step, "loss": last.get("loss"), "train_s": time.perf_counter() - t_start,
+                **{k: v for k, v in last.items() if k.startswith("val_")}}
+
+    def _write(self, m: dict) -> None:
+        if not self.writer:
+            return
+        self.writer.log({k: v for k, v in m.items() if k != "sample"})
+        extra = " ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith("val_") and isinstance(v, float))
+        self.log(f"[finetune] step {m['step']}/{self.cfg.max_steps}"
+                 + (f" loss {m['loss']:.4f} lr {m['lr']:.2e}" if "loss" in m else "") + (f" {extra}" if extra else "")
+                 + (f" sample {m['sample']!r}" if "sample" in m else ""))
+
+    # ------------------------------------------------------------------------------------------------ outputs
+
+    def export(self, out: str | Path, lineage: list) -> dict:
+        """`out/adapter` (LoRA/QLoRA: a peft adapter folder) and `out/hf` (a plain HF checkpoint: the adapter merged
+        into an fp32 copy of the base shard by shard; a reward model as LlamaForSequenceClassification)."""
+        from actors.model.hf import save_hf
+        from actors.train.export import export_reward_model, merge_lora_export
+
+        out = Path(out)
+        cfg, step = self.cfg, self.trainer.step
+        lineage = lineage + [{"stage": "finetune", "objective": cfg.objective, "method": cfg.method, "steps": step,
+                              "base": self.base_dir, "template": cfg.template or None}]
+        if self.writer:
+            self.writer.close()
+        if self.samples:
+            (self.out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n"
+                                                            for s in self.samples))
+        tok = self.tok if cfg.template else None
+        if cfg.objective == "rm" and cfg.method == "qlora":  # its base is 4-bit: only the adapter (+ head)
+            save_adapter(self.model, out / "adapter")
+            return {"adapter": str(out / "adapter")}
+        if cfg.objective == "rm":
+            model = self.model.merge_and_unload() if cfg.method != "full" else self.model
+            export_reward_model(model, out / "hf", self.base_dir, lineage, step, self.tok)
+            return {"hf": str(out / "hf")}
+        if cfg.method == "full":
+            save_hf(self.model, out / "hf", tokenizer_dir=self.base_dir, step=step, lineage=lineage)
+            if tok is not None:
+                tok.save_pretrained(str(out / "hf"))
+            return {"hf": str(out / "hf")}
+        save_adapter(self.model, out / "adapter")
+        acfg = out / "adapter" / "adapter_config.json"  # point peft at the base folder, not our class name
+        acfg.write_text(json.dumps({**json.loads(acfg.read_text()), "base_model_name_or_path": self.base_dir},
+                                   indent=2))
+        if tok is not None:
+            tok.save_pretrained(str(out / "adapter"))
+        merge_lora_export(self.base_dir, out / "adapter", out / "hf", lineage, step, tok=tok)
+        return {"hf": str(out / "hf"), "adapter": str(out / "adapter")}
+
+
+def save_adapter(model, out: Path) -> None:
+    """peft's adapter folder, with parameter names as in the plain model (activation checkpointing wraps layers
+    in `_checkpoint_wrapped_module`, which would not match a Hugging Face base)."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(out))
+    f = out / "adapter_model.safetensors"
+    sd = load_file(str(f))
+    if any("_checkpoint_wrapped_module." in k for k in sd):
+        save_file({k.replace("_checkpoint_wrapped_module.", ""): v for k, v in sd.items()}, str(f),
+                  metadata={"format": "pt"})

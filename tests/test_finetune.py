@@ -1,0 +1,270 @@
+"""Fine-tuning methods on the one loop (debug model, CPU): SFT full / LoRA / QLoRA, DPO, KTO, reward model;
+chat templates' loss masks token by token; packing; resume; merge + export; dataset checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.common.config import from_dict
+from actors.model import Transformer, get_config, save_hf
+from actors.model.chat import TEMPLATES, chat_ids_and_mask, use_template
+from actors.model.tokenizer import load_tokenizer
+from actors.train.config import FinetuneConfig
+from actors.train.datasets import DatasetEntry, check_dataset, prepare
+from actors.train.finetune import Finetuner
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def base(smollm2, tmp_path_factory) -> Path:
+    """The debug shape (random init) with SmolLM2's real tokenizer and chat template."""
+    tok = load_tokenizer(smollm2)
+    torch.manual_seed(0)
+    cfg = get_config("debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return save_hf(Transformer(cfg), tmp_path_factory.mktemp("debug-base") / "hf", tokenizer_dir=smollm2)
+
+
+def _data(data_root, tmp, rel, fmt, kinds, rows=12):
+    """`rows` rows of a shared dataset, also held out as the validation set (the loss on what was trained)."""
+    prep = prepare([DatasetEntry("d", data_root / rel, fmt, max_rows=rows)], tmp / "data", 0, 0, 0, kinds)
+    return [(prep["paths"]["train"], 0)]
+
+
+def _cfg(base, **kw) -> FinetuneConfig:
+    d = {"base": str(base), "max_len": 160, "batch_size": 4, "max_steps": 8, "log_every": 1, "resume": False,
+         "datasets": [{"name": "x"}] if kw.get("objective", "sft") != "sft" else [],
+         "optim": {"lr": 1e-2, "warmup_steps": 0, "min_lr_ratio": 1.0}}
+    for k, v in kw.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return from_dict(FinetuneConfig, d)
+
+
+METHODS = {
+    "sft-full": ({"objective": "sft", "method": "full", "optim": {"lr": 2e-3}}, "alpaca", ("sft",)),
+    "sft-lora": ({"objective": "sft", "method": "lora"}, "alpaca", ("sft",)),
+    "sft-qlora": ({"objective": "sft", "method": "qlora", "quant_group": 32}, "alpaca", ("sft",)),
+    "dpo-lora": ({"objective": "dpo", "method": "lora", "optim": {"lr": 2e-3}}, "dpo", ("preference",)),
+    "kto-lora": ({"objective": "kto", "method": "lora", "optim": {"lr": 2e-3}}, "kto", ("kto",)),
+    "rm-full": ({"objective": "rm", "method": "full", "optim": {"lr": 2e-3}}, "dpo", ("preference",)),
+}
+FILES = {"alpaca": ("sft_alpaca_demo/alpaca_en_demo.json", "alpaca"),
+         "dpo": ("preference_demo/dpo_en_demo.json", "sharegpt"), "kto": ("preference_demo/kto_en_demo.json", "messages")}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_runs_and_improves_its_objective(name, base, data_root, tmp_path):
+    over, data, kinds = METHODS[name]
+    srcs = _data(data_root, tmp_path, *FILES[data], kinds)
+    cfg = _cfg(base, **over)
+    ft = Finetuner(cfg, base, srcs, tmp_path / "out", val_sources=srcs, log=lambda s: None)
+    before = ft.evaluate()
+    after = ft.run()
+    assert after["step"] == cfg.max_steps
+    assert after["val_loss"] < before["val_loss"] - 0.01, (before, after)
+    if cfg.objective == "dpo":  # the policy moved toward the chosen answers, away from the rejected ones
+        assert before["val_reward_margin"] == 0 and after["val_reward_margin"] > 0.05
+        assert after["val_reward_acc"] > 0.5
+    if cfg.objective == "kto":
+        assert after["val_desirable_reward"] > after["val_undesirable_reward"]
+    if cfg.objective == "rm":
+        assert after["val_reward_acc"] > 0.5
+    outs = ft.export(tmp_path / "export", [])
+    assert Path(outs["hf"], "config.json").exists()
+    if cfg.objective == "rm":  # loads as HF's sequence classifier and scores like our model
+        from transformers import AutoModelForSequenceClassification
+
+        from actors.train.losses import scores_at_last_trained
+        from actors.train.sft import collate_kind
+
+        hf = AutoModelForSequenceClassification.from_pretrained(outs["hf"]).eval()
+        batch = collate_kind(ft.examples[:2], ft.tok.pad_token_id)
+        # HF pools the last non-pad token: score the rows cut right after their last trained token
+        ours = scores_at_last_trained(ft.model.eval(), batch)
+        for r in range(4):
+            last = int((batch["labels"][r] != -100).nonzero().max())
+            ids = batch["input_ids"][r:r + 1, :last + 1]
+            torch.testing.assert_close(hf(ids).logits[0, 0], ours[r], atol=1e-4, rtol=1e-4)
+
+
+def test_lora_adapter_and_merged_export_load_in_peft_and_transformers(base, data_root, tmp_path):
+    """The adapter folder loads with peft.PeftModel.from_pretrained on the HF base, the merged folder with
+    transformers; both give our trained model's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",))
+    ft = Finetuner(_cfg(base, max_steps=3), base, srcs, tmp_path / "out", log=lambda s: None)
+    ft.run()
+    outs = ft.export(tmp_path / "export", [])
+    x = torch.tensor([ft.examples[0]["input_ids"][:40]])
+    with torch.no_grad():
+        ours = ft.model.eval()(x)
+        merged = AutoModelForCausalLM.from_pretrained(outs["hf"]).eval()(x).logits
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), outs["adapter"])
+        adapted = peft_model.eval()(x).logits
+    assert (ours - load_logits_base(base, x)).abs().max() > 1e-3  # the adapter changed the model
+    torch.testing.assert_close(merged, ours, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(adapted, ours, atol=1e-4, rtol=1e-4)
+
+    # `python -m jobs.chat ADAPTER` talks to the adapter merged into its base: the engine's greedy reply equals
+    # HF greedy `generate` on the merged export
+    from jobs.chat import load_for_chat
+
+    chat_model, chat_tok, _ = load_for_chat(outs["adapter"], dtype="float32")
+    with torch.no_grad():
+        torch.testing.assert_close(chat_model(x), ours, atol=1e-4, rtol=1e-4)
+    from actors.model.chat import encode_chat
+
+    prompt = encode_chat(chat_tok, [{"role": "user", "content": "Give three tips for staying healthy."}])
+    hf = AutoModelForCausalLM.from_pretrained(outs["hf"]).eval()
+    gen = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
+    want = chat_tok.decode(gen, skip_special_tokens=True)
+    cli = subprocess.run([sys.executable, "-m", "jobs.chat", outs["adapter"], "--dtype", "float32",
+                          "--max-tokens", "12"], input="Give three tips for staying healthy.\n/exit\n",
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert f"assistant: {want}\n" in cli.stdout, (cli.stdout, want)
+
+
+def load_logits_base(base, x):
+    from actors.model import load_hf
+
+    with torch.no_grad():
+        return load_hf(base)(x)
+
+
+def test_resume_gives_the_loss_of_an_uninterrupted_run(base, data_root, tmp_path):
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=20)
+    over = {"max_steps": 6, "save_every": 3, "lora": {"dropout": 0.1}, "optim": {"min_lr_ratio": 0.1}}
+
+    def losses(out):
+        return [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+    Finetuner(_cfg(base, **over), base, srcs, tmp_path / "a", log=lambda s: None).run()
+
+    class Stop(Exception):
+        pass
+
+    def crash(tr, m):
+        if tr.step == 4:  # after the step-3 checkpoint, before the next one
+            raise Stop
+
+    with pytest.raises(Stop):
+        Finetuner(_cfg(base, **over), base, srcs, tmp_path / "b", log=lambda s: None).run([crash])
+    resumed = Finetuner(_cfg(base, **{**over, "resume": True}), base, srcs, tmp_path / "b", log=lambda s: None)
+    assert resumed.latest_checkpoint().name == "step-000003"
+    resumed.run()
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # identical, step for step, from step 4 on too
+
+
+def test_packed_rows_give_the_loss_of_unpacked_batches(base, data_root, tmp_path):
+    from actors.model import load_hf
+    from actors.train.losses import CausalLMLoss
+    from actors.train.sft import collate, collate_packed, load_examples, pack
+
+    tok = load_tokenizer(base)
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=10)
+    examples, _ = load_examples(tok, srcs, 200)
+    rows = pack(examples, 400)
+    assert len(rows) < len(examples)  # several samples share a row
+    model = load_hf(base)
+    loss = CausalLMLoss(sparse=True)
+    with torch.no_grad():
+        packed_sum, packed_n = loss(model, collate_packed(rows, tok.pad_token_id))
+        sums = [loss(model, collate([e], tok.pad_token_id)) for e in examples]
+    unpacked = sum(float(s) for s, _ in sums) / sum(n for _, n in sums)
+    assert packed_n == sum(n for _, n in sums)
+    assert abs(float(packed_sum) / packed_n - unpacked) <= 1e-5 * unpacked
+
+
+def _spans(ids, mask):
+    out, cur = [], []
+    for t, m in zip(ids, mask):
+        if m:
+            cur.append(t)
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out + ([cur] if cur else [])
+
+
+CONVO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3? 三加三"},
+         {"role": "assistant", "content": "6, 六"}]
+END = {"ours": "<|im_end|>", "chatml": "<|im_end|>", "internlm2": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_loss_mask_is_exactly_the_assistant_turns_for_every_template(template, smollm2):
+    tok = use_template(load_tokenizer(smollm2), template)
+    ids, mask = chat_ids_and_mask(tok, CONVO)
+    assert tok.decode(ids) == tok.apply_chat_template(CONVO, tokenize=False)  # nothing lost or added
+    spans = [tok.decode(s) for s in _spans(ids, mask)]
+    assert spans == ["4" + END[template], "6, 六" + END[template]]
+    # every token outside the spans is prompt or markup: the prompt the model is given at inference
+    prompt = tok.apply_chat_template(CONVO[:2], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids[:mask.index(1)]) == prompt
+    # options: only the last turn (mask_history), a turn switched off (`loss: false`), or everything
+    ids2, last_only = chat_ids_and_mask(tok, CONVO, train=[False, True])
+    assert ids2 == ids and [tok.decode(s) for s in _spans(ids, last_only)] == ["6, 六" + END[template]]
+    assert chat_ids_and_mask(tok, CONVO, train_on_prompt=True)[1] == [1] * len(ids)
+
+
+def test_tool_calls_and_per_turn_loss_flags_in_openai_messages(smollm2, tmp_path):
+    from actors.train.sft import load_examples
+
+    row = {"messages": [{"role": "user", "content": "What is 2+3?"},
+                        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                            "name": "calculator", "arguments": "{\"expression\": \"2+3\"}"}}]},
+                        {"role": "tool", "content": "5"},
+                        {"role": "assistant", "content": "It is 5.", "loss": False}],
+           "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {
+               "type": "object", "properties": {"expression": {"type": "string"}}}}}]}
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    prep = prepare([DatasetEntry("m", p, "auto")], tmp_path / "d", 0)
+    tok = load_tokenizer(smollm2)
+    (ex,), _ = load_examples(tok, [(prep["paths"]["train"], 0)], 1024)
+    trained = tok.decode([t for t in ex["labels"] if t != -100])
+    assert "calculator" in trained and "2+3" in trained and "It is 5." not in trained
+
+
+def test_malformed_rows_are_reported_with_row_numbers_and_quarantined(smollm2, tmp_path):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    lines = [json.dumps(good), "{not json", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}),
+             json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}),
+             json.dumps({"text": "no messages"}), json.dumps(good),
+             json.dumps({"messages": [{"role": "user", "content": "long " * 300},
+                                      {"role": "assistant", "content": "ok"}]})]
+    p = tmp_path / "bad.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    prep = prepare([DatasetEntry("bad", p, "messages")], tmp_path / "d", 0)
+    assert prep["counts"]["bad"] == {"read": 7, "kept": 3, "quarantined": 4}
+    q = [json.loads(x) for x in open(prep["paths"]["quarantine"])]
+    assert [(r["row"], r["reason_kind"]) for r in q] == [
+        (1, "bad_json"), (2, "unknown_role"), (3, "empty_field"), (4, "missing_field")]
+    rep = check_dataset(DatasetEntry("bad", p, "messages"), load_tokenizer(smollm2), max_len=64)
+    assert [(x["row"], x["reason"].split(":")[0]) for x in rep["problems"]] == [
+        (1, "bad_json"), (2, "unknown_role"), (3, "empty_field"), (4, "missing_field"), (6, "too_long")]
+    cli = subprocess.run([sys.executable, "-m", "jobs.finetune", "check-dataset", str(p), "--format", "messages"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "row 2: unknown_role: messages[0].role='wizard'" in cli.stdout, cli.stdout
+
+
+def test_bad_config_names_the_field_and_the_fix(base):
+    from actors.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"finetune\.objective.*use one of"):
+        from_dict(FinetuneConfig, {"objective": "ppo"})
+    with pytest.raises(ConfigError, match=r"finetune\.datasets.*dpo_en_demo"):
+        from_dict(FinetuneConfig, {"objective": "dpo"})
+    with pytest.raises(ConfigError, match=r"finetune\.template.*chatml"):
+        from_dict(FinetuneConfig, {"template": "alpaca"})
+    with pytest.raises(ConfigError, match=r"finetune\.packing"):
+        from_dict(FinetuneConfig, {"objective": "dpo", "packing": True, "datasets": [{"name": "dpo_en_demo"}]})
