@@ -268,3 +268,42 @@ def test_bad_config_names_the_field_and_the_fix(base):
         from_dict(FinetuneConfig, {"template": "alpaca"})
     with pytest.raises(ConfigError, match=r"finetune\.packing"):
         from_dict(FinetuneConfig, {"objective": "dpo", "packing": True, "datasets": [{"name": "dpo_en_demo"}]})
+
+
+@pytest.mark.ray
+def test_fsdp_sharded_finetuning_matches_replicas_and_resumes(ray_session, base, data_root, tmp_path):
+    """Full fine-tuning on 2 Ray Train workers: FSDP2 (dp_shard=2: weights, gradients and AdamW state sharded)
+    gives the losses of whole replicas (dp_replicate=2) step by step; a sharded run resumed from its step-2
+    checkpoint continues with the losses of the uninterrupted run; the export gathers the shards."""
+    import shutil
+
+    from actors.train.stage import run_finetune
+    from transformers import AutoModelForCausalLM
+
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=32)
+
+    def run(layout, out, **kw):
+        cfg = _cfg(base, method="full", max_steps=4, save_every=2, batch_size=2, optim={"lr": 2e-3},
+                   parallel={**layout, "cpus_per_worker": 0.5}, **kw)
+        res = run_finetune(cfg, base, [(p, 10 ** 6) for p, _ in srcs], out)  # (file, max rows)
+        return res, [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+    rep, replicas = run({"dp_replicate": 2}, tmp_path / "rep")
+    res, sharded = run({"dp_shard": 2}, tmp_path / "fsdp")
+    assert [s for s, _ in sharded] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(replicas, sharded):
+        assert abs(a - b) <= 1e-5 * abs(a), (replicas, sharded)
+    assert res["metrics"]["world_size"] == 2
+    # the export gathered whole weights: those of the replicas' export, which moved away from the base
+    x = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(res["outputs"]["hf"]).eval()(x).logits
+        b = AutoModelForCausalLM.from_pretrained(rep["outputs"]["hf"]).eval()(x).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert (a - load_logits_base(base, x)).abs().max() > 1e-3
+    ckpts = tmp_path / "fsdp" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000002", "step-000004"]
+    assert (ckpts / "step-000002" / "optimizer-1.pt").exists()  # rank 1's optimizer shard
+    shutil.rmtree(ckpts / "step-000004")
+    _, resumed = run({"dp_shard": 2}, tmp_path / "fsdp", resume=True)
+    assert resumed == sharded

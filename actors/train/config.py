@@ -231,8 +231,8 @@ class FinetuneConfig:
     mask_history: bool = False           # SFT loss on the last assistant turn only
     packing: bool = False                # SFT: several samples per row (per-sample masks), max_len tokens a row
     group_by_length: int = 16            # length-grouped batches: windows of this many batches (1: off)
-    max_len: int = 1024                  # tokens per conversation; longer SFT rows are truncated from the right,
-    #                                      longer pairs / KTO rows are skipped (counted)
+    max_len: int = 1024                  # tokens per sample; longer SFT rows are cut from the right, longer
+    #                                      pairs / KTO rows keep the prompt's end and the answers' start (counted)
     batch_size: int = 8                  # conversations (pairs) per worker per micro-batch
     grad_accum_steps: int = 1
     max_steps: int = 200
@@ -283,9 +283,9 @@ class FinetuneConfig:
         check(all(ratios) or not any(ratios), "finetune.datasets",
               f"ratios {ratios}: give every dataset a ratio, or none (every row once)")
         p = self.parallel
-        check(p.tp == 1 and p.pp == 1 and p.dp_shard == 1, "finetune.parallel",
-              f"fine-tuning runs data parallel with full copies of the base ({p.describe()} asked): use "
-              f"parallel.dp_replicate=N with tp=1, pp=1, dp_shard=1")
+        check(p.tp == 1 and p.pp == 1, "finetune.parallel",
+              f"fine-tuning runs data parallel ({p.describe()} asked): use parallel.dp_replicate=N (whole copies) "
+              f"and/or parallel.dp_shard=N (FSDP2: weights, gradients and optimizer state sharded) with tp=1, pp=1")
         check(self.objective != "sft" or self.datasets or self.synthetic_max_rows + self.sft_max_rows > 0,
               "finetune.datasets", "no data: name datasets (configs/datasets.yaml), or keep the pipeline's "
               "synthetic_max_rows / sft_max_rows > 0")

@@ -89,8 +89,12 @@ class DPOLoss(_Stats):
         z = self.beta * (ratio_c - ratio_r)
         loss = -(1 - self.label_smoothing) * F.logsigmoid(z) - self.label_smoothing * F.logsigmoid(-z)
         rc, rr = (self.beta * ratio_c).detach(), (self.beta * ratio_r).detach()
+        per_tok = lp.detach() / (batch["labels"][:, 1:] != -100).sum(1).clamp(min=1)  # mean log-prob per token
+        # reward_acc: chosen log-ratio > rejected (DPO's implicit reward); pref_acc: the policy's own
+        # log-probability prefers the chosen answer; pref_acc_norm: per token (length-normalised, as acc_norm)
         self._add(reward_acc=(rc > rr).sum(), reward_margin=(rc - rr).sum(), chosen_reward=rc.sum(),
-                  rejected_reward=rr.sum(), pref_acc=(lp[:B] > lp[B:]).sum())
+                  rejected_reward=rr.sum(), pref_acc=(lp[:B] > lp[B:]).sum(),
+                  pref_acc_norm=(per_tok[:B] > per_tok[B:]).sum())
         return loss.sum(), B
 
 
@@ -166,21 +170,28 @@ def reward_head(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def reference_logps(model, examples: list[dict], pad_id: int, batch_size: int, autocast_dtype=None) -> None:
+def reference_logps(model, examples: list[dict], pad_id: int, batch_size: int, autocast_dtype=None,
+                    log=None) -> int:
     """Attach each example's `ref_logps` (chosen, rejected) or (completion,) under `model` as it is now (the
-    frozen reference: the base before training; with LoRA, adapters are zero at init so it is the base too)."""
+    frozen reference: the base before training; with LoRA, adapters are zero at init so it is the base too).
+    Returns the number of forwards run."""
     import contextlib
 
     from actors.train.sft import collate_kind
 
     was = model.training
     model.eval()
-    ctx = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    dev = next(model.parameters()).device.type
+    ctx = torch.autocast(dev, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     order = sorted(range(len(examples)), key=lambda i: examples[i]["length"])
+    n_batches = -(-len(order) // batch_size)
     with ctx:
         for s in range(0, len(order), batch_size):
+            if log and (s // batch_size) % max(1, n_batches // 10) == 0:  # ~10 progress lines
+                log(f"[finetune] reference log-probs: {s}/{len(order)} examples")
             idx = order[s:s + batch_size]
             lp = sequence_logps(model, collate_kind([examples[i] for i in idx], pad_id)).double().tolist()
             for k, i in enumerate(idx):
                 examples[i]["ref_logps"] = ((lp[k], lp[k + len(idx)]) if "chosen_ids" in examples[i] else lp[k])
     model.train(was)
+    return n_batches

@@ -231,6 +231,84 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, d: Dist, param_dtype: tor
     return outer
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 holds `model`'s parameters as shards (DTensors on a data-parallel mesh axis)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) and any(a in ("dp_shard", "dp_replicate", "dp")
+                                              for a in (p.device_mesh.mesh_dim_names or ()))
+               for p in model.parameters())
+
+
+@torch.no_grad()
+def match_forwards(model: nn.Module, d: Dist, n_local: int) -> None:
+    """Under FSDP every rank must run as many forwards (each all-gathers every layer's shards): a rank that had
+    fewer batches than the most of any data-parallel rank runs one-token forwards until it has as many."""
+    if d.mesh is None or d.dp_size == 1 or not is_sharded(model):
+        return
+    t = torch.tensor([n_local], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.group("dp"))
+    was = model.training
+    model.eval()
+    for _ in range(int(t) - n_local):
+        model(torch.zeros(1, 1, dtype=torch.long, device=d.device))
+    model.train(was)
+
+
+def gather_state(model: nn.Module, only_trainable: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state with FSDP shards gathered (a collective: every rank calls it), wrapper prefixes
+    removed, on the CPU."""
+    from torch.distributed.tensor import DTensor
+
+    names = {n for n, p in model.named_parameters() if p.requires_grad} if only_trainable else None
+    out = {}
+    for k, v in model.state_dict().items():
+        if names is not None and k not in names:
+            continue
+        t = v.full_tensor() if isinstance(v, DTensor) else v
+        out[canonical_name(k)] = t.detach().cpu()
+    return out
+
+
+@torch.no_grad()
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors (as `gather_state` gives them) into `model`, each rank keeping its own shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = {canonical_name(k): p for k, p in model.named_parameters()}
+    missing = [k for k in state if k not in params]
+    if missing:
+        raise KeyError(f"checkpoint tensors not in this model: {missing[:3]}")
+    for k, full in state.items():
+        p = params[k]
+        if isinstance(p, DTensor):
+            p.to_local().copy_(distribute_tensor(full.to(p.dtype), p.device_mesh, p.placements).to_local())
+        else:
+            p.copy_(full)
+
+
+def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's optimizer state with DTensor states as their local shards (picklable, mesh-free)."""
+    from torch.distributed.tensor import DTensor
+
+    sd = optimizer.state_dict()  # its per-parameter dicts are the live state: build new ones
+    sd["state"] = {i: {k: v.to_local().clone() if isinstance(v, DTensor) else v for k, v in st.items()}
+                   for i, st in sd["state"].items()}
+    return sd
+
+
+def load_local_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict) -> None:
+    """The inverse of `local_optimizer_state`: shard states become DTensors again, placed like their params."""
+    from torch.distributed.tensor import DTensor
+
+    optimizer.load_state_dict(sd)
+    for p, st in optimizer.state.items():
+        if isinstance(p, DTensor):
+            for k, v in st.items():
+                if torch.is_tensor(v) and not isinstance(v, DTensor) and v.dim() > 0:
+                    st[k] = DTensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pipeline stages
 

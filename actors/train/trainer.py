@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from actors.common.memory import keep_freed_memory_in_heap
 from actors.train.config import OptimConfig
 from actors.train.losses import CausalLMLoss, count_trained  # noqa: F401 - the default loss_fn
-from actors.train.parallel import Dist, sync_tied_grads
+from actors.train.parallel import Dist, is_sharded, match_forwards, sync_tied_grads
 from actors.train.schedule import lr_at
 
 
@@ -97,12 +97,7 @@ class Trainer:
         self.copies = [tied_weight] if tied_copy else []
         self.optimizer = build_optimizer(params, optim)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
-        from torch.distributed.tensor import DTensor
-
-        # FSDP-managed parameters are DTensors on a mesh with a data-parallel axis
-        self.fsdp = any(isinstance(p, DTensor) and any(n in ("dp_shard", "dp_replicate", "dp")
-                                                       for n in (p.device_mesh.mesh_dim_names or ()))
-                        for p in params)
+        self.fsdp = any(is_sharded(m) for m in self.parts)
         self.step = 0
         self._scale = 1.0
         self.first_stage = self.last_stage = True  # no pipeline: this rank runs the whole model
@@ -234,11 +229,16 @@ class Trainer:
             m.eval()
         loss_sum, n = 0.0, 0.0
         self._scale = 1.0
+        ran = 0
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
             loss_sum += float(self._run(batch, backward=False))
             n += self.count(batch)
+            ran += 1
+        if self.schedule is None:
+            with self._autocast():
+                match_forwards(self.model, self.d, ran)
         loss_sum, n = self.d.all_reduce([loss_sum, n], "dp")
         if self.d.size("pp") > 1:
             (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")

@@ -161,6 +161,7 @@ def finetune_worker(config: dict) -> None:
     stats = _sum_over_ranks(ft.stats)
     final = ft.run()
     final.update(examples=sum(st["kept"] for st in stats.values()), sources=stats, world_size=d.world)
+    ft.unshard()
     with tempfile.TemporaryDirectory() as tmp:
         if d.rank == 0:
             ft.export(tmp, config.get("lineage", []))
