@@ -182,11 +182,43 @@ def read_config(path: str | Path) -> ModelConfig:
     return config_from_hf(json.loads((d / "config.json").read_text()), name=d.name)
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class _SafetensorsFile:
+    """Reads one tensor at a time with plain file reads. safetensors' own reader maps the whole file, and every
+    page it touches stays in the process's resident memory while the file is open: reading a 513 MB base through
+    it for a merge raised the peak by 1.4x the model instead of one shard."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(n))
+        self.header.pop("__metadata__", None)
+        self.base = 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        h = self.header[name]
+        a, b = h["data_offsets"]
+        dtype = _ST_DTYPES.get(h["dtype"])
+        if dtype is None:
+            raise ValueError(f"{self.path}: tensor {name} has dtype {h['dtype']}, which we do not read")
+        t = torch.empty(b - a, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.base + a)
+            f.readinto(t.numpy())
+        return t.view(dtype).reshape(h["shape"])
+
+
 def tensor_reader(path: str | Path):
     """`get(name) -> tensor` over a folder's safetensors (one file or an index of shards), one tensor at a time:
-    materialising a sharded model reads each weight once without holding the whole checkpoint."""
-    from safetensors import safe_open
-
+    materialising a sharded model or merging an adapter reads each weight once without holding the checkpoint."""
     d = Path(path)
     if (d / "model.safetensors").exists():
         files = {None: d / "model.safetensors"}
@@ -196,7 +228,7 @@ def tensor_reader(path: str | Path):
         files = {f: d / f for f in set(where.values())}
     else:
         raise FileNotFoundError(f"{d}: no model.safetensors or model.safetensors.index.json")
-    handles = {k: safe_open(str(f), framework="pt") for k, f in files.items()}
+    handles = {k: _SafetensorsFile(f) for k, f in files.items()}
     names = set(where) if where is not None else set(handles[None].keys())
 
     def get(name: str) -> torch.Tensor | None:

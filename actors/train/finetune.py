@@ -309,13 +309,18 @@ class Finetuner:
 
 
 def save_adapter(model, out: Path) -> None:
-    """peft's adapter folder, with parameter names as in the plain model (activation checkpointing wraps layers
-    in `_checkpoint_wrapped_module`, which would not match a Hugging Face base)."""
+    """peft's adapter folder, with parameter names as in the plain model. Activation checkpointing wraps each layer
+    in `_checkpoint_wrapped_module`: the wrapper drops that part from `state_dict()` keys but not from module names,
+    which peft matches them against (it saved no tensor at all), so peft gets the names as the modules have them
+    and the file gets them without the wrapper (as a Hugging Face base names them)."""
     from safetensors.torch import load_file, save_file
 
-    model.save_pretrained(str(out))
+    sd = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    model.save_pretrained(str(out), state_dict=sd)
     f = out / "adapter_model.safetensors"
-    sd = load_file(str(f))
-    if any("_checkpoint_wrapped_module." in k for k in sd):
-        save_file({k.replace("_checkpoint_wrapped_module.", ""): v for k, v in sd.items()}, str(f),
+    saved = load_file(str(f))
+    if not any(".lora_" in k for k in saved):
+        raise RuntimeError(f"{out}: peft wrote no adapter weights (parameter names it could not match)")
+    if any("_checkpoint_wrapped_module." in k for k in saved):
+        save_file({k.replace("_checkpoint_wrapped_module.", ""): v for k, v in saved.items()}, str(f),
                   metadata={"format": "pt"})
