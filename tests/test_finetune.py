@@ -92,16 +92,18 @@ def test_every_method_runs_and_improves_its_objective(name, base, data_root, tmp
             torch.testing.assert_close(hf(ids).logits[0, 0], ours[r], atol=1e-4, rtol=1e-4)
 
 
-def test_lora_adapter_and_merged_export_load_in_peft_and_transformers(base, data_root, tmp_path):
+@pytest.mark.parametrize("variant", ["lora+ac", "dora"])
+def test_lora_adapter_and_merged_export_load_in_peft_and_transformers(variant, base, data_root, tmp_path):
     """The adapter folder loads with peft.PeftModel.from_pretrained on the HF base, the merged folder with
-    transformers; both give our trained model's logits."""
+    transformers; both give our trained model's logits (plain LoRA trained under activation checkpointing, whose
+    wrapper must not leak into the adapter's names; DoRA merged with its magnitudes)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",))
-    # with activation checkpointing: its wrapper must not leak into the adapter's parameter names
-    ft = Finetuner(_cfg(base, max_steps=3, parallel={"activation_checkpointing": "full"}), base, srcs,
-                   tmp_path / "out", log=lambda s: None)
+    over = {"parallel": {"activation_checkpointing": "full"}} if variant == "lora+ac" else \
+        {"lora": {"use_dora": True}}
+    ft = Finetuner(_cfg(base, max_steps=3, **over), base, srcs, tmp_path / "out", log=lambda s: None)
     ft.run()
     outs = ft.export(tmp_path / "export", [])
     x = torch.tensor([ft.examples[0]["input_ids"][:40]])
@@ -268,6 +270,10 @@ def test_bad_config_names_the_field_and_the_fix(base):
         from_dict(FinetuneConfig, {"objective": "dpo"})
     with pytest.raises(ConfigError, match=r"finetune\.template.*chatml"):
         from_dict(FinetuneConfig, {"template": "alpaca"})
+    with pytest.raises(ConfigError, match=r"finetune\.lora\.use_dora.*method=lora"):
+        from_dict(FinetuneConfig, {"method": "qlora", "lora": {"use_dora": True}})
+    with pytest.raises(ConfigError, match=r"finetune\.parallel.*dp_shard"):
+        from_dict(FinetuneConfig, {"parallel": {"tp": 2}})
     with pytest.raises(ConfigError, match=r"finetune\.packing"):
         from_dict(FinetuneConfig, {"objective": "dpo", "packing": True, "datasets": [{"name": "dpo_en_demo"}]})
 

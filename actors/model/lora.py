@@ -24,24 +24,34 @@ def adapter_base(adapter_dir: str | Path) -> str:
 
 
 def lora_deltas(adapter_dir: str | Path) -> tuple[float, dict[str, dict[str, torch.Tensor]]]:
-    """(scale, {base weight name: {"A": (r, in), "B": (out, r)}}) of a peft LoRA adapter (fp32); the merged
-    weight is W + scale * B @ A (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    """(scale, {base weight name: {"A": (r, in), "B": (out, r), "magnitude": (out,) with DoRA}}) of a peft LoRA
+    adapter (fp32); `merged_weight` turns a base weight and its entry into the merged one."""
     from safetensors.torch import load_file
 
     adir = Path(adapter_dir)
     acfg = json.loads((adir / "adapter_config.json").read_text())
-    if acfg.get("peft_type", "LORA") != "LORA" or acfg.get("use_dora"):
-        raise ValueError(f"{adir}: only plain LoRA adapters merge here (peft_type {acfg.get('peft_type')!r}, "
-                         f"use_dora {acfg.get('use_dora')!r})")
+    if acfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{adir}: peft_type {acfg.get('peft_type')!r} is not a LoRA adapter")
     r, alpha = acfg["r"], acfg["lora_alpha"]
     scale = alpha / (r ** 0.5 if acfg.get("use_rslora") else r)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in load_file(str(adir / "adapter_model.safetensors")).items():  # base_model.model.<module>.lora_A.weight
+    # base_model.model.<module>.lora_A.weight, .lora_B.weight, .lora_magnitude_vector (DoRA)
+    for k, v in load_file(str(adir / "adapter_model.safetensors")).items():
         if ".lora_" not in k:
             continue
-        mod, ab = k.removeprefix("base_model.model.").rsplit(".lora_", 1)
-        pairs.setdefault(mod + ".weight", {})[ab.split(".")[0]] = v.float()
+        mod, part = k.removeprefix("base_model.model.").rsplit(".lora_", 1)
+        key = "magnitude" if part.startswith("magnitude_vector") else part.split(".")[0]
+        pairs.setdefault(mod + ".weight", {})[key] = v.float()
     return scale, pairs
+
+
+def merged_weight(w: torch.Tensor, entry: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+    """W + scale B A in fp32; with DoRA each output row of that is rescaled to its learned magnitude
+    (m / ||W + scale B A||, row-wise, as peft merges)."""
+    t = w.float() + scale * (entry["B"] @ entry["A"])
+    if "magnitude" in entry:
+        t *= (entry["magnitude"] / torch.linalg.norm(t, dim=1))[:, None]
+    return t
 
 
 @torch.no_grad()
@@ -52,7 +62,7 @@ def merge_lora_(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Mod
     missing = [n for n in pairs if n not in params]
     if missing:
         raise ValueError(f"{adapter_dir}: adapted weights {missing[:3]} are not in this base model")
-    for name, ab in pairs.items():
+    for name, entry in pairs.items():
         w = params[name]
-        w.copy_((w.float() + scale * (ab["B"] @ ab["A"])).to(w.dtype))
+        w.copy_(merged_weight(w, entry, scale).to(w.dtype))
     return model

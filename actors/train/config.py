@@ -150,6 +150,8 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    use_dora: bool = False               # DoRA: a learned magnitude per output row over the normalised W + BA
+    use_rslora: bool = False             # scale alpha / sqrt(r) instead of alpha / r (stable at large r)
 
     def __post_init__(self):
         check(self.r >= 1, "finetune.lora.r", "must be >= 1 (e.g. 8 or 16)")
@@ -286,6 +288,8 @@ class FinetuneConfig:
         check(p.tp == 1 and p.pp == 1, "finetune.parallel",
               f"fine-tuning runs data parallel ({p.describe()} asked): use parallel.dp_replicate=N (whole copies) "
               f"and/or parallel.dp_shard=N (FSDP2: weights, gradients and optimizer state sharded) with tp=1, pp=1")
+        check(not self.lora.use_dora or self.method == "lora", "finetune.lora.use_dora",
+              f"DoRA needs the base weights' norms, which a {self.method} base does not keep: use method=lora")
         check(self.objective != "sft" or self.datasets or self.synthetic_max_rows + self.sft_max_rows > 0,
               "finetune.datasets", "no data: name datasets (configs/datasets.yaml), or keep the pipeline's "
               "synthetic_max_rows / sft_max_rows > 0")

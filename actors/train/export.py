@@ -11,10 +11,10 @@ from actors.model.hf import ShardWriter, copy_tokenizer, read_config, tensor_nam
 
 def merge_lora_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, lineage: list,
                       step: int, shard_bytes: int = 128 << 20, tok=None) -> Path:
-    """W + (alpha / r) B A for every adapted weight, read from the base and written to the output one tensor at a
-    time (fp32), in shards of `shard_bytes`: the peak is one shard plus the largest tensor, not the model (the
-    whole-model merge of peft holds the base, the adapter wrapper and the merged copy)."""
-    from actors.model.lora import lora_deltas
+    """W + (alpha / r) B A (DoRA: rescaled row-wise) for every adapted weight, read from the base and written to
+    the output one tensor at a time (fp32), in shards of `shard_bytes`: the peak is one shard plus the largest
+    tensor, not the model (the whole-model merge of peft holds the base, the adapter wrapper and the merged copy)."""
+    from actors.model.lora import lora_deltas, merged_weight
 
     adir, out = Path(adapter_dir), Path(out_dir)
     scale, pairs = lora_deltas(adir)
@@ -25,8 +25,7 @@ def merge_lora_export(base_dir: str | Path, adapter_dir: str | Path, out_dir: st
     for name in tensor_names(base_dir):
         t = get(name).float()
         if name in pairs:
-            ab = pairs[name]
-            t += scale * (ab["B"] @ ab["A"])
+            t = merged_weight(t, pairs[name], scale)
             merged += 1
         w.add(name, t)
         del t

@@ -52,7 +52,8 @@ def wrap_lora(model: nn.Module, cfg: FinetuneConfig):
     from actors.model.quant import peft_custom_modules
 
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none",
+                      target_modules=list(cfg.lora.target_modules), bias="none", use_dora=cfg.lora.use_dora,
+                      use_rslora=cfg.lora.use_rslora,
                       modules_to_save=["lm_head"] if cfg.objective == "rm" else None)
     if cfg.method == "qlora":
         lcfg._register_custom_module(peft_custom_modules())
