@@ -41,7 +41,9 @@ def test_killing_one_of_two_replicas_loses_no_request(two_replicas):
 
     async def main():
         async with httpx.AsyncClient(base_url=two_replicas, timeout=180) as http:
-            body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 120, "temperature": 0, "ignore_eos": True}
+            # 60 x 600 tokens: several seconds of decoding even for this 2-layer model on an idle machine (60 x 120
+            # finished inside the 1 s wait on a clean clone), so the kill lands while requests are in flight
+            body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 600, "temperature": 0, "ignore_eos": True}
             tasks = [asyncio.ensure_future(http.post("/v1/completions", json=body)) for _ in range(60)]
             await asyncio.sleep(1.0)  # requests are spread over both replicas and running
             assert not all(t.done() for t in tasks), "every request finished before the kill: nothing was tested"
@@ -54,4 +56,4 @@ def test_killing_one_of_two_replicas_loses_no_request(two_replicas):
     assert codes == [200] * 60, [r.text for r in rs if r.status_code != 200][:3]
     texts = {r.json()["choices"][0]["text"] for r in rs}
     assert len(texts) == 1  # greedy: a resent request gives the same completion
-    assert all(r.json()["usage"]["completion_tokens"] == 120 for r in rs)
+    assert all(r.json()["usage"]["completion_tokens"] == 600 for r in rs)
