@@ -54,7 +54,8 @@ METHODS = {
     "rm-full": ({"objective": "rm", "method": "full", "optim": {"lr": 2e-3}}, "dpo", ("preference",)),
 }
 FILES = {"alpaca": ("sft_alpaca_demo/alpaca_en_demo.json", "alpaca"),
-         "dpo": ("preference_demo/dpo_en_demo.json", "sharegpt"), "kto": ("preference_demo/kto_en_demo.json", "messages")}
+         "dpo": ("preference_demo/dpo_en_demo.json", "sharegpt"),
+         "kto": ("preference_demo/kto_en_demo.json", "messages")}
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -84,7 +84,8 @@ def assistant_spans(tok, messages: list[dict], tools: list[dict] | None = None) 
             raise ChatTemplateError(
                 f"the chat template renders turn {i} differently once later turns follow (it is not prefix-"
                 "stable, e.g. it drops earlier reasoning), so assistant tokens cannot be located; fine-tune "
-                "with a template that renders earlier turns verbatim (finetune.template: one of actors/model/templates)")
+                "with a template that renders earlier turns verbatim (finetune.template: one of "
+                "actors/model/templates)")
         end = len(after.rstrip())
         spans.append((len(before), max(end, len(before))))
     return full, spans
