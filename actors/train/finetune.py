@@ -169,6 +169,8 @@ class Finetuner:
         final = root / f"step-{self.trainer.step:06d}"
         tmp = root / f".tmp-step-{self.trainer.step:06d}"
         trained = gather_state(self.model, only_trainable=True)  # FSDP: a collective on every rank
+        if not trained:
+            raise RuntimeError("checkpoint: no trainable weights found to save")
         if self.d.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

@@ -260,13 +260,16 @@ def gather_state(model: nn.Module, only_trainable: bool = False) -> dict[str, to
     removed, on the CPU."""
     from torch.distributed.tensor import DTensor
 
-    names = {n for n, p in model.named_parameters() if p.requires_grad} if only_trainable else None
+    # state_dict() drops wrapper prefixes that named_parameters() keeps (activation checkpointing): compare both
+    # by their canonical names
+    names = {canonical_name(n) for n, p in model.named_parameters() if p.requires_grad} if only_trainable else None
     out = {}
     for k, v in model.state_dict().items():
+        k = canonical_name(k)
         if names is not None and k not in names:
             continue
         t = v.full_tensor() if isinstance(v, DTensor) else v
-        out[canonical_name(k)] = t.detach().cpu()
+        out[k] = t.detach().cpu()
     return out
 
 
