@@ -54,3 +54,18 @@ def smollm2(tmp_path_factory) -> Path:
 
     name = "smollm2-135m-instruct"
     return import_model(name, tmp_path_factory.mktemp("models") / f"{name}-float32")
+
+
+@pytest.fixture(scope="session")
+def debug_smollm2(smollm2, tmp_path_factory) -> Path:
+    """The debug shape (random init, seed 0) with SmolLM2's real tokenizer and chat template, as an HF folder:
+    fast to train and score, loadable by `transformers`, peft and lm-eval. Tests only read it."""
+    import torch
+
+    from actors.model import Transformer, get_config, save_hf
+    from actors.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2)
+    torch.manual_seed(0)
+    cfg = get_config("debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return save_hf(Transformer(cfg), tmp_path_factory.mktemp("debug-smollm2") / "hf", tokenizer_dir=smollm2)

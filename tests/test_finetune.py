@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from actors.common.config import from_dict
-from actors.model import Transformer, get_config, save_hf
 from actors.model.chat import TEMPLATES, chat_ids_and_mask, use_template
 from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig
@@ -22,12 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def base(smollm2, tmp_path_factory) -> Path:
-    """The debug shape (random init) with SmolLM2's real tokenizer and chat template."""
-    tok = load_tokenizer(smollm2)
-    torch.manual_seed(0)
-    cfg = get_config("debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return save_hf(Transformer(cfg), tmp_path_factory.mktemp("debug-base") / "hf", tokenizer_dir=smollm2)
+def base(debug_smollm2) -> Path:
+    return debug_smollm2
 
 
 def _data(data_root, tmp, rel, fmt, kinds, rows=12):

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from actors.common.metrics import read_jsonl
 
@@ -44,18 +43,6 @@ metric_list:
 """
 
 
-@pytest.fixture(scope="module")
-def debug_hf(smollm2, tmp_path_factory) -> Path:
-    """The debug shape (random init) with SmolLM2's tokenizer, as an HF folder both sides load."""
-    from actors.model import Transformer, get_config, save_hf
-    from actors.model.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(smollm2)
-    torch.manual_seed(0)
-    cfg = get_config("debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return save_hf(Transformer(cfg), tmp_path_factory.mktemp("lmeval-debug") / "hf", tokenizer_dir=smollm2)
-
-
 def _hf_arc_row(raw: dict) -> dict:
     """The shared AI2 rows in HF `allenai/ai2_arc`'s schema, which lm-eval's arc_easy.yaml templates read."""
     q = raw["question"]
@@ -69,7 +56,7 @@ def _hf_hellaswag_row(raw: dict) -> dict:
     return {**raw, "ctx_a": raw["ctx"], "ctx_b": "", "label": str(raw["label"])}
 
 
-def test_acc_and_loglikelihoods_equal_lm_eval(debug_hf, data_root, tmp_path, monkeypatch):
+def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
@@ -90,11 +77,11 @@ def test_acc_and_loglikelihoods_equal_lm_eval(debug_hf, data_root, tmp_path, mon
     (tasks_dir / "local_hellaswag.yaml").write_text(HELLASWAG_YAML % files["hellaswag"])
     (tasks_dir / "hs_utils.py").write_text("from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401\n")
 
-    out = simple_evaluate(model="hf", model_args=f"pretrained={debug_hf},dtype=float32",
+    out = simple_evaluate(model="hf", model_args=f"pretrained={debug_smollm2},dtype=float32",
                           tasks=["local_arc_easy", "local_hellaswag"], batch_size=8, device="cpu",
                           task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True)
 
-    backend = LocalModelBackend(debug_hf, device="cpu", batch_size=8, progress=False)
+    backend = LocalModelBackend(debug_smollm2, device="cpu", batch_size=8, progress=False)
     for lm_name, path, to_doc in (("local_arc_easy", files["arc"], arc_doc),
                                   ("local_hellaswag", files["hellaswag"], hellaswag_doc)):
         task = MultipleChoiceTask(lm_name, path, None, to_doc)
