@@ -15,7 +15,7 @@ from actors.eval.backend import LocalModelBackend, LoglikelihoodRequest, Rolling
 from actors.eval.config import EvalConfig
 from actors.eval.metrics import aggregate_mean, multiple_choice_metrics
 from actors.eval.runner import evaluate, run_eval
-from actors.eval.tasks import MultipleChoiceTask, arc_doc, score_record, tool_turn
+from actors.eval.tasks import arc_doc, build_tasks, score_record, tool_turn
 from actors.model.chat import render_chat
 from actors.tooltask import last_number
 
@@ -78,21 +78,20 @@ def test_acc_norm_hand_checked():
 
 # (b) ARC formatting = lm-eval strings ----------------------------------------------------------------------
 def test_arc_doc_matches_lm_eval(data_root):
-    path = data_root / "arc" / "arc_easy_test_rows0-199.jsonl"
-    task = MultipleChoiceTask("arc_easy", path, 2, arc_doc)
+    task, = build_tasks(["arc_easy"], EvalConfig(tasks=["arc_easy"], limit=2), data_root)
     docs = task.docs()
     assert len(docs) == 2
     d = docs[0]
-    assert d["query"] == ("Question: Which statement best explains why photosynthesis is the foundation of most "
-                          "food webs?\nAnswer:")
+    assert task.context(d) == ("Question: Which statement best explains why photosynthesis is the foundation of "
+                               "most food webs?\nAnswer:")
     reqs = task.requests(d)
-    assert [r.context for r in reqs] == [d["query"]] * 4
+    assert [r.context for r in reqs] == [task.context(d)] * 4
     assert [r.continuation for r in reqs] == [
         " Sunlight is the source of energy for nearly all ecosystems.",
         " Most ecosystems are found on land instead of in water.",
         " Carbon dioxide is more available than other gases.",
         " The producers in all ecosystems are plants."]
-    assert d["gold"] == 0 and docs[1]["gold"] == 1  # answerKey A, B
+    assert d["_target"] == 0 and docs[1]["_target"] == 1  # answerKey A, B
     # numeric labels (some ARC rows) and the HF schema: gold = index of answerKey among labels
     hf = {"id": "x", "question": "Q?", "choices": {"text": ["p", "q", "r"], "label": ["1", "2", "3"]},
           "answerKey": "3"}
@@ -182,8 +181,8 @@ def test_generate_matches_uncached_greedy(tiny):
     # a left-padded batch of prompts of different lengths and budgets gives each prompt's own greedy text
     prompts = [prompt, "KING:", "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:", "O"]
     reqs = [GenerateRequest(prompt=p, max_new_tokens=n) for p, n in zip(prompts, (10, 3, 12, 7))]
-    b.gen_batch_size = 3
-    assert b.generate(reqs) == [b.generate([r])[0] for r in reqs]
+    b3 = LocalModelBackend(tiny["ckpts"]["finetune"], device="cpu", progress=False, max_num_seqs=3)
+    assert b3.generate(reqs) == [b.generate([r])[0] for r in reqs]
 
 
 # (d) the arith_tool turn (tool results from the agent's own evaluator: actors.tooltask) -----------------
@@ -214,21 +213,28 @@ def test_arith_tool_turn_and_scoring(tiny):
     assert third["tool_result"] == "0.333333333333"
 
 
-def test_config_errors():
-    with pytest.raises(ConfigError, match="allowed: .*arc_easy"):
+def test_config_errors(tiny, data_root):
+    with pytest.raises(ConfigError, match="unknown task 'mmlu_pro'"):
         EvalConfig(tasks=["arc_easy", "mmlu_pro"])
     with pytest.raises(ConfigError, match="eval.batch_size"):
         EvalConfig(batch_size=0)
-    with pytest.raises(ConfigError, match="val_dir"):
-        EvalConfig(tasks=["perplexity"]).require_inputs()
+    with pytest.raises(ConfigError, match="replaced by eval.limits"):
+        from actors.common.config import from_dict
+
+        from_dict(EvalConfig, {"arc_limit": 3}, prefix="eval")
+    with pytest.raises(ValueError, match="--data perplexity=PATH"):
+        build_tasks(["perplexity"], EvalConfig(tasks=["perplexity"]), data_root)
+    with pytest.raises(FileNotFoundError, match="--data arc_easy=PATH"):
+        build_tasks(["arc_easy"], EvalConfig(tasks=["arc_easy"], data={"arc_easy": "/nonexistent.jsonl"}), data_root)
 
 
 # (e) run_eval through real EvalWorker actors ------------------------------------------------------------
 def test_run_eval_two_checkpoints(tiny, ray_session, data_root):
-    cfg = EvalConfig(tasks=["perplexity", "arc_easy", "arith_tool"], arc_limit=4, ppl_max_rows=6, arith_limit=3,
-                     max_new_tokens=12, batch_size=8, num_cpus=1, device="cpu", progress=False)
+    cfg = EvalConfig(tasks=["perplexity", "arc_easy", "arith_tool"], limits={"arc_easy": 4, "perplexity": 6,
+                     "arith_tool": 3}, data={"perplexity": str(tiny["val"]), "arith_tool": str(tiny["arith"])},
+                     gen_kwargs={"max_gen_toks": 12}, batch_size=8, num_cpus=1, device="cpu", progress=False)
     out = tiny["root"] / "eval_out"
-    report = run_eval(tiny["ckpts"], cfg, out, val_dir=str(tiny["val"]), arith_heldout=str(tiny["arith"]))
+    report = run_eval(tiny["ckpts"], cfg, out)
     saved = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
     assert set(saved["results"]) == {"pretrain", "finetune"}
@@ -244,7 +250,6 @@ def test_run_eval_two_checkpoints(tiny, ray_session, data_root):
         ppl = r["perplexity"]["metrics"]
         assert r["perplexity"]["metrics"]["tokens"] == 6 * 64
         assert math.isclose(ppl["perplexity"], math.exp(ppl["nll"]), rel_tol=1e-9)
-        assert all(t["seconds"] >= 0 for t in r.values())
         assert f"| {label}" in md.splitlines()[0] or label in md.splitlines()[0]
     # the actor's perplexity equals the training loss of the same rows computed here, in-process
     from actors.model.hf import load_hf
@@ -258,11 +263,15 @@ def test_run_eval_two_checkpoints(tiny, ray_session, data_root):
     # two different random inits give different numbers: each worker really loaded its own checkpoint
     assert saved["results"]["pretrain"]["perplexity"]["metrics"]["nll"] != \
         saved["results"]["finetune"]["perplexity"]["metrics"]["nll"]
-    for row in ("perplexity / perplexity", "arc_easy / acc", "arc_easy / acc_norm", "arith_tool / exact_match",
-                "arith_tool / valid_tool_call_rate", "arith_tool / expression_match"):
+    for row in ("perplexity | perplexity | 6", "arc_easy | acc | 4", "arc_easy | acc_norm | 4",
+                "arith_tool | exact_match | 3", "arith_tool | valid_tool_call_rate", "arith_tool | expression_match"):
         assert f"| {row} |" in md
+    for f in ("summary.md", "summary.csv", "results.png", "samples_pretrain_arc_easy.jsonl",
+              "samples_finetune_arith_tool.jsonl"):
+        assert (out / f).is_file(), f
+    assert len((out / "samples_pretrain_arc_easy.jsonl").read_text().splitlines()) == 4
     assert report["results"]["pretrain"]["arc_easy"]["metrics"] == saved["results"]["pretrain"]["arc_easy"]["metrics"]
     # Ray-free evaluate on the same checkpoint agrees with the actor
     local = evaluate(LocalModelBackend(tiny["ckpts"]["pretrain"], device="cpu", progress=False), ["arc_easy"],
-                     EvalConfig(tasks=["arc_easy"], arc_limit=4, data_root=str(data_root), progress=False))
+                     EvalConfig(tasks=["arc_easy"], limit=4, progress=False), data_root)
     assert local["arc_easy"]["metrics"]["acc"] == saved["results"]["pretrain"]["arc_easy"]["metrics"]["acc"]

@@ -1,7 +1,9 @@
-"""Our multiple-choice scoring against lm-evaluation-harness itself (`lm-eval==0.4.13`, a pinned dev dependency):
-the debug model exported as a Hugging Face folder, the shared ARC-Easy and HellaSwag slices, lm-eval's `hf`
-backend on its own task definitions (arc_easy.yaml's templates, hellaswag's `process_docs`) pointed at the same
-local rows. Accuracies must be equal and every choice's log-likelihood within 1e-4."""
+"""Our tasks (configs/tasks/*.yaml through the registry) against lm-evaluation-harness itself (`lm-eval==0.4.13`,
+a pinned dev dependency): the debug model exported as a Hugging Face folder, the shared ARC-Easy, HellaSwag and
+PIQA slices and one MMLU subject 5-shot from its dev rows, lm-eval's `hf` backend on its own task definitions
+(arc_easy.yaml's templates, hellaswag's `process_docs`, piqa.yaml, mmlu's default template and first_n
+exemplars) pointed at the same local rows. Prompts must be the same strings, accuracies equal, and every
+choice's log-likelihood within 1e-4."""
 from __future__ import annotations
 
 import json
@@ -43,6 +45,38 @@ metric_list:
 """
 
 
+PIQA_YAML = """task: local_piqa
+dataset_path: json
+dataset_kwargs:
+  data_files: {test: "%s"}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "Question: {{goal}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{[sol1, sol2]}}"
+metric_list:
+  - {metric: acc, aggregation: mean, higher_is_better: true}
+  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
+"""
+MMLU_YAML = """task: local_mmlu_anatomy
+dataset_path: json
+dataset_kwargs:
+  data_files: {test: "%s", dev: "%s"}
+output_type: multiple_choice
+test_split: test
+fewshot_split: dev
+fewshot_config: {sampler: first_n}
+num_fewshot: 5
+description: "The following are multiple choice questions (with answers) about anatomy.\\n\\n"
+doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: answer
+metric_list:
+  - {metric: acc, aggregation: mean, higher_is_better: true}
+  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
+"""
+
+
 def _hf_arc_row(raw: dict) -> dict:
     """The shared AI2 rows in HF `allenai/ai2_arc`'s schema, which lm-eval's arc_easy.yaml templates read."""
     q = raw["question"]
@@ -63,46 +97,58 @@ def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path
     from lm_eval.tasks import TaskManager
 
     from actors.eval.backend import LocalModelBackend
-    from actors.eval.tasks import MultipleChoiceTask, arc_doc, hellaswag_doc
+    from actors.eval.config import EvalConfig
+    from actors.eval.runner import run_tasks
+    from actors.eval.tasks import build_tasks
 
     arc = [_hf_arc_row(r) for r in read_jsonl(data_root / "arc" / "arc_easy_test_rows0-199.jsonl", LIMIT)]
     hs = [_hf_hellaswag_row(r) for r in read_jsonl(data_root / "hellaswag" / "val_rows0-199.jsonl", LIMIT)]
+    piqa = read_jsonl(data_root / "piqa" / "dev_rows0-199.jsonl", LIMIT)
+    # MMLU in HF cais/mmlu's schema (answer = the index), one subject
+    mmlu = {split: [dict(subject=r["subject"], question=r["question"], choices=r["choices"], answer=r["answer_index"])
+                    for r in read_jsonl(data_root / "mmlu" / f"{split}.jsonl") if r["subject"] == "anatomy"]
+            for split in ("test_first5_per_subject", "dev_all")}
     files = {}
-    for name, rows in (("arc", arc), ("hellaswag", hs)):
+    for name, rows in (("arc", arc), ("hellaswag", hs), ("piqa", piqa), ("mmlu_test", mmlu["test_first5_per_subject"]),
+                       ("mmlu_dev", mmlu["dev_all"])):
         files[name] = tmp_path / f"{name}.jsonl"
         files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     (tasks_dir / "local_arc_easy.yaml").write_text(ARC_YAML % files["arc"])
     (tasks_dir / "local_hellaswag.yaml").write_text(HELLASWAG_YAML % files["hellaswag"])
+    (tasks_dir / "local_piqa.yaml").write_text(PIQA_YAML % files["piqa"])
+    (tasks_dir / "local_mmlu.yaml").write_text(MMLU_YAML % (files["mmlu_test"], files["mmlu_dev"]))
     (tasks_dir / "hs_utils.py").write_text("from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401\n")
 
+    pairs = {"local_arc_easy": "arc_easy", "local_hellaswag": "hellaswag", "local_piqa": "piqa",
+             "local_mmlu_anatomy": "mmlu_anatomy"}
     out = simple_evaluate(model="hf", model_args=f"pretrained={debug_smollm2},dtype=float32",
-                          tasks=["local_arc_easy", "local_hellaswag"], batch_size=8, device="cpu",
+                          tasks=list(pairs), batch_size=8, device="cpu",
                           task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True)
 
+    # ours: the built-in task definitions, rows from the same files (--data), the lm-eval schema rows
+    cfg = EvalConfig(tasks=list(pairs.values()), data={"arc_easy": str(files["arc"]), "hellaswag": str(files["hellaswag"]),
+                                                       "piqa": str(files["piqa"]), "mmlu": str(files["mmlu_test"])})
+    tasks = build_tasks(cfg.tasks, cfg, data_root)
+    # exemplars from the same dev rows: the registry's file is the full dev split, of which these are anatomy's
     backend = LocalModelBackend(debug_smollm2, device="cpu", batch_size=8, progress=False)
-    for lm_name, path, to_doc in (("local_arc_easy", files["arc"], arc_doc),
-                                  ("local_hellaswag", files["hellaswag"], hellaswag_doc)):
-        task = MultipleChoiceTask(lm_name, path, None, to_doc)
-        docs = task.docs()
-        reqs = [task.requests(d) for d in docs]
-        flat = backend.loglikelihood([r for rs in reqs for r in rs])
-        ours_lls, i = [], 0
-        for rs in reqs:
-            ours_lls.append([ll for ll, _ in flat[i:i + len(rs)]])
-            i += len(rs)
-        per_doc = [task.process(d, [(ll, False) for ll in lls]) for d, lls in zip(docs, ours_lls)]
-
+    ours = run_tasks(backend, tasks)
+    for lm_name, name in pairs.items():
+        mine = ours[name]
         samples = sorted(out["samples"][lm_name], key=lambda s: s["doc_id"])
-        assert len(samples) == len(docs) == LIMIT
-        for s, d, lls, m in zip(samples, docs, ours_lls, per_doc):
+        assert len(samples) == len(mine["samples"]) == mine["n"] > 0
+        task = next(t for t in tasks if t.name == name)
+        for s, m, doc in zip(samples, mine["samples"], task.docs()):
             theirs = [float(r[0]) for r in s["filtered_resps"]]
-            assert s["arguments"][0][0] == d["query"]  # the same prompt text on both sides
+            lls = [ll for ll, _ in m["resps"]]
+            assert s["arguments"][0][0] == task.context(doc)  # the same prompt text on both sides
             assert len(theirs) == len(lls)
-            assert max(abs(a - b) for a, b in zip(theirs, lls)) <= 1e-4, (d["id"], theirs, lls)
-            assert m["acc"] == s["acc"] and m["acc_norm"] == s["acc_norm"], (d["id"], m, s["acc"], s["acc_norm"])
+            assert max(abs(a - b) for a, b in zip(theirs, lls)) <= 1e-4, (name, s["doc_id"], theirs, lls)
+            assert m["acc"] == s["acc"], (name, s["doc_id"], m, s["acc"])
+            if "acc_norm" in m:
+                assert m["acc_norm"] == s["acc_norm"], (name, s["doc_id"], m, s["acc_norm"])
         res = out["results"][lm_name]
-        for metric in ("acc", "acc_norm"):
-            ours = sum(m[metric] for m in per_doc) / len(per_doc)
-            assert math.isclose(ours, res[f"{metric},none"], abs_tol=1e-6), (lm_name, metric, ours, res)
+        for metric in mine["metrics"]:
+            if metric in ("acc", "acc_norm"):
+                assert math.isclose(mine["metrics"][metric], res[f"{metric},none"], abs_tol=1e-6), (name, metric, res)

@@ -84,7 +84,7 @@ def test_changed_section_reruns_only_that_stage(tiny_run, capsys):
     from jobs.runner import run_stages
 
     before = _manifest(tiny_run)
-    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), ["eval.arc_limit=4"])
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), ["eval.limits.arc_easy=4"])
     run_stages(cfg, tiny_run)
     out = capsys.readouterr().out
     after = _manifest(tiny_run)

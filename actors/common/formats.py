@@ -324,3 +324,35 @@ def _jsonl_rows(text: str) -> list:
         except json.JSONDecodeError as e:
             rows.append(_BadLine(line, f"bad_json: line {n}: {e.msg} at column {e.colno}"))
     return rows
+
+
+def read_rows(path: str | Path) -> list:
+    """Rows of a benchmark or dataset file by its suffix: .jsonl (one JSON value per line; a bad line becomes a
+    `_BadLine` the caller quarantines), .json (a list, or {"data": [...]}), .csv (header row), .parquet."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    if suffix == ".csv":
+        import csv
+
+        with open(p, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    text = p.read_bytes().decode("utf-8")
+    if suffix == ".jsonl":
+        return _jsonl_rows(text)
+    if suffix == ".json":
+        rows = json.loads(text)
+        if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+            rows = rows["data"]
+        if not isinstance(rows, list):
+            raise ValueError(f"{p}: top level is {type(rows).__name__}; expected a list of rows or {{'data': [...]}}")
+        return rows
+    raise ValueError(f"{p}: unknown file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
+
+
+def is_bad_line(row) -> str | None:
+    """The reason a row from `read_rows` could not be parsed, or None."""
+    return row.reason if isinstance(row, _BadLine) else None

@@ -1,11 +1,12 @@
-"""Eval stage: lm-evaluation-harness-shaped tasks over a model backend, one Ray EvalWorker per checkpoint.
+"""Eval stage: tasks as data (spec.py, configs/tasks/*.yaml) over model backends, sharded over eval workers.
 
-Ray-free: `evaluate(backend, tasks, cfg)`, `LocalModelBackend`, the tasks. With Ray: `run_eval(...)`.
+Ray-free: `run_tasks(backend, tasks)`, `evaluate(backend, names, cfg)`, `LocalModelBackend`, the tasks and their
+registry. With Ray: `run_eval(models, cfg, out_dir)` (a `WorkerPool` of `EvalWorker` actors per model).
 """
 from actors.eval.backend import (GenerateRequest, LocalModelBackend, LoglikelihoodRequest, ModelBackend,
                                  RollingRequest)
-from actors.eval.config import TASK_NAMES, EvalConfig
-from actors.eval.runner import evaluate, run_eval, write_results
+from actors.eval.config import EvalConfig
+from actors.eval.runner import evaluate, run_eval, run_tasks, write_results
 
-__all__ = ["EvalConfig", "TASK_NAMES", "ModelBackend", "LocalModelBackend", "LoglikelihoodRequest",
-           "RollingRequest", "GenerateRequest", "evaluate", "run_eval", "write_results"]
+__all__ = ["EvalConfig", "ModelBackend", "LocalModelBackend", "LoglikelihoodRequest", "RollingRequest",
+           "GenerateRequest", "evaluate", "run_eval", "run_tasks", "write_results"]

@@ -1,22 +1,26 @@
-"""`EvalWorker`: a Ray actor that loads one checkpoint once and runs eval tasks on it (thin shell)."""
+"""`EvalWorker`: a Ray actor that loads one model once and answers request shards (thin shell)."""
 from __future__ import annotations
 
 import ray
 
 from actors.eval.backend import LocalModelBackend
 from actors.eval.config import EvalConfig
-from actors.eval.runner import evaluate
 
 
 class EvalWorker:
     def __init__(self, model_dir: str, cfg: EvalConfig):
-        self.cfg = cfg
         self.backend = LocalModelBackend(model_dir, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                                         progress=cfg.progress, num_threads=max(1, int(cfg.num_cpus)),
-                                         gen_batch_size=cfg.gen_batch_size)
+                                         progress=False, num_threads=max(1, int(cfg.num_cpus)),
+                                         max_num_seqs=cfg.max_num_seqs, kv_cache_memory=cfg.kv_cache_memory)
 
-    def run(self, task_names: list[str] | None = None) -> dict:
-        return evaluate(self.backend, task_names or self.cfg.tasks, self.cfg)
+    def loglikelihood(self, requests: list) -> list:
+        return self.backend.loglikelihood(requests)
+
+    def loglikelihood_rolling(self, requests: list) -> list:
+        return self.backend.loglikelihood_rolling(requests)
+
+    def generate(self, requests: list) -> list:
+        return self.backend.generate(requests)
 
     def info(self) -> dict:
         return {"model_dir": self.backend.model_dir, "device": self.backend.device,

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 @dataclass
 class LoglikelihoodRequest:
-    context: str
+    """log p(continuation | context); a context given as chat messages is rendered with the chat template."""
+    context: str | list[dict]
     continuation: str
 
 
@@ -68,6 +69,18 @@ class ModelBackend:
         raise NotImplementedError
 
 
+def split_pair(encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, then
+    encode(context + continuation) is split at len(encode(context))."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(context + continuation)
+    ctx = encode(context)
+    return ctx, whole[len(ctx):]
+
+
 def _progress(it, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return it
@@ -89,7 +102,7 @@ class LocalModelBackend(ModelBackend):
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
                  batch_size: int = 16, progress: bool = True, num_threads: int | None = None,
-                 gen_batch_size: int = 16):
+                 max_num_seqs: int = 32, kv_cache_memory: str = "1GiB"):
         from actors.model.hf import load_hf
         from actors.model.tokenizer import load_tokenizer, stop_token_ids
 
@@ -101,7 +114,8 @@ class LocalModelBackend(ModelBackend):
         self.model = load_hf(model_dir, dtype=getattr(torch, dtype), device=self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self.batch_size = batch_size
-        self.gen_batch_size = gen_batch_size
+        self.max_num_seqs, self.kv_cache_memory = max_num_seqs, kv_cache_memory
+        self._engine = None
         self.progress = progress
         self.max_length = self.model.config.max_position_embeddings
         self.eos_id = self.model.config.eos_token_id
@@ -125,56 +139,108 @@ class LocalModelBackend(ModelBackend):
         """
         if context == "":
             return [self.eos_id], self.tok_encode(continuation)
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        whole = self.tok_encode(context + continuation)
-        ctx = self.tok_encode(context)
-        return ctx, whole[len(ctx):]
+        return split_pair(self.tok_encode, context, continuation)
 
     # ---- scoring --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def score_tokens(self, items: list[tuple[list[int], int]], desc: str = "score") -> list[tuple[float, bool]]:
-        """For each (tokens, n): sum of log p(tokens[-n:]) given everything before it, and whether each of
-        those n tokens is the argmax. Batched with right padding (causal attention never looks right, so
-        padding cannot change the real positions); sorted longest first so batches hold similar lengths
-        and an out-of-memory shows up on the first batch, as lm-eval's Collator does."""
-        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
-        out: list[tuple[float, bool] | None] = [None] * len(items)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for batch in _progress(batches, self.progress and len(batches) > 1, desc):
-            inputs = [items[i][0][:-1] for i in batch]  # logits at position t predict token t+1
-            T = max(len(x) for x in inputs)
-            ids = torch.full((len(batch), T), self.eos_id, dtype=torch.long)
-            scored = torch.zeros((len(batch), T), dtype=torch.bool)  # positions predicting a scored token
-            for r, (x, i) in enumerate(zip(inputs, batch)):
-                ids[r, :len(x)] = torch.tensor(x, dtype=torch.long)
-                scored[r, len(x) - items[i][1]:len(x)] = True
-            # logits only where a token is scored: the vocabulary projection of every context position would
-            # be ~20% of the work for a 49k-token vocabulary
-            logits = self.model(ids.to(self.device), logits_mask=scored.to(self.device))  # (N, V), row-major
-            start = 0
-            for r, i in enumerate(batch):
-                toks, n = items[i]
-                lp = F.log_softmax(logits[start:start + n].float(), dim=-1)  # (n, V)
-                start += n
-                target = torch.tensor(toks[-n:], device=lp.device)
-                ll = lp.gather(-1, target[:, None]).sum().item()
-                greedy = bool((lp.argmax(-1) == target).all().item())
-                out[i] = (ll, greedy)
-        return out  # type: ignore[return-value]
+    def context_text(self, context) -> str:
+        """A request's context: text as given, or chat messages rendered with the chat template and the
+        assistant's generation prompt (`--apply-chat-template`)."""
+        if isinstance(context, str):
+            return context
+        from actors.model.chat import render_chat
+
+        return render_chat(self.tokenizer, context, None, add_generation_prompt=True)
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
-        items = []
-        for req in requests:
-            ctx, cont = self.encode_pair(req.context, req.continuation)
+        """Requests with the same context tokens (a question and its choices) become one tree: the context is
+        computed once and every continuation attends to it (see `score_trees`)."""
+        L = self.max_length
+        trees: dict[tuple, list] = {}
+        singles = []
+        for i, req in enumerate(requests):
+            ctx, cont = self.encode_pair(self.context_text(req.context), req.continuation)
             if not cont:
                 raise ValueError(f"loglikelihood: continuation {req.continuation!r} encodes to no tokens")
-            # lm-eval keeps the last max_length+1 tokens (context truncated on the left).
-            toks = (ctx + cont)[-(self.max_length + 1):]
-            items.append((toks, min(len(cont), len(toks) - 1)))
-        return self.score_tokens(items, desc="loglikelihood")
+            if len(ctx) + len(cont) <= L + 1:
+                trees.setdefault(tuple(ctx), []).append((i, cont))
+            else:  # lm-eval keeps the last max_length+1 tokens (context truncated on the left)
+                toks = (ctx + cont)[-(L + 1):]
+                n = min(len(cont), len(toks) - 1)
+                singles.append((toks[:-n], [(i, toks[-n:])]))
+        return self.score_trees([(list(c), b) for c, b in trees.items()] + singles, len(requests))
+
+    def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[tuple[float, int]]:
+        items, owner = [], []
+        for k, req in enumerate(requests):
+            toks = self.tok_encode(req.text) if req.text is not None else list(req.token_ids)
+            for toks_w, n in self.rolling_windows(toks, prefix=req.text is not None):
+                items.append((toks_w[:-n], [(len(items), toks_w[-n:])]))
+                owner.append((k, n))
+        scores = self.score_trees(items, len(items))
+        out = [[0.0, 0] for _ in requests]
+        for (ll, _), (k, n) in zip(scores, owner):
+            out[k][0] += ll
+            out[k][1] += n
+        return [(ll, n) for ll, n in out]
+
+    @torch.no_grad()
+    def score_trees(self, trees: list[tuple[list[int], list[tuple[int, list[int]]]]], n_out: int,
+                    desc: str = "score") -> list[tuple[float, bool]]:
+        """Score continuations that share a context. Each tree (ctx, [(out_index, cont), ...]) is one row:
+        ctx + every cont but its last token, with positions restarting after ctx for each branch and a mask
+        letting a branch see ctx and itself only. For ARC's 4 choices that is ~50 tokens instead of 4 x 35;
+        the context's logits are never projected except its last position's (it predicts every branch's
+        first token). Rows are sorted longest first and padded per batch; a pad token sees only itself.
+
+        Returns, per out_index, (sum log p(cont | ctx), whether every cont token is the argmax)."""
+        rows = []
+        for ctx, branches in trees:
+            ids, pos = list(ctx), list(range(len(ctx)))
+            spans = []
+            for _, cont in branches:
+                a = len(ids)
+                ids += cont[:-1]  # the last token only is a target, never an input
+                pos += range(len(ctx), len(ctx) + len(cont) - 1)
+                spans.append((a, len(ids)))
+            rows.append((ids, pos, spans))
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))
+        out: list[tuple[float, bool] | None] = [None] * n_out
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for batch in _progress(batches, self.progress and len(batches) > 1, desc):
+            T = max(len(rows[r][0]) for r in batch)
+            B = len(batch)
+            ids = torch.full((B, T), self.eos_id, dtype=torch.long)
+            positions = torch.zeros((B, T), dtype=torch.long)
+            mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # (B, T, T); pads see themselves
+            want = torch.zeros((B, T), dtype=torch.bool)  # positions whose logits predict a scored token
+            for b, r in enumerate(batch):
+                toks, pos, spans = rows[r]
+                n, c = len(toks), len(trees[r][0])
+                ids[b, :n] = torch.tensor(toks, dtype=torch.long)
+                positions[b, :n] = torch.tensor(pos, dtype=torch.long)
+                mask[b, :c, :c] = torch.ones(c, c, dtype=torch.bool).tril()
+                want[b, c - 1] = True
+                for a, e in spans:
+                    mask[b, a:e, :c] = True
+                    mask[b, a:e, a:e] = torch.ones(e - a, e - a, dtype=torch.bool).tril()
+                    want[b, a:e] = True
+            dev = self.device
+            logits = self.model(ids.to(dev), positions=positions.to(dev), attn_mask=mask[:, None].to(dev),
+                                logits_mask=want.to(dev))  # (N, V), rows of `want` in row-major order
+            lp = F.log_softmax(logits.float(), dim=-1)
+            index = torch.full((B, T), -1, dtype=torch.long)
+            index[want] = torch.arange(int(want.sum()))
+            for b, r in enumerate(batch):
+                ctx, branches = trees[r]
+                last = int(index[b, len(ctx) - 1])
+                for (k, cont), (a, e) in zip(branches, rows[r][2]):
+                    picks = torch.tensor([last] + index[b, a:e].tolist(), device=lp.device)
+                    sel = lp[picks]  # (len(cont), V)
+                    target = torch.tensor(cont, device=lp.device)
+                    # summed in float64: a continuation's ~100 log-probs summed in float32 round at ~1e-5
+                    out[k] = (sel.gather(-1, target[:, None]).double().sum().item(),
+                              bool((sel.argmax(-1) == target).all().item()))
+        return out  # type: ignore[return-value]
 
     def rolling_windows(self, tokens: list[int], prefix: bool) -> list[tuple[list[int], int]]:
         """Windows (tokens, n_scored) covering every scored token once, each with as much left context as
@@ -189,20 +255,6 @@ class LocalModelBackend(ModelBackend):
             a = b
         return windows
 
-    def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[tuple[float, int]]:
-        items, owner = [], []
-        for k, req in enumerate(requests):
-            toks = self.tok_encode(req.text) if req.text is not None else list(req.token_ids)
-            for w in self.rolling_windows(toks, prefix=req.text is not None):
-                items.append(w)
-                owner.append(k)
-        scores = self.score_tokens(items, desc="rolling")
-        out = [[0.0, 0] for _ in requests]
-        for (ll, _), (_, n), k in zip(scores, items, owner):
-            out[k][0] += ll
-            out[k][1] += n
-        return [(ll, n) for ll, n in out]
-
     # ---- generation -----------------------------------------------------------------------------
     def render(self, req: GenerateRequest) -> str:
         """The prompt text: verbatim, or the messages (+ tools) through the chat template exactly as the
@@ -213,20 +265,40 @@ class LocalModelBackend(ModelBackend):
             return req.prompt
         return render_chat(self.tokenizer, req.messages, req.tools, add_generation_prompt=True)
 
-    def generate(self, requests: list[GenerateRequest]) -> list[str]:
-        """Greedy decoding, batched (actors.model.generate), until a stop token id (EOS, end of turn), the
-        token budget or the context limit; text is cut at the first stop string, which is not returned
-        (lm-eval `until` rule; greedy tokens before it do not depend on what follows)."""
-        from actors.model.generate import greedy_generate
+    @property
+    def engine(self):
+        """The serving engine (continuous batching over a paged KV cache): eval has no decode loop of its own."""
+        if self._engine is None:
+            from actors.serve.engine import EngineConfig, LLMEngine
 
-        prompts = [self.tok_encode(self.render(r)) for r in requests]
-        bar = (lambda it: _progress(it, True, "generate")) if self.progress and len(requests) > 1 else None
-        outs = greedy_generate(self.model, prompts, [r.max_new_tokens for r in requests], self.stop_ids,
-                               self.max_length, batch_size=self.gen_batch_size, pad_id=self.eos_id, progress=bar)
-        texts = []
-        for r, ids in zip(requests, outs):
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            for s in r.stop:
-                text = text.split(s)[0]
-            texts.append(text)
-        return texts
+            self._engine = LLMEngine(self.model, self.tokenizer, EngineConfig(
+                max_num_seqs=self.max_num_seqs, kv_cache_memory=self.kv_cache_memory))
+        return self._engine
+
+    def generate(self, requests: list[GenerateRequest]) -> list[str]:
+        """Greedy decoding through the serving engine until an end-of-sequence / end-of-turn token, a stop
+        string (cut off, as lm-eval's `until`), the token budget or the context limit. A prompt longer than
+        the context keeps its last tokens, leaving room for the budget (lm-eval's left truncation)."""
+        from actors.serve.engine import SamplingParams
+
+        eng = self.engine
+        L = eng.max_model_len
+        ids = []
+        for k, r in enumerate(requests):
+            budget = min(r.max_new_tokens, L - 1)
+            prompt = self.tok_encode(self.render(r))[-(L - budget):]
+            rid = f"gen-{k}"
+            eng.add_request(rid, prompt, SamplingParams(temperature=0.0, max_tokens=budget, stop=list(r.stop)))
+            ids.append(rid)
+        texts: dict[str, str] = {}
+        bar = _progress(None, self.progress and len(requests) > 1, "generate", total=len(requests)) \
+            if self.progress and len(requests) > 1 else None
+        while len(texts) < len(ids):
+            for o in eng.step():
+                if o.finished:
+                    texts[o.request_id] = o.text
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [texts[rid] for rid in ids]

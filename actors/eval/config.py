@@ -1,94 +1,95 @@
-"""`EvalConfig`: which tasks to run on which data, and how the eval workers are sized."""
+"""`EvalConfig`: which tasks run on which data with which options, and how the eval workers are sized.
+
+Task names are resolved by the registry (actors/eval/spec.py: configs/tasks/*.yaml plus `include_paths`);
+nothing here is specific to one task: a task's data file is `data[TASK]`, its row cap `limits[TASK]`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from actors.common.config import check
-
-# Every task name `EvalConfig.tasks` accepts; tasks.py registers one builder per name.
-TASK_NAMES = ("perplexity", "arc_easy", "arc_challenge", "hellaswag", "arith_tool", "bfcl_simple")
+from actors.common.config import ConfigError, check
 
 
 @dataclass
 class EvalConfig:
-    # tasks of the fine-tune base and the fine-tuned model
+    RENAMED = {k: "eval.limits: {TASK: N} (or eval.limit for every task)" for k in
+               ("arc_limit", "hellaswag_limit", "arith_limit", "bfcl_limit", "ppl_max_rows")}
+    RENAMED.update({k: "eval.data: {TASK: PATH}" for k in
+                    ("arc_easy_path", "arc_challenge_path", "hellaswag_path", "bfcl_simple_path", "val_dir",
+                     "arith_path")})
+    RENAMED.update(max_new_tokens="eval.gen_kwargs: {max_gen_toks: N}",
+                   bfcl_max_new_tokens="eval.gen_kwargs: {max_gen_toks: N} (or max_new_tokens in the task's args)",
+                   gen_batch_size="eval.max_num_seqs")
+
+    # tasks of the fine-tune base and the fine-tuned model (names, groups such as mmlu, or task .yaml paths)
     tasks: list[str] = field(default_factory=lambda: ["arc_easy", "arith_tool", "bfcl_simple"])
     # tasks of the pretrain stage's output when it is not the fine-tune base (perplexity needs its tokenizer)
     pretrain_tasks: list[str] = field(default_factory=lambda: ["perplexity", "arc_easy"])
-    # Relative benchmark paths resolve against data_root; runner.run_eval fills data_root from
-    # cluster.data_root() (only cluster/ reads environment variables).
+    data: dict[str, str] = field(default_factory=dict)      # TASK -> file (or folder) replacing its test split
+    include_paths: list[str] = field(default_factory=list)   # more task YAML folders or files
+    # Relative data paths resolve against data_root; the runner fills it from cluster.data_root()
+    # (only cluster/ reads environment variables).
     data_root: str | None = None
-    arc_easy_path: str = "arc/arc_easy_test_rows0-199.jsonl"
-    arc_challenge_path: str = "arc/arc_challenge_test_rows0-199.jsonl"
-    hellaswag_path: str = "hellaswag/val_rows0-199.jsonl"
-    bfcl_simple_path: str = "bfcl/BFCL_v4_simple_python_rows0-49.jsonl"
-    bfcl_limit: int | None = None          # first N rows (None = all 50 shared rows)
-    bfcl_max_new_tokens: int = 128         # a call with a few arguments is ~40-80 tokens
-    arc_limit: int | None = None           # first N docs of each ARC slice; None = all (200 in shared)
-    hellaswag_limit: int | None = None
-    val_dir: str | None = None             # folder of packed *.parquet (column input_ids) for perplexity
-    ppl_max_rows: int = 256                # rows of the validation shards scored (in file order)
-    arith_path: str | None = None          # held-out synthetic JSONL (actors/data/synthetic.py format)
-    arith_limit: int | None = 100
-    max_new_tokens: int = 48               # per generated turn; a tool call is ~25 tokens with our BPE
-    batch_size: int = 16                   # loglikelihood / rolling windows per forward pass
-    # rows decoded together: a CPU decode step of a 135M model costs about the same for 1 or 32 rows (it reads
-    # every weight once), so larger batches cut generation time until compute catches up
-    gen_batch_size: int = 32
-    num_samples: int = 3                   # transcripts kept per generation task in results.json
+    limit: int | None = None                 # docs per task (per subject for mmlu/cmmlu); None = all
+    limits: dict[str, int] = field(default_factory=dict)     # TASK -> docs, over `limit`
+    num_fewshot: int | None = None           # None: each task's own
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)  # until / max_gen_toks for every generation task
+    log_samples: bool = True                 # samples_<model>_<task>.jsonl beside results.json
+    num_samples: int = 3                     # samples kept inside results.json per generation task
+    batch_size: int = 16                     # loglikelihood rows per forward pass (a question + its choices = 1)
+    workers: int = 1                         # eval worker actors per model (requests sharded over them)
+    # rows one worker's engine decodes together: a CPU decode step of a 135M model costs about the same for 1 or
+    # 32 rows (it reads every weight once), so more rows cut generation time until compute catches up
+    max_num_seqs: int = 32
+    kv_cache_memory: str = "1GiB"            # the engine's KV pool per worker
+    cache_dir: str | None = None             # request cache: an interrupted run resumes from it
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    num_cpus: float = 1.0                  # Ray resources of one EvalWorker
+    num_cpus: float = 1.0                    # Ray CPUs (and torch threads) of one eval worker
     num_gpus: float = 0.0
-    progress: bool = True                  # tqdm bars over long loops
+    progress: bool = True                    # a bar over requests
 
     def __post_init__(self):
+        from actors.eval.spec import TaskRegistry
+
         check(isinstance(self.tasks, (list, tuple)) and len(self.tasks) > 0, "eval.tasks",
-              f"must be a non-empty list of task names; allowed: {list(TASK_NAMES)}")
+              "must be a non-empty list of task names, e.g. [arc_easy, mmlu]")
+        try:
+            registry = TaskRegistry(self.include_paths)
+        except ConfigError as e:
+            raise ConfigError(f"eval.include_paths: {e}") from None
         for key in ("tasks", "pretrain_tasks"):
             names = getattr(self, key)
-            check(isinstance(names, (list, tuple)), f"eval.{key}", f"must be a list of task names from {list(TASK_NAMES)}")
-            unknown = [t for t in names if t not in TASK_NAMES]
-            check(not unknown, f"eval.{key}", f"unknown task(s) {unknown}; allowed: {list(TASK_NAMES)}")
+            check(isinstance(names, (list, tuple)), f"eval.{key}", "must be a list of task names")
             check(len(set(names)) == len(names), f"eval.{key}", f"lists a task twice: {names}")
-        check(self.bfcl_max_new_tokens > 0, "eval.bfcl_max_new_tokens", f"must be > 0, got {self.bfcl_max_new_tokens}")
-        for k in ("arc_limit", "hellaswag_limit", "arith_limit", "bfcl_limit"):
-            v = getattr(self, k)
-            check(v is None or v > 0, f"eval.{k}", f"must be > 0 or null (all docs), got {v}")
-        check(self.ppl_max_rows > 0, "eval.ppl_max_rows", f"must be > 0, got {self.ppl_max_rows}")
-        check(self.max_new_tokens > 0, "eval.max_new_tokens", f"must be > 0, e.g. 48, got {self.max_new_tokens}")
+            for n in names:
+                try:
+                    registry.resolve(n)
+                except ConfigError as e:
+                    raise ConfigError(f"eval.{key}: {e}") from None
+        for k, v in list(self.limits.items()) + [("limit", self.limit)]:
+            check(v is None or (isinstance(v, int) and v > 0), f"eval.limits.{k}" if k != "limit" else "eval.limit",
+                  f"must be an integer > 0 or null (all docs), got {v!r}")
+        check(self.num_fewshot is None or self.num_fewshot >= 0, "eval.num_fewshot",
+              f"must be >= 0 or null (each task's own), got {self.num_fewshot}")
+        check(not self.fewshot_as_multiturn or self.apply_chat_template, "eval.fewshot_as_multiturn",
+              "needs apply_chat_template: true (exemplars become user/assistant turns)")
+        unknown = [k for k in self.gen_kwargs if k not in ("until", "max_gen_toks")]
+        check(not unknown, "eval.gen_kwargs", f"unknown key(s) {unknown}; use until and max_gen_toks (greedy only)")
+        if "max_gen_toks" in self.gen_kwargs:
+            check(int(self.gen_kwargs["max_gen_toks"]) > 0, "eval.gen_kwargs.max_gen_toks", "must be > 0")
         check(self.batch_size > 0, "eval.batch_size", f"must be > 0, e.g. 16, got {self.batch_size}")
-        check(self.gen_batch_size > 0, "eval.gen_batch_size", f"must be > 0, e.g. 32, got {self.gen_batch_size}")
+        check(self.workers >= 1, "eval.workers", f"must be >= 1, got {self.workers}")
+        check(self.max_num_seqs > 0, "eval.max_num_seqs", f"must be > 0, e.g. 32, got {self.max_num_seqs}")
         check(self.num_samples >= 0, "eval.num_samples", f"must be >= 0, got {self.num_samples}")
         check(self.num_cpus > 0, "eval.num_cpus", f"must be > 0 (Ray CPUs per eval worker), got {self.num_cpus}")
         check(self.num_gpus >= 0, "eval.num_gpus", f"must be >= 0, got {self.num_gpus}")
+        from actors.serve.engine import parse_memory
 
-    def resolve(self, path: str) -> Path:
-        """A benchmark path: absolute as given, relative ones under data_root."""
-        p = Path(path)
-        if p.is_absolute():
-            return p
-        check(self.data_root is not None, "eval.data_root",
-              f"relative path {path!r} needs data_root (run_eval sets it from cluster.data_root()); "
-              "or give an absolute path")
-        return Path(self.data_root) / p
-
-    def require_inputs(self, tasks: list[str] | None = None) -> None:
-        """Fail before any model loads when a requested task has no data."""
-        tasks = self.tasks if tasks is None else tasks
-        if "perplexity" in tasks:
-            check(self.val_dir is not None, "eval.val_dir",
-                  "task 'perplexity' needs the packed validation folder; pass val_dir=... to run_eval")
-            check(Path(self.val_dir).is_dir() and any(Path(self.val_dir).glob("*.parquet")), "eval.val_dir",
-                  f"{self.val_dir!r} holds no *.parquet shards; point it at the data stage's val folder")
-        if "arith_tool" in tasks:
-            check(self.arith_path is not None, "eval.arith_path",
-                  "task 'arith_tool' needs the held-out synthetic JSONL; pass arith_heldout=... to run_eval")
-            check(Path(self.arith_path).is_file(), "eval.arith_path", f"{self.arith_path!r} does not exist")
-        for task, key in (("arc_easy", "arc_easy_path"), ("arc_challenge", "arc_challenge_path"),
-                          ("hellaswag", "hellaswag_path"), ("bfcl_simple", "bfcl_simple_path")):
-            if task in tasks:
-                p = self.resolve(getattr(self, key))
-                check(p.is_file(), f"eval.{key}", f"{str(p)!r} does not exist; set eval.{key} or eval.data_root")
+        try:
+            parse_memory(self.kv_cache_memory)
+        except ValueError as e:
+            check(False, "eval.kv_cache_memory", str(e))
