@@ -170,3 +170,20 @@ def test_batch_size_does_not_change_predictions_or_loglikelihoods(debug_smollm2,
             assert (sa["acc"], sa.get("acc_norm")) == (sb["acc"], sb.get("acc_norm")), name
             worst = max(worst, max(abs(x[0] - y[0]) for x, y in zip(sa["resps"], sb["resps"])))
     assert worst <= 1e-5, worst
+
+
+def test_chat_template_and_fewshot_as_multiturn(debug_smollm2, data_root):
+    from actors.eval.backend import LocalModelBackend
+    from actors.eval.runner import run_tasks
+
+    cfg = EvalConfig(tasks=["mmlu_anatomy"], limit=2, apply_chat_template=True, fewshot_as_multiturn=True)
+    task, = build_tasks(["mmlu_anatomy"], cfg, data_root)
+    msgs = task.context(task.docs()[0])
+    assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * 5 + ["user"]
+    assert msgs[0]["content"].startswith("The following are multiple choice questions") and msgs[2]["content"] in "ABCD"
+    backend = LocalModelBackend(debug_smollm2, device="cpu", progress=False)
+    assert backend.context_text(msgs).endswith("<|im_start|>assistant\n")
+    res = run_tasks(backend, [task])["mmlu_anatomy"]
+    assert res["n"] == 2 and res["config"]["apply_chat_template"] and res["config"]["fewshot_as_multiturn"]
+    with pytest.raises(ConfigError, match="needs apply_chat_template"):
+        EvalConfig(tasks=["mmlu"], fewshot_as_multiturn=True)

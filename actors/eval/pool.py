@@ -32,22 +32,24 @@ def _size(req) -> int:
 
 
 def shards(requests: list, kind: str, target: int) -> list[list[int]]:
-    """Request indices cut into shards of about `target` requests: same-context requests in one shard,
-    longest first (the slowest shards start first, and an out-of-memory shows at once)."""
+    """Request indices cut into shards of about `target` requests: same-context requests in one shard, and
+    contexts in text order, so a few-shot prompt's docs (one MMLU subject) land together and share their
+    exemplars' computation in the worker; the shards come back largest first (the slowest start first, and an
+    out-of-memory shows at once)."""
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
         key = _ctx_key(r) if kind == "loglikelihood" else str(i)
         groups.setdefault(key, []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: -max(_size(requests[i]) for i in g))
+    ordered = sorted(groups.items(), key=lambda kv: kv[0]) if kind == "loglikelihood" else list(groups.items())
     out, cur = [], []
-    for g in ordered:
+    for _, g in ordered:
         cur.extend(g)
         if len(cur) >= target:
             out.append(cur)
             cur = []
     if cur:
         out.append(cur)
-    return out
+    return sorted(out, key=lambda idx: -sum(_size(requests[i]) for i in idx))
 
 
 class WorkerPool(ModelBackend):
@@ -64,10 +66,10 @@ class WorkerPool(ModelBackend):
 
         if not requests:
             return []
-        if kind == "generate":  # a shard keeps one engine's batch full while others finish
-            target = 2 * self.max_num_seqs
-        else:  # several forward batches per shard; enough shards that both workers stay busy to the end
-            target = max(self.batch_size, min(8 * self.batch_size, len(requests) // (4 * len(self.workers)) + 1))
+        if kind == "generate":  # a shard keeps one engine's batch full, and every worker gets one
+            target = max(1, min(2 * self.max_num_seqs, -(-len(requests) // len(self.workers))))
+        else:  # several forward batches per shard (rows pack better), ~4 shards per worker to balance the end
+            target = max(4 * self.batch_size, len(requests) // (4 * len(self.workers)) + 1)
         todo = shards(requests, kind, target)
         todo.reverse()  # pop() takes the longest first
         out: list = [None] * len(requests)
@@ -82,8 +84,8 @@ class WorkerPool(ModelBackend):
             inflight[ref] = (w, idx)
             load[w] += 1
 
-        for w in range(len(self.workers)):
-            for _ in range(2):
+        for _ in range(2):  # round robin: the longest shards go to different workers
+            for w in range(len(self.workers)):
                 if todo:
                     submit(w)
         while inflight:

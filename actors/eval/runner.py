@@ -47,7 +47,13 @@ def run_tasks(backend: ModelBackend, tasks: list) -> dict[str, dict]:
             r = t.requests(d)
             spans[t.name].append((len(reqs[t.kind]), len(reqs[t.kind]) + len(r)))
             reqs[t.kind].extend(r)
-    answers = {k: dispatch(backend, k, reqs[k]) for k in KINDS}
+    answers = {}
+    for k in KINDS:
+        t0 = time.perf_counter()
+        answers[k] = dispatch(backend, k, reqs[k])
+        if reqs[k]:
+            log.info("%s: %d %s requests in %.1f s", getattr(backend, "name", "?"), len(reqs[k]), k,
+                     time.perf_counter() - t0)
     out = {}
     for t in tasks:
         t0 = time.perf_counter()

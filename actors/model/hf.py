@@ -261,11 +261,15 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str = 
     if not (d / "config.json").exists():
         raise FileNotFoundError(f"{d}: not a Hugging Face model folder (no config.json)")
     cfg = config_from_hf(json.loads((d / "config.json").read_text()), name=d.name)
-    model = Transformer(cfg)
+    with torch.device("meta"):  # no random init of weights the checkpoint replaces (~1 s for 135M params)
+        model = Transformer(cfg)
     sd = _load_state_dict(d)
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()
+    rope = model.model.rotary_emb
+    rope.inv_freq = rope._inv_freq()  # a non-persistent buffer: not in the checkpoint, still on meta
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     unexpected = [k for k in unexpected if "rotary_emb" not in k]
     if missing or unexpected:
