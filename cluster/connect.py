@@ -49,6 +49,20 @@ def _embedded_num_cpus() -> int:
     return max(8, (os.cpu_count() or 2) * 2)
 
 
+_EMBEDDED = False  # this process started the embedded local Ray (whose CPU count is oversubscribed)
+
+
+def compute_cpus() -> int:
+    """Cores the connected cluster can compute on. The embedded Ray advertises more logical CPUs than the
+    machine has (so stages' actors coexist), so there it is this machine's cores; a joined cluster's own CPU
+    resource otherwise. Call after `connect()`."""
+    import ray
+
+    if _EMBEDDED:
+        return os.cpu_count() or 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
     """Connect to Ray once per process and return `cluster_info()`.
 
@@ -71,6 +85,8 @@ def connect(num_cpus: int | None = None, log_to_driver: bool = True) -> dict:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
                  runtime_env=runtime_env())
     else:
+        global _EMBEDDED
+        _EMBEDDED = True
         apply_local_ray_env()
         tmp = s.ray_tmp or os.path.join(tempfile.gettempdir(), "fullchain-ray")
         os.makedirs(tmp, exist_ok=True)
@@ -121,8 +137,10 @@ def cluster_info() -> dict:
 def shutdown() -> None:
     import ray
 
+    global _EMBEDDED
     if ray.is_initialized():
         ray.shutdown()
+    _EMBEDDED = False
 
 
-__all__ = ["connect", "shutdown", "runtime_env", "cluster_info", "REPO_ROOT", "WORKING_DIR_EXCLUDES"]
+__all__ = ["connect", "shutdown", "runtime_env", "cluster_info", "compute_cpus", "REPO_ROOT", "WORKING_DIR_EXCLUDES"]

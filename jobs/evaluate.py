@@ -90,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-samples", action=argparse.BooleanOptionalAction, default=True,
                    help="write samples_<model>_<task>.jsonl")
     p.add_argument("--batch-size", type=int, default=None, help="loglikelihood rows per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="eval worker actors per model")
+    p.add_argument("--workers", type=int, default=None,
+                   help="eval worker actors per model (default: one per eval.num_cpus CPUs of the cluster, at most 8)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--cache-dir", default=None, help="request cache: rerun to resume an interrupted run")
     p.add_argument("--output", default="runs/eval", help="reports go here")
@@ -154,6 +155,12 @@ def standalone(argv: list[str]) -> int:
     from actors.eval.runner import run_eval
 
     cluster.connect()
+    if "workers" not in cli and "workers" not in section and not any(o.startswith("eval.workers=")
+                                                                      for o in args.overrides):
+        import dataclasses
+
+        # lm-eval uses the whole machine by default; so do we: one worker per eval.num_cpus cores of the cluster
+        cfg = dataclasses.replace(cfg, workers=max(1, min(8, int(cluster.compute_cpus() // cfg.num_cpus))))
     try:
         report = run_eval(dict(zip(labels, args.model)), cfg, Path(args.output), model_names=names)
     except (ConfigError, FileNotFoundError, ValueError) as e:
