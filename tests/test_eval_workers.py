@@ -125,3 +125,40 @@ def test_jobs_evaluate_end_to_end_writes_reports(debug_smollm2, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--model", str(debug_smollm2), "--tasks",
                           "arc_easy,mmlu_pro"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown task 'mmlu_pro'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_openai_backend_says_what_a_server_without_echo_logprobs_lacks():
+    """A server that answers /v1/completions but drops echo + logprobs (as some OpenAI-compatible servers do)
+    fails loglikelihood requests with an error naming what is missing; generation still works."""
+    import http.server
+    import threading
+
+    from actors.eval.backend import GenerateRequest, LoglikelihoodRequest
+    from actors.eval.openai_backend import EndpointError, OpenAIBackend
+
+    class NoLogprobs(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            out = {"choices": [{"index": i, "text": " Paris. Question: next", "logprobs": None}
+                               for i in range(len(prompts))]}
+            data = json.dumps(out).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobs)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        b = OpenAIBackend(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", progress=False)
+        with pytest.raises(EndpointError, match="echo \\+ logprobs"):
+            b.loglikelihood([LoglikelihoodRequest("The capital of France is", " Paris")])
+        # generation needs no logprobs; `until` cuts the text as lm-eval's does
+        assert b.generate([GenerateRequest(prompt="Q: capital?\nA:", stop=["Question:"])]) == [" Paris. "]
+    finally:
+        srv.shutdown()
