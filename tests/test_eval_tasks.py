@@ -187,3 +187,21 @@ def test_chat_template_and_fewshot_as_multiturn(debug_smollm2, data_root):
     assert res["n"] == 2 and res["config"]["apply_chat_template"] and res["config"]["fewshot_as_multiturn"]
     with pytest.raises(ConfigError, match="needs apply_chat_template"):
         EvalConfig(tasks=["mmlu"], fewshot_as_multiturn=True)
+
+
+def test_stem_groups_share_a_prefix_only_when_it_pays_and_rows_pack_first_fit():
+    from actors.eval.backend import pack_rows, stem_groups
+
+    cost = lambda T: T * (3_540_000 + 2 * T * 576)  # noqa: E731  SmolLM2's per-layer multiply-adds
+    shots = list(range(1000, 1550))                  # a 550-token few-shot prompt
+    mmlu = [shots + [7, i, 8] for i in range(5)]     # 5 questions after it
+    groups = stem_groups(mmlu, [3] * 5, 64, 4096, cost)
+    assert groups == [(551, [0, 1, 2, 3, 4])]        # the exemplars once: 551 + 5 x 5 tokens instead of 5 x 556
+    long = [list(range(64)) + [i] * 500 for i in range(2, 7)]  # 64 shared tokens before 500-token remainders
+    assert len(stem_groups(long, [3] * 5, 64, 4096, cost)) == 5  # one 2564-token row costs more than five
+    assert len(stem_groups(mmlu, [3] * 5, 600, 4096, cost)) == 5  # below min_shared: no sharing
+    assert [len(m) for _, m in stem_groups(mmlu, [3] * 5, 64, 570, cost)] == [3, 2]  # the row cap: 551 + 3 x 5
+    # first fit: short rows fill the room a long one left; a long batch gets fewer rows
+    batches = pack_rows([100, 60, 50, 40, 10], 2)
+    assert batches == [[(100, [(0, 0)]), (100, [(1, 0), (3, 60)])], [(50, [(2, 0)]), (10, [(4, 0)])]]
+    assert [len(b) for b in pack_rows([3000, 3000, 3000, 10], 16, 16 * 512)] == [2, 2]

@@ -81,19 +81,22 @@ def split_pair(encode, context: str, continuation: str) -> tuple[list[int], list
     return ctx, whole[len(ctx):]
 
 
-def pack_rows(lengths: list[int], rows_per_batch: int) -> list[list[tuple[int, list[tuple[int, int]]]]]:
-    """First-fit decreasing: batches of at most `rows_per_batch` rows, each row [used, [(item, offset)]], every
-    row no longer than the batch's first (longest) item, so packing never lengthens a row's attention."""
+def pack_rows(lengths: list[int], rows_per_batch: int, max_batch_tokens: int | None = None
+              ) -> list[list[tuple[int, list[tuple[int, int]]]]]:
+    """First-fit decreasing: batches of at most `rows_per_batch` rows (fewer when rows are so long that the
+    batch would pass `max_batch_tokens`), each row [used, [(item, offset)]], every row no longer than the
+    batch's first (longest) item, so packing never lengthens a row's attention."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches = []
     while order:
         cap = lengths[order[0]]
+        limit = rows_per_batch if max_batch_tokens is None else max(1, min(rows_per_batch, max_batch_tokens // cap))
         rows: list = []
         rest = []
         for i in order:
             n = lengths[i]
             row = next((r for r in rows if r[0] + n <= cap), None)
-            if row is None and len(rows) < rows_per_batch:
+            if row is None and len(rows) < limit:
                 row = [0, []]
                 rows.append(row)
             if row is None:
@@ -106,11 +109,14 @@ def pack_rows(lengths: list[int], rows_per_batch: int) -> list[list[tuple[int, l
     return batches
 
 
-def stem_groups(contexts: list[list[int]], extra: list[int], min_shared: int,
-                max_tokens: int) -> list[tuple[int, list[int]]]:
+def stem_groups(contexts: list[list[int]], extra: list[int], min_shared: int, max_tokens: int,
+                cost=lambda T: T) -> list[tuple[int, list[int]]]:
     """Group contexts that start with the same >= `min_shared` tokens: [(stem length, member indices)].
-    Contexts are sorted so shared prefixes are neighbours; a group grows while its stem stays >= min_shared
-    and its layout (stem + each member's remainder + `extra[i]` branch tokens) stays <= max_tokens. A context
+    Contexts are sorted so shared prefixes are neighbours; a context joins the group before it while the stem
+    stays >= min_shared, the layout (stem + each member's remainder + `extra[i]` branch tokens) stays
+    <= max_tokens, and `cost(layout length)` of the grown group is below the group's plus the context's own
+    (a long shared row pays attention over all of it: sharing a 64-token prefix between 500-token prompts
+    does not pay, sharing MMLU's ~550-token exemplars between 70-token questions does, ~4x). A context
     sharing nothing is a group of one whose stem is the whole context."""
     order = sorted(range(len(contexts)), key=lambda i: contexts[i])
     groups: list[tuple[int, list[int]]] = []
@@ -126,7 +132,9 @@ def stem_groups(contexts: list[list[int]], extra: list[int], min_shared: int,
             limit = min(stem, len(contexts[i]))
             while n < limit and ref[n] == contexts[i][n]:
                 n += 1
-            if n >= min_shared and n >= 1 and size(n, members + [i]) <= max_tokens:
+            grown = size(n, members + [i])
+            if (n >= min_shared and grown <= max_tokens
+                    and cost(grown) <= cost(size(stem, members)) + cost(len(contexts[i]) + extra[i])):
                 stem, members = n, members + [i]
                 continue
             groups.append((stem, members))
@@ -171,10 +179,10 @@ class LocalModelBackend(ModelBackend):
         self.tokenizer = load_tokenizer(model_dir)
         self.batch_size = batch_size
         self.max_num_seqs, self.kv_cache_memory = max_num_seqs, kv_cache_memory
-        # contexts sharing this many leading tokens share their computation (a few-shot prompt's exemplars);
-        # a shared row holds at most max_group_tokens (attention per token grows with the row: at 1536
-        # positions it is ~half of a layer's matmul work, still far below recomputing a 550-token prefix)
-        self.min_shared_prefix, self.max_group_tokens = 64, 1536
+        # contexts sharing this many leading tokens may share their computation (a few-shot prompt's
+        # exemplars) when the cost model in score_trees says it pays; a shared row holds at most
+        # max_group_tokens (a batch of such rows is cut to batch_size x 512 tokens)
+        self.min_shared_prefix, self.max_group_tokens = 64, 4096
         self._engine = None
         self.progress = progress
         self.max_length = self.model.config.max_position_embeddings
@@ -258,8 +266,16 @@ class LocalModelBackend(ModelBackend):
 
         Returns, per out_index, (sum log p(cont | ctx), whether every cont token is the argmax)."""
         layouts = []
-        for stem_len, members in stem_groups([t[0] for t in trees], [sum(len(c) - 1 for _, c in t[1]) for t in trees],
-                                             self.min_shared_prefix, self.max_group_tokens):
+        cfg = self.model.config
+        hd = cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
+        # multiply-adds per token of one layer: the projections and MLP, plus attention over a row of T positions
+        # (the masked SDPA computes every pair of the row)
+        linear = cfg.hidden_size * hd * 2 * (cfg.num_attention_heads + cfg.num_key_value_heads) \
+            + 3 * cfg.hidden_size * cfg.intermediate_size
+        groups = stem_groups([t[0] for t in trees], [sum(len(c) - 1 for _, c in t[1]) for t in trees],
+                             self.min_shared_prefix, self.max_group_tokens,
+                             cost=lambda T: T * (linear + 2 * T * cfg.num_attention_heads * hd))
+        for stem_len, members in groups:
             ids = list(trees[members[0]][0][:stem_len])
             pos = list(range(stem_len))
             items = []
@@ -278,7 +294,7 @@ class LocalModelBackend(ModelBackend):
                 items.append((r, (a, pred + 1), pred, spans))
             layouts.append((ids, pos, stem_len, items))
         out: list[tuple[float, bool] | None] = [None] * n_out
-        batches = pack_rows([len(x[0]) for x in layouts], self.batch_size)
+        batches = pack_rows([len(x[0]) for x in layouts], self.batch_size, self.batch_size * 512)
         for batch in _progress(batches, self.progress and len(batches) > 1, desc):
             B, T = len(batch), max(used for used, _ in batch)
             ids = torch.full((B, T), self.eos_id, dtype=torch.long)
