@@ -8,56 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
-import pytest
 
 from actors.common.metrics import read_jsonl
 
 LIMIT = 40  # rows per task: enough for a non-trivial accuracy, a few seconds of scoring per side
 
-ARC_YAML = """task: local_arc_easy
-dataset_path: json
-dataset_kwargs:
-  data_files: {test: "%s"}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_target: "{{choices.label.index(answerKey)}}"
-doc_to_choice: "{{choices.text}}"
-metric_list:
-  - {metric: acc, aggregation: mean, higher_is_better: true}
-  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
-"""
-HELLASWAG_YAML = """task: local_hellaswag
-dataset_path: json
-dataset_kwargs:
-  data_files: {test: "%s"}
-output_type: multiple_choice
-test_split: test
-process_docs: !function hs_utils.process_docs
-doc_to_text: "{{query}}"
-doc_to_target: "{{label}}"
-doc_to_choice: "choices"
-metric_list:
-  - {metric: acc, aggregation: mean, higher_is_better: true}
-  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
-"""
-
-
-PIQA_YAML = """task: local_piqa
-dataset_path: json
-dataset_kwargs:
-  data_files: {test: "%s"}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "Question: {{goal}}\\nAnswer:"
-doc_to_target: label
-doc_to_choice: "{{[sol1, sol2]}}"
-metric_list:
-  - {metric: acc, aggregation: mean, higher_is_better: true}
-  - {metric: acc_norm, aggregation: mean, higher_is_better: true}
-"""
 MMLU_YAML = """task: local_mmlu_anatomy
 dataset_path: json
 dataset_kwargs:
@@ -77,19 +32,6 @@ metric_list:
 """
 
 
-def _hf_arc_row(raw: dict) -> dict:
-    """The shared AI2 rows in HF `allenai/ai2_arc`'s schema, which lm-eval's arc_easy.yaml templates read."""
-    q = raw["question"]
-    return {"id": raw["id"], "question": q["stem"], "answerKey": raw["answerKey"],
-            "choices": {"text": [c["text"] for c in q["choices"]], "label": [c["label"] for c in q["choices"]]}}
-
-
-def _hf_hellaswag_row(raw: dict) -> dict:
-    """The shared rows hold the joined `ctx` only; as `ctx_a` with an empty `ctx_b` lm-eval's own
-    `process_docs` builds the same query as ours."""
-    return {**raw, "ctx_a": raw["ctx"], "ctx_b": "", "label": str(raw["label"])}
-
-
 def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -101,25 +43,17 @@ def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path
     from actors.eval.runner import run_tasks
     from actors.eval.tasks import build_tasks
 
-    arc = [_hf_arc_row(r) for r in read_jsonl(data_root / "arc" / "arc_easy_test_rows0-199.jsonl", LIMIT)]
-    hs = [_hf_hellaswag_row(r) for r in read_jsonl(data_root / "hellaswag" / "val_rows0-199.jsonl", LIMIT)]
-    piqa = read_jsonl(data_root / "piqa" / "dev_rows0-199.jsonl", LIMIT)
+    from bench.eval_throughput import lmeval_files
+
+    # lm-eval's own task definitions over the shared rows in its schemas (the bench's, one place for both)
+    tasks_dir = lmeval_files(data_root, LIMIT, tmp_path)
     # MMLU in HF cais/mmlu's schema (answer = the index), one subject
-    mmlu = {split: [dict(subject=r["subject"], question=r["question"], choices=r["choices"], answer=r["answer_index"])
-                    for r in read_jsonl(data_root / "mmlu" / f"{split}.jsonl") if r["subject"] == "anatomy"]
-            for split in ("test_first5_per_subject", "dev_all")}
-    files = {}
-    for name, rows in (("arc", arc), ("hellaswag", hs), ("piqa", piqa), ("mmlu_test", mmlu["test_first5_per_subject"]),
-                       ("mmlu_dev", mmlu["dev_all"])):
-        files[name] = tmp_path / f"{name}.jsonl"
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "local_arc_easy.yaml").write_text(ARC_YAML % files["arc"])
-    (tasks_dir / "local_hellaswag.yaml").write_text(HELLASWAG_YAML % files["hellaswag"])
-    (tasks_dir / "local_piqa.yaml").write_text(PIQA_YAML % files["piqa"])
-    (tasks_dir / "local_mmlu.yaml").write_text(MMLU_YAML % (files["mmlu_test"], files["mmlu_dev"]))
-    (tasks_dir / "hs_utils.py").write_text("from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401\n")
+    for split in ("test_first5_per_subject", "dev_all"):
+        rows = [dict(subject=r["subject"], question=r["question"], choices=r["choices"], answer=r["answer_index"])
+                for r in read_jsonl(data_root / "mmlu" / f"{split}.jsonl") if r["subject"] == "anatomy"]
+        (tmp_path / f"mmlu_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks_dir / "local_mmlu.yaml").write_text(MMLU_YAML % (tmp_path / "mmlu_test_first5_per_subject.jsonl",
+                                                            tmp_path / "mmlu_dev_all.jsonl"))
 
     pairs = {"local_arc_easy": "arc_easy", "local_hellaswag": "hellaswag", "local_piqa": "piqa",
              "local_mmlu_anatomy": "mmlu_anatomy"}
@@ -128,8 +62,9 @@ def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path
                           task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True)
 
     # ours: the built-in task definitions, rows from the same files (--data), the lm-eval schema rows
-    cfg = EvalConfig(tasks=list(pairs.values()), data={"arc_easy": str(files["arc"]), "hellaswag": str(files["hellaswag"]),
-                                                       "piqa": str(files["piqa"]), "mmlu": str(files["mmlu_test"])})
+    cfg = EvalConfig(tasks=list(pairs.values()), data={
+        **{t: str(tmp_path / f"{t}.jsonl") for t in ("arc_easy", "hellaswag", "piqa")},
+        "mmlu": str(tmp_path / "mmlu_test_first5_per_subject.jsonl")})
     tasks = build_tasks(cfg.tasks, cfg, data_root)
     # exemplars from the same dev rows: the registry's file is the full dev split, of which these are anatomy's
     backend = LocalModelBackend(debug_smollm2, device="cpu", batch_size=8, progress=False)
