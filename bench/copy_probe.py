@@ -26,6 +26,7 @@ copy within the 10-minute budget; see docs/architecture.md "Demo sizing".
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 
@@ -34,6 +35,7 @@ import torch
 from actors.train.config import OptimConfig
 from actors.train.sft import collate
 from actors.train.trainer import CausalLMLoss, Trainer
+from cluster.hardware import precision_info
 
 
 def copy_task(gap: int, suffix: int, dmin: int, dmax: int):
@@ -122,11 +124,15 @@ def main() -> None:
     trainer = Trainer(model, CausalLMLoss(sparse=True), OptimConfig(lr=args.lr, warmup_steps=10, weight_decay=0.0),
                       args.steps)
     t0 = time.perf_counter()
+    r = {"loss": float("nan")}
     for s in range(1, args.steps + 1):
         r = trainer.train_step(collate(next_batch(), pad_id))
         if s % args.every == 0:
             print(f"{args.mode} step {s:4d} loss {r['loss']:.3f} held-out exact {exact(model, held, pad_id):.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    print(json.dumps({"mode": args.mode, "steps": args.steps, "final_loss": round(float(r["loss"]), 4),
+                      "heldout_exact": exact(model, held, pad_id), "seconds": round(time.perf_counter() - t0, 1),
+                      **precision_info("float32")}))
 
 
 if __name__ == "__main__":

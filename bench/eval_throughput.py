@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster.hardware import precision_info, resolve_dtype
+
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa"]
 
@@ -95,7 +97,8 @@ def run_ours(a) -> dict:
     cfg = EvalConfig(tasks=TASKS, pretrain_tasks=[], limit=a.rows, workers=a.workers, num_cpus=a.threads / a.workers,
                      dtype=a.dtype, batch_size=a.batch_size, log_samples=False, device="cpu")
     t0 = time.perf_counter()
-    rep = run_eval({"smollm2": a.model_dir}, cfg, Path(a.work) / "ours")
+    rep = run_eval({"smollm2": a.model_dir}, cfg, Path(a.work) / "ours", data_root=cluster.data_root(),
+                   model_cache=cluster.model_cache())
     secs = time.perf_counter() - t0
     res = rep["results"]["smollm2"]
     return {"seconds": secs, "acc": {t: {m: res[t]["metrics"][m] for m in ("acc", "acc_norm")} for t in TASKS}}
@@ -104,7 +107,8 @@ def run_ours(a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=200)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default): bfloat16 where the hardware computes it natively, else float32")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16, help="our tree rows per forward pass")
@@ -113,6 +117,7 @@ def main() -> None:
     p.add_argument("--tasks-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--work", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
+    a.dtype = resolve_dtype(a.dtype, field="--dtype")
     if a.side:
         res = run_lmeval(a) if a.side == "lmeval" else run_ours(a)
         print("RESULT " + json.dumps(res))
@@ -139,7 +144,7 @@ def main() -> None:
     equal = all(res["ours"]["acc"][t][m] == res["lmeval"]["acc"][t][m] for t in TASKS for m in ("acc", "acc_norm"))
     print(json.dumps({"ours_s": round(res["ours"]["seconds"], 2), "lmeval_s": round(res["lmeval"]["seconds"], 2),
                       "ratio": round(res["lmeval"]["seconds"] / res["ours"]["seconds"], 3), "acc_equal": equal,
-                      "tasks": TASKS, "rows": a.rows, "dtype": a.dtype, "threads": a.threads, "workers": a.workers,
+                      "tasks": TASKS, "rows": a.rows, **precision_info(a.dtype), "threads": a.threads, "workers": a.workers,
                       "baseline": "lm-eval 0.4.13 hf backend, batch_size 16", "acc_ours": res["ours"]["acc"],
                       "acc_lmeval": res["lmeval"]["acc"]}))
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster.hardware import precision_info, resolve_dtype
+
 REPO = Path(__file__).resolve().parent.parent
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -113,7 +115,8 @@ def _child(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="auto (default): bfloat16 where the hardware computes it natively, else float32")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--cache", default=str(REPO / "runs" / "models"))
     ap.add_argument("--dataset", default="sft_alpaca_demo/alpaca_en_demo.json")
@@ -129,6 +132,7 @@ def main() -> None:
     ap.add_argument("--train", default="")
     ap.add_argument("--work", default="")
     a = ap.parse_args()
+    a.dtype = resolve_dtype(a.dtype, field="--dtype")
     if a.child:
         return _child(a)
 
@@ -161,7 +165,7 @@ def main() -> None:
         r = res[name]
         print(f"{name}: {r['tokens']} tokens in {r['seconds']:.1f}s ({r['steps']} steps) -> {r['tok_s']:.1f} tok/s, "
               f"peak RSS {r['peak_mb']:.0f} MB", flush=True)
-    out = {"dtype": a.dtype, "threads": a.threads, "rows": a.rows}
+    out = {**precision_info(a.dtype), "threads": a.threads, "rows": a.rows}
     if "ours" in res:
         out.update(ours_tok_s=round(res["ours"]["tok_s"], 1), ours_peak_mb=round(res["ours"]["peak_mb"]))
     if "hf" in res:

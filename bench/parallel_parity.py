@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster.hardware import precision_info
+
 LAYOUTS = {
     "single": {},
     "dp2": {"dp_replicate": 2},
@@ -130,7 +132,7 @@ def main(argv=None) -> dict:
     drop = 1 - ref[steps[-1]][0] / ref[steps[0]][0]
     result = {"max_rel_loss_diff": worst_l, "max_rel_gradnorm_diff": worst_g, "layouts": len(names),
               "loss_drop": round(drop, 4), "steps": len(steps), "baseline": "single worker, fp32",
-              "layout_names": names}
+              "layout_names": names, **precision_info("float32")}
     print(json.dumps(result))
     return result
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from cluster.hardware import precision_info, resolve_dtype
+
 
 def make_rows(tok_dir: Path, seq_len: int, n: int) -> torch.Tensor:
     import gzip
@@ -108,7 +110,8 @@ def _side(a, side: str, model_dir: Path, rows_path: Path, out: Path) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    ap.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                    help="auto (default): bfloat16 where the hardware computes it natively, else float32")
     ap.add_argument("--steps", type=int, default=6, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
@@ -121,6 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--malloc-tuned", dest="malloc_tuned", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.dtype = resolve_dtype(a.dtype, field="--dtype")
     torch.set_num_threads(a.threads)
     if a.side:  # child process
         w = Path(a.workdir)
@@ -166,7 +170,7 @@ def main(argv=None) -> dict:
         hf = side("hf")
         hf_tuned = side("hf", "--malloc-tuned") if a.hf_malloc_tuned else None
     result = {"ours_tok_s": round(ours["tok_s"], 1), "hf_tok_s": round(hf["tok_s"], 1),
-              "ratio": round(ours["tok_s"] / hf["tok_s"], 3), "dtype": a.dtype, "threads": a.threads,
+              "ratio": round(ours["tok_s"] / hf["tok_s"], 3), **precision_info(a.dtype), "threads": a.threads,
               "batch": a.batch, "seq_len": a.seq_len, "timed_steps": a.steps,
               "first_loss": {"ours": round(ours["losses"][0], 4), "hf": round(hf["losses"][0], 4)},
               "baseline": "transformers Trainer (LlamaForCausalLM), same weights/data/dtype/threads, own process"}

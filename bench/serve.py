@@ -24,11 +24,14 @@ import statistics
 import time
 from pathlib import Path
 
+from cluster.hardware import precision_info, resolve_dtype
+
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="registry name, .gguf or HF folder")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="auto (default): bfloat16 where the hardware computes it natively, else float32")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for both ours and HF")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--max-concurrency", type=int, default=64)
@@ -44,7 +47,9 @@ def parse(argv=None):
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--kv-cache-memory", default="3GiB")
     ap.add_argument("--out", default=None, help="JSON report (default runs/bench/serve-<dtype>.json)")
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    a.dtype = resolve_dtype(a.dtype, field="--dtype")
+    return a
 
 
 def make_requests(a, vocab: int) -> list[tuple[list[int], int]]:
@@ -146,6 +151,8 @@ def main(argv=None) -> dict:
     a = parse(argv)
     import cluster
     from actors.model.registry import resolve_model
+    from actors.engine import EngineConfig
+    from actors.serve.config import ServeConfig
     from actors.serve.deployment import start_server, stop_server
 
     cluster.connect()
@@ -153,10 +160,11 @@ def main(argv=None) -> dict:
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     requests = make_requests(a, vocab)
     app = "bench-serve"
-    url = start_server(model_dir, model_name="bench", port=_free_port(), app_name=app, dtype=a.dtype,
-                       torch_threads=a.threads, num_cpus=a.threads, max_num_seqs=a.max_num_seqs,
-                       max_num_batched_tokens=a.max_num_batched_tokens, kv_cache_memory=a.kv_cache_memory,
-                       max_ongoing_requests=max(a.max_concurrency, 64), timeout_s=600)
+    cfg = ServeConfig(model=model_dir, model_name="bench", port=_free_port(), dtype=a.dtype, torch_threads=a.threads,
+                      num_cpus=a.threads, max_ongoing_requests=max(a.max_concurrency, 64),
+                      engine=EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                                          kv_cache_memory=a.kv_cache_memory))
+    url = start_server(cfg, app_name=app, timeout_s=600)
     try:
         asyncio.run(run_load(url, "bench", [(requests[0][0][:16], 4)], a))  # warm-up
         results, dur = asyncio.run(run_load(url, "bench", requests, a))
@@ -168,7 +176,7 @@ def main(argv=None) -> dict:
     out_tokens = sum(r["n_tokens"] for r in results)
     assert out_tokens == sum(n for _, n in requests), "a request produced a different number of tokens"
     report = {
-        "model": a.model, "dtype": a.dtype, "threads": a.threads, "num_prompts": a.num_prompts,
+        "model": a.model, **precision_info(a.dtype), "threads": a.threads, "num_prompts": a.num_prompts,
         "max_concurrency": a.max_concurrency, "request_rate": str(a.request_rate),
         "input_len": [a.input_len_min, a.input_len_max], "output_len": [a.output_len_min, a.output_len_max],
         "duration_s": dur, "request_throughput": len(results) / dur, "output_throughput": out_tokens / dur,
@@ -181,7 +189,7 @@ def main(argv=None) -> dict:
     }
     summary = {"ours_out_tok_s": round(report["output_throughput"], 2), "hf_out_tok_s": None, "ratio": None,
                "ttft_p50_ms": round(report["ttft_ms"]["p50"], 1), "tpot_p50_ms": round(report["tpot_ms"]["p50"], 1),
-               "dtype": a.dtype, "threads": a.threads, "greedy_equal": None}
+               **precision_info(a.dtype), "threads": a.threads, "greedy_equal": None}
     print(f"ours: {len(results)} requests in {dur:.1f}s, {report['output_throughput']:.1f} output tok/s, "
           f"TTFT p50 {report['ttft_ms']['p50']:.0f} ms, TPOT p50 {report['tpot_ms']['p50']:.1f} ms; engine "
           f"{engine_stats.get('steps')} steps in {engine_stats.get('step_seconds')}s", flush=True)

@@ -17,6 +17,8 @@ class Settings:
     ray_tmp: str | None          # FULLCHAIN_RAY_TMP: temp dir of the embedded local Ray
     in_ray_job: bool             # RAY_JOB_ID present: we are a `ray job submit` driver
     ci: bool                     # CI=true
+    aten_cpu_capability: str     # ATEN_CPU_CAPABILITY: caps torch's CPU kernels (avx2 makes any CPU an AVX2 one)
+    onednn_max_cpu_isa: str      # ONEDNN_MAX_CPU_ISA: caps oneDNN's (AVX2: no native bf16 matmuls)
 
 
 def settings() -> Settings:
@@ -30,6 +32,8 @@ def settings() -> Settings:
         ray_tmp=env.get("FULLCHAIN_RAY_TMP") or None,
         in_ray_job=bool(env.get("RAY_JOB_ID") or env.get("RAY_JOB_SUBMISSION_ID")),
         ci=env.get("CI", "").lower() in ("1", "true", "yes"),
+        aten_cpu_capability=env.get("ATEN_CPU_CAPABILITY", "").strip().lower(),
+        onednn_max_cpu_isa=env.get("ONEDNN_MAX_CPU_ISA", "").strip().lower(),
     )
 
 

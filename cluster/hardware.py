@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 
 import torch
+
+from cluster.env import settings
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,10 @@ def cpu_capability() -> str:
 @functools.cache
 def cpu_bf16_native() -> bool:
     """True where a bf16 matmul on this CPU runs on bf16 hardware (AVX512_BF16 or AMX) under the ISA caps."""
-    aten_cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    s = settings()
+    aten_cap, onednn_cap = s.aten_cpu_capability, s.onednn_max_cpu_isa
     if aten_cap in ("default", "avx2", "zvector", "vsx"):
         return False
-    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().lower()
     if onednn_cap in _ONEDNN_ISA_ORDER and _ONEDNN_ISA_ORDER.index(onednn_cap) < _ONEDNN_BF16_FROM:
         return False
     flags = _cpu_flags()

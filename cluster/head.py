@@ -67,6 +67,7 @@ def wait_for_job_agent(gcs_address: str, timeout_s: float = 180.0) -> None:
 
     client = GcsClient(address=gcs_address)
     deadline = time.monotonic() + timeout_s
+    last_error = "none"
     while True:
         try:
             head_id = client.internal_kv_get(ray_constants.KV_HEAD_NODE_ID_KEY,
@@ -74,11 +75,12 @@ def wait_for_job_agent(gcs_address: str, timeout_s: float = 180.0) -> None:
             if head_id and client.internal_kv_get(f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{head_id.decode()}".encode(),
                                                   namespace=ray_constants.KV_NAMESPACE_DASHBOARD, timeout=5):
                 return
-        except Exception:  # GCS still starting: keep polling until the deadline
-            pass
+        except Exception as e:  # noqa: BLE001 - GCS still starting: polled until the deadline, then reported
+            last_error = f"{type(e).__name__}: {e}"
         if time.monotonic() > deadline:
             raise TimeoutError(f"the Ray head at {gcs_address} started but its dashboard agent did not register "
-                               f"within {timeout_s:.0f}s; see <temp-dir>/session_latest/logs/dashboard_agent.log")
+                               f"within {timeout_s:.0f}s (last GCS error: {last_error}); see "
+                               "<temp-dir>/session_latest/logs/dashboard_agent.log")
         time.sleep(0.5)
 
 

@@ -19,7 +19,7 @@ def run(ctx: StageContext) -> dict:
     tools = start_tools(cfg.tools)
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
     agent = Agent.from_config(cfg, client, serve["model_name"], tools)
-    report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts)
+    report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)
     demo_prompt = ctx.cfg.serve.demo_prompt
     tr = agent.run(demo_prompt)
     demo = {"prompt": demo_prompt, "final_answer": tr.final_answer, "stopped_reason": tr.stopped_reason,

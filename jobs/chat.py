@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 
-def load_for_chat(spec: str, base: str = "", dtype: str = "bfloat16", template: str = ""):
+def load_for_chat(spec: str, base: str = "", dtype: str = "auto", template: str = ""):
     """(model, tokenizer, what was loaded) for a model spec or an adapter folder."""
     import torch
 
     import cluster
+    from cluster.hardware import torch_dtype
     from actors.model.chat import use_template
     from actors.model.hf import load_hf
     from actors.model.lora import adapter_base, is_adapter, merge_lora_
@@ -30,12 +31,13 @@ def load_for_chat(spec: str, base: str = "", dtype: str = "bfloat16", template: 
     model_spec = (base or adapter_base(adapter)) if adapter else spec
     model_dir = resolve_model(model_spec, cluster.model_cache())
     # merge in fp32, then cast: the adapter's update is often below bf16's resolution of the base weight
-    model = load_hf(model_dir, dtype=torch.float32 if adapter else getattr(torch, dtype))
+    dtype = torch_dtype(dtype, field="--dtype")
+    model = load_hf(model_dir, dtype=torch.float32 if adapter else dtype)
     if adapter:
-        merge_lora_(model, adapter).to(getattr(torch, dtype))
+        merge_lora_(model, adapter).to(dtype)
     tok_dir = adapter if adapter and (adapter / "tokenizer.json").exists() else model_dir
     tok = use_template(load_tokenizer(tok_dir), template)
-    return model.eval(), tok, f"{model_dir}" + (f" + adapter {adapter}" if adapter else "")
+    return model.eval(), tok, f"{model_dir}" + (f" + adapter {adapter}" if adapter else "") + f" in {dtype}"
 
 
 def chat_loop(engine, tok, params, lines, write, system: str = "") -> list[dict]:
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="registry name, .gguf file, HF folder, or peft adapter folder")
     ap.add_argument("--base", default="", help="the adapter's base (default: the one its adapter_config names)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="auto: bfloat16 where the hardware computes it natively, else float32")
     ap.add_argument("--template", default="", help="chat template by name (ours, chatml, internlm2, llama3)")
     ap.add_argument("--system", default="", help="system prompt")
     ap.add_argument("--max-tokens", type=int, default=256)
@@ -96,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from actors.common.config import ConfigError
-    from actors.serve.engine import EngineConfig, LLMEngine
-    from actors.serve.sampling import SamplingParams
+    from actors.common.memory import keep_freed_memory_in_heap
+    from actors.engine import EngineConfig, LLMEngine, SamplingParams
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    keep_freed_memory_in_heap()  # a process setting: the engine's step temporaries stay in the heap
     try:
         params = SamplingParams(temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens, seed=a.seed)
         model, tok, what = load_for_chat(a.model, a.base, a.dtype, a.template)

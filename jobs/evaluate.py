@@ -25,6 +25,7 @@ from jobs.runner import StageContext, main_for
 def run(ctx: StageContext) -> dict:
     import dataclasses
 
+    import cluster
     from actors.eval.runner import run_eval
 
     cfg = ctx.cfg.eval
@@ -44,7 +45,8 @@ def run(ctx: StageContext) -> dict:
     models["finetune"] = ft["hf"]
     inputs = {"perplexity": data.get("val_dir"), "arith_tool": data.get("synthetic_heldout")}
     cfg = dataclasses.replace(cfg, data={**{k: str(v) for k, v in inputs.items() if v}, **cfg.data})
-    results = run_eval(models, cfg, ctx.dir, tasks_for=tasks_for)
+    results = run_eval(models, cfg, ctx.dir, tasks_for=tasks_for, data_root=cluster.data_root(),
+                       model_cache=cluster.model_cache())
     return {"outputs": {"results_json": str(ctx.dir / "results.json"), "results_md": str(ctx.dir / "results.md"),
                         "base": base_spec},
             "metrics": results}
@@ -92,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="loglikelihood rows per forward pass")
     p.add_argument("--workers", type=int, default=None,
                    help="eval worker actors per model (default: one per eval.num_cpus CPUs of the cluster, at most 8)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="default auto: bfloat16 where the hardware computes it natively, else float32")
     p.add_argument("--cache-dir", default=None, help="request cache: rerun to resume an interrupted run")
     p.add_argument("--output", default="runs/eval", help="reports go here")
     p.add_argument("--config", default=None, help="a YAML whose `eval:` section gives the defaults")
@@ -162,7 +165,8 @@ def standalone(argv: list[str]) -> int:
         # lm-eval uses the whole machine by default; so do we: one worker per eval.num_cpus cores of the cluster
         cfg = dataclasses.replace(cfg, workers=max(1, min(8, int(cluster.compute_cpus() // cfg.num_cpus))))
     try:
-        report = run_eval(dict(zip(labels, args.model)), cfg, Path(args.output), model_names=names)
+        report = run_eval(dict(zip(labels, args.model)), cfg, Path(args.output), model_names=names,
+                          data_root=cluster.data_root(), model_cache=cluster.model_cache())
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,13 +32,22 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
     else:
-        try:
-            from jobs.serve import stop
-
-            stop()
-        except Exception:  # noqa: BLE001 - nothing served, nothing to stop
-            pass
+        stop_serving(manifest)
     return 0
+
+
+def stop_serving(manifest) -> None:
+    """Stop the Serve app the run left up. Nothing to stop where no serve stage completed; a failure to stop is
+    reported (on a joined cluster the app would keep running), not raised: the run's results are written."""
+    if not manifest.stage("serve").get("outputs", {}).get("base_url"):
+        return
+    from jobs.serve import stop
+
+    try:
+        stop()
+    except Exception as e:  # noqa: BLE001 - reported, see the docstring
+        print(f"warning: the Serve app of this run could not be stopped ({type(e).__name__}: {e}); "
+              "it runs until its Ray cluster stops", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

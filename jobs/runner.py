@@ -71,11 +71,15 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
                force: list[str] | None = None, inputs: dict[str, dict] | None = None) -> Manifest:
     import cluster
     from actors.model.registry import resolve_model
+    from cluster import hardware
 
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     manifest.data["run"] = cfg.run.name
     manifest.data["config"] = dataclasses.asdict(cfg)
+    # the driver's machine; each stage records the dtype `auto` resolved to where its model ran
+    manifest.data["hardware"] = {"cpu_capability": hardware.cpu_capability(),
+                                 "cpu_bf16_native": hardware.cpu_bf16_native(), "auto_dtype": hardware.auto_dtype()}
     for stage, outs in (inputs or {}).items():
         if "hf" in outs:  # a model input: a registry name, a .gguf file or an HF folder
             outs = {**outs, "hf": str(resolve_model(outs["hf"], cluster.model_cache()))}

@@ -18,13 +18,12 @@ def _port(requested: int) -> int:
 
 
 def _start(ctx: StageContext, port: int) -> str:
+    from dataclasses import replace
+
     from actors.serve.deployment import start_server
 
-    cfg = ctx.cfg.serve
-    model_dir = served_model(ctx)
-    root = start_server(model_dir, model_name=cfg.model_name, port=port, host="127.0.0.1",
-                        num_replicas=cfg.num_replicas, app_name=APP_NAME, dtype=cfg.dtype,
-                        kv_cache_memory=cfg.kv_cache_memory, max_num_seqs=cfg.max_num_seqs)
+    cfg = replace(ctx.cfg.serve, model=served_model(ctx), port=port)
+    root = start_server(cfg, host="127.0.0.1", app_name=APP_NAME)
     return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
 
 
@@ -90,10 +89,10 @@ def on_skip(ctx: StageContext, todo: list[str]) -> None:
 def _alive(ctx: StageContext) -> bool:
     import httpx
 
+    url = ctx.inputs("serve")["base_url"]
     try:
-        url = ctx.inputs("serve")["base_url"]
         return httpx.get(url.rstrip("/") + "/models", timeout=2).status_code == 200
-    except Exception:  # noqa: BLE001 - any failure means "not serving"
+    except httpx.HTTPError:  # refused, timed out, reset: not serving
         return False
 
 

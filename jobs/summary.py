@@ -26,6 +26,10 @@ def build_summary(manifest: Manifest) -> str:
         total += s.get("seconds", 0.0) or 0.0
         lines.append(f"| {name} | {s.get('status', 'not run')} | {_fmt(s.get('seconds'), 1)} |")
     lines.append(f"| **total** | | {total:.1f} |")
+    prec = precision(manifest)
+    lines += ["", f"Precision: {', '.join(f'{k} {v}' for k, v in prec['dtypes'].items()) or 'no model stage ran'} "
+              f"(CPU capability {prec['cpu_capability']}, native bf16 {prec['cpu_bf16_native']}; `auto` picks "
+              "bfloat16 only where the hardware computes it natively)"]
 
     d = st.get("data", {}).get("metrics", {})
     if d:
@@ -80,6 +84,21 @@ def build_summary(manifest: Manifest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def precision(manifest: Manifest) -> dict:
+    """The dtype each model stage ran at (what `auto` resolved to) and the machine's CPU capability."""
+    st, hw = manifest.data["stages"], manifest.data.get("hardware", {})
+    dtypes = {}
+    for name in ("pretrain", "finetune", "serve"):
+        d = st.get(name, {}).get("metrics", {}).get("dtype")
+        if d:
+            dtypes[name] = d
+    ev = {label: p.get("dtype") for label, p in (st.get("evaluate", {}).get("metrics", {}).get("precision") or {})
+          .items()}
+    if ev:
+        dtypes["evaluate"] = "/".join(sorted(set(ev.values())))
+    return {"dtypes": dtypes, "cpu_capability": hw.get("cpu_capability"), "cpu_bf16_native": hw.get("cpu_bf16_native")}
+
+
 def _metric(results: dict, label: str, task: str, key: str):
     return results.get(label, {}).get(task, {}).get("metrics", {}).get(key)
 
@@ -108,8 +127,11 @@ def build_headline(manifest: Manifest) -> dict:
     am = st.get("agent", {}).get("metrics", {})
     ao = st.get("agent", {}).get("outputs", {})
     arith_n = results.get("finetune", {}).get("arith_tool", {}).get("n")
+    prec = precision(manifest)
     return {
         "pipeline_s": manifest.data.get("pipeline_seconds"),
+        "cpu_capability": prec["cpu_capability"],
+        **{f"dtype_{k}": v for k, v in prec["dtypes"].items()},
         "finetune_base": st.get("finetune", {}).get("outputs", {}).get("base"),
         "pretrain_val_over_unigram": st.get("pretrain", {}).get("metrics", {}).get("val_vs_unigram"),
         "arith_tool_em_base": _metric(results, base, "arith_tool", "exact_match"),

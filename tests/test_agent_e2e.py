@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import free_port
-from test_engine import make_tiny_model
+from tests.helpers import make_tiny_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 APP = "agent-e2e"
@@ -17,7 +17,8 @@ def served(ray_session, tmp_path_factory):
     from actors.serve.deployment import start_server, stop_server
 
     tiny = make_tiny_model(tmp_path_factory.getbasetemp())
-    url = start_server(str(tiny.dir), model_name="tiny", port=free_port(), app_name=APP, kv_cache_memory="64MiB")
+    url = start_server({"model": str(tiny.dir), "model_name": "tiny", "port": free_port(),
+                        "engine": {"kv_cache_memory": "64MiB"}}, app_name=APP)
     yield url + "/v1", tiny
     stop_server(APP)
 

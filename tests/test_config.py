@@ -51,3 +51,40 @@ def test_cli_reports_config_errors_without_traceback():
     missing = subprocess.run([sys.executable, "-m", "jobs.data", "--config", "configs/nope.yaml"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("serve.engine.kv_cache_memory=lots", "serve.engine.kv_cache_memory: 'lots' is not a size"),
+    ("serve.engine.block_size=12", "serve.engine.block_size: must be a power of 2"),
+    ("serve.engine.max_num_seqs=0", "serve.engine.max_num_seqs: must be an integer >= 1"),
+    ("serve.engine.name=fast", "serve.engine.name: 'fast'"),
+    ("serve.kv_cache_memory=1GiB", "replaced by serve.engine.kv_cache_memory"),
+    ("serve.dtype=fp8", "serve.dtype: 'fp8'"),
+    ("serve.port=70000", "serve.port"),
+    ("eval.kv_cache_memory=lots", "eval.kv_cache_memory: 'lots' is not a size"),
+])
+def test_serve_schema_errors_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        load_config(str(REPO / "configs" / "demo.yaml"), [override])
+
+
+def test_one_serve_schema_for_the_pipeline_and_serve_run(tmp_path):
+    """The pipeline's `serve:` section and `serve run configs/serve.yaml`'s args are the same `ServeConfig`, the
+    engine's `EngineConfig` nested as `engine` and handed to the engine as it is."""
+    import yaml
+
+    from actors.engine import EngineConfig
+    from actors.serve.config import ServeConfig
+    from actors.serve.deployment import parse_args
+
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), ["serve.engine.max_num_seqs=8"]).serve
+    assert isinstance(cfg, ServeConfig) and isinstance(cfg.engine, EngineConfig)
+    assert cfg.engine.kv_cache_memory == "64MiB" and cfg.engine.max_num_seqs == 8 and cfg.dtype == "auto"
+    args = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
+    with pytest.raises(ConfigError, match="serve.model: 'runs/demo/finetune/hf' is neither"):  # before any Ray
+        parse_args({**args, "model": "runs/demo/finetune/hf"})
+    run = parse_args({**args, "model": str(tmp_path)})
+    assert isinstance(run, ServeConfig) and run.engine == EngineConfig(**args["engine"])
+    assert parse_args({"model": str(tmp_path), "engine.max_num_seqs": 4}).engine.max_num_seqs == 4  # key=value
+    with pytest.raises(ConfigError, match="serve.model_dir.*replaced by serve.model"):
+        parse_args({"model_dir": str(tmp_path)})

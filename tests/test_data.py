@@ -148,6 +148,12 @@ def test_readers_quarantine_and_continue(tmp_path):
     assert kinds == ["ok doc", "missing_field", "missing_field"]
     assert next(extract.read_task(_task(tmp_path / "gone.txt", fmt="text")))["reason_kind"] == "unreadable"
 
+    # a page html.parser gives up on is quarantined whole (with where it stopped), not cut short silently
+    h = tmp_path / "e.html"
+    h.write_text("<p>Kept before the break.</p>\n<![foo[ a marked section html.parser rejects ]]><p>lost</p>")
+    rec, = extract.read_task(_task(h))
+    assert rec["reason_kind"] == "bad_html" and "line 2, column 1" in rec["reason"] and "foo" in rec["reason"]
+
 
 # ------------------------------------------------------------------------------------------ transforms
 
@@ -316,8 +322,13 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
     import ray
 
     from actors.common.config import to_dict
-    from actors.data.actor import DataWorker
+    from actors.data.stage import run_data_stage
     from actors.model.tokenizer import load_tokenizer
+
+    @ray.remote(num_cpus=1)
+    class DataWorker:  # defined here, so Ray pickles it by value (the tests folder is not on workers' path)
+        def run(self, cfg_dict: dict, out_dir: str, data_root: str) -> dict:
+            return run_data_stage(from_dict(DataConfig, cfg_dict, prefix="data"), Path(out_dir), Path(data_root))
 
     src = tmp_path / "src"
     src.mkdir()
@@ -353,10 +364,12 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
                      synthetic=SyntheticConfig(n_train=20, n_heldout=5),
                      sft_sources=[SFTSourceConfig("alpaca", str(src / "alpaca.json"))])
     out = tmp_path / "out"
-    # through the actor shell, as a pipeline runs it: the config travels as a plain dict and is re-validated
+    # inside an actor: the config travels as a plain dict and is re-validated, Ray Data runs from a worker
     worker = DataWorker.remote()
-    res = ray.get(worker.run.remote(to_dict(cfg), str(out), str(tmp_path)))
-    ray.kill(worker)
+    try:
+        res = ray.get(worker.run.remote(to_dict(cfg), str(out), str(tmp_path)))
+    finally:
+        ray.kill(worker)
     m, o = res["metrics"], res["outputs"]
 
     # exact accounting: 60 + 1 + 5 + 1 + 1 + 1 + 1 records read

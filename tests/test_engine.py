@@ -1,76 +1,23 @@
-"""The serving engine (LLMEngine) against a tiny real model: HF generate parity, seeded sampling, stop rules, abort, asyncio driver.
+"""The serving engine (LLMEngine) against a tiny real model: HF generate parity, seeded sampling, stop rules, abort,
+asyncio driver, and the runner leaving the caller's model untouched.
 
-`make_tiny_model` (also used by test_serve.py) trains a small tokenizer and overfits a 2-layer model on
-one synthetic tool-call conversation, so greedy decoding of that prompt really emits a `<tool_call>` turn.
+`make_tiny_model` (tests/helpers.py, also used by test_serve.py) trains a small tokenizer and overfits a 2-layer
+model on one synthetic tool-call conversation, so greedy decoding of that prompt really emits a `<tool_call>` turn.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from actors.common.config import ConfigError
 from actors.data import synthetic
-from actors.model import Transformer, get_config, load_hf, save_hf
-from actors.model.tokenizer import EOS, load_tokenizer, stop_token_ids, train_tokenizer
+from actors.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams
+from actors.model import load_hf
+from actors.model.tokenizer import load_tokenizer, stop_token_ids
 from actors.tooltask import parse_tool_calls
-from actors.model.transformer import causal_lm_loss
-from actors.serve.engine import AsyncEngine, EngineConfig, LLMEngine, SamplingParams
-
-SHAKESPEARE = Path(__file__).resolve().parent.parent.parent / "shared/data/tinyshakespeare/input.txt"
-
-
-@dataclass
-class TinyModel:
-    dir: Path
-    record: dict                 # the synthetic conversation the model was overfit on
-    prompt_messages: list[dict]  # messages before its tool-call turn
-
-
-def _shakespeare_path() -> Path:
-    import cluster
-
-    p = Path(cluster.data_root()) / "tinyshakespeare" / "input.txt"
-    return p if p.exists() else SHAKESPEARE
-
-
-def make_tiny_model(root: Path, steps: int = 200) -> TinyModel:
-    """Build (once per pytest session: cached under `root`) a tiny model that emits a real tool call."""
-    train, _ = synthetic.generate(20, 0, seed=0)
-    record = train[0]
-    tm = TinyModel(root / "tiny-model" / "hf", record, record["messages"][:1])
-    if (tm.dir / "model.safetensors").exists():
-        return tm
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster than two on a shared 2-core box
-    try:
-        text = _shakespeare_path().read_text()[:200_000]
-        # shakespeare for general text, the synthetic records so JSON/tool markup gets merged tokens
-        docs = [text[i:i + 2000] for i in range(0, len(text), 2000)]
-        docs += [json.dumps(r["messages"]) for r in train] + [json.dumps(synthetic.TOOLS)] * 20
-        tok_dir = train_tokenizer(docs, 1000, root / "tiny-model" / "tokenizer")
-        tok = load_tokenizer(tok_dir)
-        eos = tok.convert_tokens_to_ids(EOS)
-        cfg = get_config("debug", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=eos, pad_token_id=eos)
-        model = Transformer(cfg)
-        convo = tok.apply_chat_template(record["messages"][:2], tools=synthetic.TOOLS, tokenize=False)
-        x = torch.tensor([tok(convo, add_special_tokens=False)["input_ids"]])  # (1, T)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for _ in range(steps):
-            loss = causal_lm_loss(model(x), x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        save_hf(model.eval(), tm.dir, tokenizer_dir=tok_dir)
-    finally:
-        torch.set_num_threads(threads)
-    return tm
+from tests.helpers import TinyModel, causal_lm_loss, make_tiny_model
 
 
 def prompt_ids(tok, messages, tools=synthetic.TOOLS) -> list[int]:
@@ -246,3 +193,37 @@ def test_async_engine_serves_concurrent_requests(engine):
     assert asyncio.run(main()) == expected
     assert not engine.has_unfinished()
     assert engine.kv.num_free_blocks == engine.kv.usable_blocks  # the abandoned request's blocks came back
+
+
+def test_engine_leaves_the_callers_model_untouched_and_trainable(tiny):
+    """The runner fuses q/k/v and gate/up into tensors of its own: the model it was given keeps its parameter
+    objects, names, requires_grad, values and mode, and still trains."""
+    model, tok = load_hf(tiny.dir), load_tokenizer(tiny.dir)
+    model.train()
+    params = dict(model.named_parameters())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in params.items()}
+    ids = prompt_ids(tok, tiny.prompt_messages)
+    engines = [LLMEngine(model, tok, EngineConfig(kv_cache_memory=SMALL_KV)) for _ in range(2)]  # two share it
+    outs = [e.generate(ids, greedy(tok, max_tokens=16)) for e in engines]
+    assert outs[0].completion_tokens > 0 and outs[0].token_ids == outs[1].token_ids
+    assert model.training
+    assert dict(model.named_parameters()) == params  # the same Parameter objects under the same names
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads and all(grads.values())
+    assert all(layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None
+               for layer in model.model.layers.values())
+    # the engine's fused copies are its own tensors; every other tensor is shared, not copied
+    twin = engines[0].runner.model
+    assert twin is not model and not twin.training
+    fused = twin.model.layers["0"].self_attn.qkv_weight
+    assert fused is not None and fused.data_ptr() != params["model.layers.0.self_attn.q_proj.weight"].data_ptr()
+    assert twin.model.embed_tokens.weight is params["model.embed_tokens.weight"]
+    # and it still trains: a gradient for every parameter, and a step moves the weights
+    x = torch.tensor([ids])
+    causal_lm_loss(model(x), x).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(params["model.layers.0.self_attn.q_proj.weight"],
+                           state["model.layers.0.self_attn.q_proj.weight"])

@@ -234,7 +234,7 @@ def test_run_eval_two_checkpoints(tiny, ray_session, data_root):
                      "arith_tool": 3}, data={"perplexity": str(tiny["val"]), "arith_tool": str(tiny["arith"])},
                      gen_kwargs={"max_gen_toks": 12}, batch_size=8, num_cpus=1, device="cpu", progress=False)
     out = tiny["root"] / "eval_out"
-    report = run_eval(tiny["ckpts"], cfg, out)
+    report = run_eval(tiny["ckpts"], cfg, out, data_root=data_root, model_cache=tiny["root"] / "models")
     saved = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
     assert set(saved["results"]) == {"pretrain", "finetune"}
@@ -253,7 +253,7 @@ def test_run_eval_two_checkpoints(tiny, ray_session, data_root):
         assert f"| {label}" in md.splitlines()[0] or label in md.splitlines()[0]
     # the actor's perplexity equals the training loss of the same rows computed here, in-process
     from actors.model.hf import load_hf
-    from actors.model.transformer import causal_lm_loss
+    from tests.helpers import causal_lm_loss
 
     rows = torch.tensor(tiny["rows"][:6])
     for label, ckpt in tiny["ckpts"].items():

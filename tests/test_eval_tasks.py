@@ -150,6 +150,49 @@ doc_to_target: gold
     assert len(other.docs()) == 5 and not other.quarantine
 
 
+def test_bad_fewshot_rows_are_quarantined_and_a_group_counts_each_bad_row_once(tmp_path):
+    """Exemplar rows that cannot be used are left out of the pool and counted in `quarantined`; in a split_by
+    group a bad row is counted by its own subject's subtask, and a row naming no subject by one subtask only."""
+    from actors.eval.runner import run_tasks
+
+    test = [{"subj": s, "q": f"{s} question {i}?", "opts": ["a", "b"], "gold": 0} for s in ("x", "y") for i in range(2)]
+    shots = [{"subj": s, "q": f"{s} shot {i}?", "opts": ["a", "b"], "gold": 0} for s in ("x", "y") for i in range(3)]
+    shots.insert(1, {"subj": "x", "q": "no options here", "gold": 0})      # template error, subject x
+    shots.insert(4, "{not json")                                            # names no subject
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in test) + "\n")
+    (tmp_path / "shots.jsonl").write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in shots) + "\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    _write_task(folder, f"""task: grp
+dataset: {{test: {tmp_path / 'test.jsonl'}, dev: {tmp_path / 'shots.jsonl'}}}
+fewshot_split: dev
+num_fewshot: 3
+fewshot_match: subj
+split_by: subj
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}}"
+doc_to_choice: opts
+doc_to_target: gold
+""", "grp.yaml")
+    tasks = build_tasks(["grp"], EvalConfig(tasks=["grp"], include_paths=[str(folder)]))
+    by = {t.name: t for t in tasks}
+    assert set(by) == {"grp_x", "grp_y"}
+    for t in tasks:
+        assert len(t.docs()) == 2
+    qx = sorted((q["split"], q["reason"].split(":")[0]) for q in by["grp_x"].quarantine)
+    assert qx == [("dev", "bad_json"), ("dev", "template")]
+    assert by["grp_y"].quarantine == []
+    x0 = by["grp_x"].docs()[0]
+    assert [e["q"] for e in by["grp_x"].exemplars(x0)] == ["x shot 0?", "x shot 1?", "x shot 2?"]
+
+    class Const:  # every choice scores the same: the counts, not the scores, are under test
+        def loglikelihood(self, reqs):
+            return [(-1.0, False) for _ in reqs]
+
+    res = run_tasks(Const(), tasks)
+    assert res["grp_x"]["quarantined"] == 2 and res["grp_y"]["quarantined"] == 0 and res["grp"]["quarantined"] == 2
+
+
 def test_batch_size_does_not_change_predictions_or_loglikelihoods(debug_smollm2, data_root):
     """Batch 1 vs 32: the same tree rows, only the padding differs (MMLU's 5-shot prompts run past the debug
     model's 256 positions, so the truncated single-row path is covered too)."""

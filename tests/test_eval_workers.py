@@ -77,8 +77,8 @@ def test_openai_backend_against_our_serve_matches_local(debug_smollm2, ray_sessi
     cfg = EvalConfig(tasks=["arc_easy"], limit=40, progress=False)
     local = run_tasks(LocalModelBackend(debug_smollm2, device="cpu", progress=False),
                       build_tasks(["arc_easy"], cfg, data_root))["arc_easy"]
-    url = start_server(str(debug_smollm2), model_name="dbg", port=free_port(), app_name="evaltest",
-                       kv_cache_memory="64MiB")
+    url = start_server({"model": str(debug_smollm2), "model_name": "dbg", "port": free_port(),
+                        "engine": {"kv_cache_memory": "64MiB"}}, app_name="evaltest")
     try:
         remote_backend = OpenAIBackend(f"{url}/v1", "dbg", batch_size=8, progress=False, concurrency=2)
         remote = run_tasks(remote_backend, build_tasks(["arc_easy"], cfg, data_root))["arc_easy"]

@@ -315,6 +315,73 @@ def test_fsdp_sharded_finetuning_matches_replicas_and_resumes(ray_session, base,
     assert resumed == sharded
 
 
+def _greedy_reference(model, prompt: list[int], n: int, stops) -> list[int]:
+    """Greedy decoding by full forwards of the training model itself (no engine, no cache, nothing merged)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model(torch.tensor([ids]))[0, -1].argmax())
+            if t in stops:
+                break
+            ids.append(t)
+    return ids[len(prompt):]
+
+
+SAMPLE_VARIANTS = {"lora+ac": {"method": "lora", "parallel": {"activation_checkpointing": "full"}},
+                   "dora": {"method": "lora", "lora": {"use_dora": True}},
+                   "qlora": {"method": "qlora", "quant_group": 32}}
+
+
+@pytest.mark.parametrize("variant", list(SAMPLE_VARIANTS))
+def test_sample_hook_generates_through_the_engine_and_leaves_the_model_alone(variant, base, data_root, tmp_path):
+    """The sample hook runs the serving engine on a plain copy of the current weights (LoRA / DoRA merged, int4
+    dequantised, wrapper names dropped): its text is the greedy decode of the training model itself, which it
+    leaves as it was."""
+    from actors.model.chat import encode_chat
+    from actors.model.tokenizer import stop_token_ids
+
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=8)
+    cfg = _cfg(base, max_steps=2, sample_every=2, base_dtype="float32", optim={"lr": 2e-3},
+               **SAMPLE_VARIANTS[variant])
+    ft = Finetuner(cfg, base, srcs, tmp_path / "out", log=lambda s: None)
+    ft.run()
+    assert [s["step"] for s in ft.samples] == [2]
+    params = dict(ft.model.named_parameters())
+    state = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    assert ft.model.training
+    text = ft.sample()
+    assert text == ft.samples[0]["output"]  # nothing changed in between: the same greedy text
+    assert ft.model.training and dict(ft.model.named_parameters()) == params
+    assert all(torch.equal(v, state[k]) for k, v in ft.model.state_dict().items())
+    ft.model.eval()
+    prompt = encode_chat(ft.tok, [{"role": "user", "content": cfg.sample_prompt}])
+    ref = _greedy_reference(ft.model, prompt, 48, set(stop_token_ids(ft.tok)))
+    assert len(ref) > 0 and text == ft.tok.decode(ref, skip_special_tokens=True)
+
+
+@pytest.mark.ray
+def test_sample_hook_under_fsdp_gathers_the_shards(ray_session, base, data_root, tmp_path):
+    """LoRA on 2 FSDP2 workers (dp_shard=2): every rank gathers the shards, rank 0 samples through the engine; the
+    last sample is the greedy text of the exported (merged) model."""
+    from actors.engine import EngineConfig, LLMEngine, SamplingParams
+    from actors.model import load_hf
+    from actors.model.chat import encode_chat
+    from actors.train.stage import run_finetune
+
+    srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=8)
+    cfg = _cfg(base, method="lora", max_steps=2, sample_every=1, batch_size=2, base_dtype="float32",
+               parallel={"dp_shard": 2, "cpus_per_worker": 0.5})
+    res = run_finetune(cfg, base, [(p, 10 ** 6) for p, _ in srcs], tmp_path / "out")
+    samples = [json.loads(line) for line in open(tmp_path / "out" / "samples.jsonl")]
+    assert [s["step"] for s in samples] == [1, 2]  # training went on after a sample
+    model = load_hf(res["outputs"]["hf"])
+    tok = load_tokenizer(res["outputs"]["hf"])
+    prompt = encode_chat(tok, [{"role": "user", "content": cfg.sample_prompt}])
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_memory="64MiB", max_model_len=len(prompt) + 48))
+    want = engine.generate(prompt, SamplingParams(temperature=0, max_tokens=48))
+    assert want.completion_tokens > 0 and samples[-1]["output"] == want.text
+
+
 MERGE_PEAK = """
 import json, sys
 from pathlib import Path

@@ -35,10 +35,57 @@ def test_rmsnorm_reference_is_llama_definition():
     torch.testing.assert_close(rms_norm_reference(x, w, 0.0), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dispatch_uses_reference_on_cpu_tensors():
-    x = torch.randn(4, 8)
-    w = torch.ones(8)
-    torch.testing.assert_close(rms_norm(x, w, 1e-6), rms_norm_reference(x, w, 1e-6))
+def _dispatch_cases():
+    """(module, dispatcher, triton fn name, reference fn name, args on DEVICE) for every dispatcher."""
+    import kernels.fused_linear_ce as ce
+    import kernels.int4 as i4
+    import kernels.paged_attention as pa
+    import kernels.rmsnorm as rn
+
+    torch.manual_seed(0)
+    q, s, m = i4.quantize_int4(torch.randn(4, 8), 4)
+    pool_k, pool_v = torch.randn(1, 8, 4, device=DEVICE), torch.randn(1, 8, 4, device=DEVICE)  # 2 blocks of 4
+    tables, lens = torch.tensor([[1]], device=DEVICE), torch.tensor([3], device=DEVICE)
+    return [
+        (rn, rn.rms_norm, "rms_norm_triton", "rms_norm_reference",
+         (torch.randn(3, 8, device=DEVICE), torch.randn(8, device=DEVICE), 1e-6)),
+        (ce, ce.ce_rows, "ce_rows_triton", "ce_rows_reference",
+         (torch.randn(3, 11, device=DEVICE), torch.tensor([1, -100, 4], device=DEVICE), -100)),
+        (i4, i4.dequantize_int4, "dequantize_int4_triton", "dequantize_int4_reference",
+         (q.to(DEVICE), s.to(DEVICE), m.to(DEVICE), 4)),
+        (pa, pa.paged_decode_attention, "paged_decode_attention_triton", "paged_decode_attention_reference",
+         (torch.randn(1, 2, 4, device=DEVICE), pool_k, pool_v, pa.decode_meta(tables, lens, 4, pool_k), 0.5)),
+    ]
+
+
+def test_dispatch_picks_triton_on_cuda_tensors_and_the_reference_elsewhere(monkeypatch):
+    """Each public entry point runs the Triton kernel for CUDA tensors and the torch reference for any other
+    (TRITON_INTERPRET=1, set for this test session, must not send CPU tensors to the interpreter)."""
+    want = "triton" if DEVICE == "cuda" else "reference"
+    for mod, dispatch, t_name, r_name, args in _dispatch_cases():
+        calls = []
+        for kind, name in (("triton", t_name), ("reference", r_name)):
+            real = getattr(mod, name)
+            monkeypatch.setattr(mod, name, lambda *a, _k=kind, _f=real: calls.append(_k) or _f(*a))
+        dispatch(*args)
+        assert calls == [want], (dispatch.__name__, calls)
+
+
+def test_dispatched_rms_norm_matches_a_naive_computation():
+    """The path `rms_norm` takes on this device, against RMSNorm written out one row at a time in Python floats
+    (independent of both the kernel and the torch reference): y_i = x_i / sqrt(mean(x^2) + eps) * w_i."""
+    import math
+
+    torch.manual_seed(3)
+    x = torch.randn(5, 37, device=DEVICE) * 3
+    w = torch.randn(37, device=DEVICE)
+    eps = 1e-5
+    y = rms_norm(x, w, eps).cpu()
+    expected = []
+    for row in x.cpu().tolist():
+        inv = 1.0 / math.sqrt(sum(v * v for v in row) / len(row) + eps)
+        expected.append([v * inv * wi for v, wi in zip(row, w.cpu().tolist())])
+    torch.testing.assert_close(y, torch.tensor(expected), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n, V", [(7, 33), (19, 1000), (5, 4099)])

@@ -269,7 +269,7 @@ def test_lora_steps_on_the_imported_base(ray_session, smollm2, tmp_path):
     assert counts == {"read": 8, "kept": 8, "quarantined": 0}
     sources = [(str(write_jsonl(train, tmp_path / "arith.jsonl")), 8),
                (str(write_jsonl(glaive, tmp_path / "glaive.jsonl")), 8)]
-    cfg = from_dict(FinetuneConfig, {"base": str(smollm2), "base_dtype": "bfloat16", "max_len": 256,
+    cfg = from_dict(FinetuneConfig, {"base": str(smollm2), "base_dtype": "auto", "max_len": 256,
                                      "batch_size": 1, "max_steps": 2, "log_every": 1, "lora": {"r": 4, "alpha": 8},
                                      "optim": {"lr": 1e-3, "warmup_steps": 0},
                                      "parallel": {"dp_replicate": 2, "threads_per_worker": 1}})
@@ -283,3 +283,7 @@ def test_lora_steps_on_the_imported_base(ray_session, smollm2, tmp_path):
     assert (Path(res["outputs"]["adapter"]) / "adapter_config.json").exists()
     lineage = json.loads((Path(res["outputs"]["hf"]) / "fullchain.json").read_text())["lineage"]
     assert lineage[-1]["stage"] == "finetune" and lineage[-1]["base"] == str(smollm2)
+    from cluster.hardware import auto_dtype, cpu_capability
+
+    assert m["dtype"] == lineage[-1]["dtype"] == auto_dtype("cpu")  # what auto resolved to, recorded
+    assert lineage[-1]["cpu_capability"] == cpu_capability()

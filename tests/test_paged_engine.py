@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from actors.model.tokenizer import stop_token_ids
-from actors.serve.engine import EngineConfig, LLMEngine, SamplingParams
-from actors.serve.kv_cache import BlockManager
-from actors.serve.runner import kv_bytes_per_block
-from actors.serve.sampling import SampleRow, sample
-from actors.serve.scheduler import Request, Scheduler
+from actors.engine import EngineConfig, LLMEngine, SamplingParams
+from actors.engine.kv_cache import BlockManager
+from actors.engine.runner import kv_bytes_per_block
+from actors.engine.sampling import SampleRow, sample
+from actors.engine.scheduler import Request, Scheduler
 from kernels.paged_attention import (
     HAVE_TRITON, DecodeMeta, decode_meta, paged_decode_attention_reference, paged_decode_attention_triton, write_kv,
 )
@@ -297,28 +297,31 @@ def test_kv_cache_memory_too_small_names_the_setting(smol):
 
 def test_engine_factory_and_memory_settings_name_the_fix(smol):
     from actors.common.config import ConfigError
-    from actors.serve.engine import ENGINES, make_engine, parse_memory
+    from actors.engine import ENGINES, make_engine, parse_memory
 
     assert parse_memory("2GiB") == (2 * 2**30, None) and parse_memory("512MiB") == (512 * 2**20, None)
     assert parse_memory(0.25) == (None, 0.25) and parse_memory("0.3") == (None, 0.3)
     assert parse_memory(1 << 20) == (1 << 20, None)
-    with pytest.raises(ConfigError, match="kv_cache_memory"):
+    with pytest.raises(ConfigError, match="engine.kv_cache_memory: 'lots' is not a size"):
         EngineConfig(kv_cache_memory="lots")
-    with pytest.raises(ConfigError, match="block_size"):
+    with pytest.raises(ConfigError, match="engine.block_size"):
         EngineConfig(block_size=12)
+    with pytest.raises(ConfigError, match="engine.name: 'fast'.*paged"):
+        EngineConfig(name="fast")
+    cfg = EngineConfig(kv_cache_memory="0.25")  # parsed once, when the config is made
+    assert cfg.kv_cache_bytes(torch.device("cpu")) > 0
+    assert EngineConfig(kv_cache_memory="3MiB").kv_cache_bytes(torch.device("cpu")) == 3 * 2**20
     model, tok, _ = smol
-    with pytest.raises(ValueError, match="unknown engine 'fast'.*paged"):
-        make_engine("fast", model, tok)
     with pytest.raises(ValueError, match="cannot be imported"):
-        make_engine("no.such.module:Engine", model, tok)
-    eng = make_engine("actors.serve.engine:LLMEngine", model, tok, EngineConfig(kv_cache_memory="64MiB",
-                                                                              max_model_len=256))
+        make_engine(model, tok, EngineConfig(name="no.such.module:Engine"))
+    eng = make_engine(model, tok, EngineConfig(name="actors.engine.engine:LLMEngine", kv_cache_memory="64MiB",
+                                               max_model_len=256))
     assert isinstance(eng, ENGINES["paged"]) and eng.max_model_len == 256
 
 
 def test_streaming_detokenization_holds_back_split_utf8(smol):
     """Byte-level BPE splits a Chinese character over tokens: the stream never shows U+FFFD and joins to the text."""
-    from actors.serve.engine import IncrementalDetokenizer
+    from actors.engine import IncrementalDetokenizer
 
     _, tok, _ = smol
     text = "你好，世界！今天的天气很好。33 + 2874 的结果是多少？"

@@ -78,7 +78,40 @@ def test_1b_shape_builds_on_meta_and_materialises_sharded(ray_session, tmp_path)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from actors.train.workers import layout_probe_worker
+    def layout_probe_worker(config: dict) -> None:
+        """Build `config["model"]` for `config["parallel"]` the way pretraining does (meta device -> stages ->
+        parallelize -> materialise this rank's shards) and report what rank 0 holds: local and total parameters,
+        and whether its shard of `config["check_param"]` equals that slice of the full seeded init. (Defined in
+        the test, so Ray pickles it by value.)"""
+        import tempfile
+
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        from actors.model import get_config
+        from actors.train.parallel import _local, build_model_parts, canonical_name, init_value
+        from actors.train.workers import _report, setup_dist
+
+        pc = from_dict(ParallelConfig, config["parallel"])
+        d = setup_dist(pc)
+        mcfg = get_config(config["model"], **config.get("model_overrides", {}))
+        stages = build_model_parts(mcfg, pc, d, torch.float32, lambda n, s: init_value(mcfg, n, s, 0))
+        local = sum(_local(p).numel() for _, m in stages for p in m.parameters())
+        check, match = config.get("check_param"), None
+        for _, m in stages:
+            for name, p in m.named_parameters():
+                if canonical_name(name) == check:
+                    full = init_value(mcfg, check, p.shape, 0)
+                    want = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local() \
+                        if isinstance(p, DTensor) else full
+                    match = bool(torch.equal(_local(p), want))
+        report = {"local_params": local, "total_params": mcfg.num_params(), "world_size": d.world,
+                  "check_param_matches": match,
+                  "on_meta": any(_local(p).is_meta for _, m in stages for p in m.parameters())}
+        with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps the metrics that come with a checkpoint
+            if d.rank == 0:
+                with open(os.path.join(tmp, "layout_probe.json"), "w") as f:
+                    json.dump(report, f)
+            _report(report, tmp if d.rank == 0 else None)
 
     cfg = {"model": "1b", "parallel": {"dp_shard": 2}, "check_param": "model.layers.3.self_attn.q_proj.weight"}
     res = TorchTrainer(layout_probe_worker, train_loop_config=cfg,
@@ -113,15 +146,18 @@ _PLACEMENT = textwrap.dedent("""
             ray.train.report({"tp_groups": groups, "nodes": d.nodes}, checkpoint=ckpt)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
-    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
-    ray.init(address=cluster.address)
-    layout = {"dp_replicate": 2, "tp": 2, "cpus_per_worker": 1}
-    res = TorchTrainer(worker, train_loop_config=layout, scaling_config=_scaling(from_dict(ParallelConfig, layout)),
-                       torch_config=TorchConfig(backend="gloo"),
-                       run_config=RunConfig(name="placement", storage_path=__import__("sys").argv[1])).fit()
-    print("RESULT " + json.dumps(res.metrics))
-    ray.shutdown()
-    cluster.shutdown()
+    try:
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address)
+        layout = {"dp_replicate": 2, "tp": 2, "cpus_per_worker": 1}
+        res = TorchTrainer(worker, train_loop_config=layout,
+                           scaling_config=_scaling(from_dict(ParallelConfig, layout)),
+                           torch_config=TorchConfig(backend="gloo"),
+                           run_config=RunConfig(name="placement", storage_path=__import__("sys").argv[1])).fit()
+        print("RESULT " + json.dumps(res.metrics))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 """)
 
 
@@ -131,12 +167,18 @@ def test_tp_group_is_placed_on_one_node_of_a_two_node_cluster(tmp_path):
     tensor-parallel group's two ranks share a node."""
     from cluster.env import local_ray_env
 
+    from conftest import kill_tree
+
     env = {**os.environ, **local_ray_env(), "PYTHONPATH": REPO}
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-c", _PLACEMENT, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line, out.stdout[-3000:] + out.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-c", _PLACEMENT, str(tmp_path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:  # timed out or interrupted: the script, its two raylets, GCS and workers go by pid
+        kill_tree(proc.pid)
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, stdout[-3000:] + stderr[-3000:]
     m = json.loads(line[len("RESULT "):])
     assert len(set(m["nodes"])) == 2  # the workers really span both nodes
     assert all(len(set(g)) == 1 for g in m["tp_groups"]), m
@@ -147,7 +189,7 @@ def test_document_mask_scores_each_packed_document_as_if_alone():
     three documents in rows of their own."""
     from actors.model import Transformer, get_config
     from actors.train.data import document_mask
-    from actors.model.transformer import token_loss_sum
+    from tests.helpers import token_loss_sum
 
     torch.manual_seed(0)
     model = Transformer(get_config("debug", vocab_size=300, hidden_size=64, intermediate_size=96)).eval()

@@ -1,7 +1,11 @@
-"""The whole chain on the tiny config: manifest hand-offs, resume, HF interop of the fine-tuned export."""
+"""The whole chain on the tiny config: manifest hand-offs, resume, HF interop of the fine-tuned export.
+
+`tiny_run` is built once and only read: a test that runs stages again works on its own copy of the run dir
+(fingerprints do not depend on the path), so the tests pass in any order or alone."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,20 +19,27 @@ STAGES = ["data", "pretrain", "finetune", "evaluate", "serve", "agent"]
 @pytest.fixture(scope="module")
 def tiny_run(ray_session, tmp_path_factory):
     from jobs.config import load_config
+    from jobs.manifest import Manifest
+    from jobs.pipeline import stop_serving
     from jobs.runner import run_stages
-    from jobs.serve import stop
     from jobs.summary import write_summary
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
-    manifest = run_stages(cfg, run_dir)
-    write_summary(manifest)
-    stop()
+    try:
+        write_summary(run_stages(cfg, run_dir))
+    finally:  # the Serve app goes also when a later stage failed
+        stop_serving(Manifest(run_dir))
     return run_dir
 
 
 def _manifest(run_dir):
     return json.loads((run_dir / "manifest.json").read_text())
+
+
+def _copy(run_dir, tmp_path):
+    """A private copy of the run dir for a test that re-runs stages (its outputs land in the copy)."""
+    return shutil.copytree(run_dir, tmp_path / run_dir.name, symlinks=True)
 
 
 def test_every_stage_completes_and_hands_off(tiny_run):
@@ -63,15 +74,16 @@ def test_every_stage_completes_and_hands_off(tiny_run):
                          "demo_tool_call_expression", "agent_demo_answer"}
 
 
-def test_rerun_skips_completed_stages(tiny_run, capsys):
+def test_rerun_skips_completed_stages(tiny_run, tmp_path, capsys):
     from jobs.config import load_config
     from jobs.runner import run_stages
 
-    before = _manifest(tiny_run)
+    run = _copy(tiny_run, tmp_path)
+    before = _manifest(run)
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
-    run_stages(cfg, tiny_run)
+    run_stages(cfg, run)
     out = capsys.readouterr().out
-    after = _manifest(tiny_run)
+    after = _manifest(run)
     for s in STAGES:
         assert f"== {s}: complete, skipped" in out
         assert after["stages"][s]["started"] == before["stages"][s]["started"]
@@ -79,21 +91,23 @@ def test_rerun_skips_completed_stages(tiny_run, capsys):
     assert after["last_invocation"] == {"ran": [], "skipped": STAGES}
 
 
-def test_changed_section_reruns_only_that_stage(tiny_run, capsys):
+def test_changed_section_reruns_only_that_stage(tiny_run, tmp_path, capsys):
     from jobs.config import load_config
     from jobs.runner import run_stages
 
-    before = _manifest(tiny_run)
+    run = _copy(tiny_run, tmp_path)
+    before = _manifest(run)
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), ["eval.limits.arc_easy=4"])
-    run_stages(cfg, tiny_run)
+    run_stages(cfg, run)
     out = capsys.readouterr().out
-    after = _manifest(tiny_run)
+    after = _manifest(run)
     assert "== evaluate: running" in out
     assert after["last_invocation"]["ran"] == ["evaluate"]
     for s in ("data", "pretrain", "finetune", "serve", "agent"):
         assert after["stages"][s]["started"] == before["stages"][s]["started"], s
-    results = json.loads((tiny_run / "evaluate" / "results.json").read_text())
+    results = json.loads((run / "evaluate" / "results.json").read_text())
     assert results["results"]["finetune"]["arc_easy"]["n"] == 4
+    assert json.loads((tiny_run / "evaluate" / "results.json").read_text()) != results  # the original is untouched
 
 
 def test_finetuned_export_loads_in_transformers(tiny_run):

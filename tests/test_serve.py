@@ -14,7 +14,7 @@ from actors.data import synthetic
 from actors.model.tokenizer import load_tokenizer
 from actors.tooltask import parse_tool_calls
 from conftest import free_port
-from test_engine import make_tiny_model
+from tests.helpers import make_tiny_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 MODEL = "fullchain-test"
@@ -52,7 +52,8 @@ def tiny(tmp_path_factory):
 def base_url(ray_session, tiny):
     from actors.serve.deployment import start_server, stop_server
 
-    url = start_server(str(tiny.dir), model_name=MODEL, port=free_port(), app_name=APP, kv_cache_memory="64MiB")
+    url = start_server({"model": str(tiny.dir), "model_name": MODEL, "port": free_port(),
+                        "engine": {"kv_cache_memory": "64MiB"}}, app_name=APP)
     yield url
     stop_server(APP)
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from conftest import free_port
-from test_engine import make_tiny_model
+from tests.helpers import make_tiny_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 APP = "fullchain-failover"
@@ -20,8 +20,8 @@ def two_replicas(ray_session, tmp_path_factory):
     from actors.serve.deployment import start_server, stop_server
 
     tiny = make_tiny_model(tmp_path_factory.getbasetemp())
-    url = start_server(str(tiny.dir), model_name=MODEL, port=free_port(), app_name=APP, num_replicas=2,
-                       num_cpus=0.5, kv_cache_memory="64MiB")
+    url = start_server({"model": str(tiny.dir), "model_name": MODEL, "port": free_port(), "num_replicas": 2,
+                        "num_cpus": 0.5, "engine": {"kv_cache_memory": "64MiB"}}, app_name=APP)
     yield url
     stop_server(APP)
 

@@ -70,7 +70,7 @@ def test_sft_sources_are_counted_and_a_too_short_max_len_fails_early(tok_dir, tm
 def test_sparse_sft_loss_equals_the_dense_loss_and_its_grads():
     """The trainer's loss (the model's fused chunked projection + cross-entropy, logits only where a token is
     trained for SFT) equals the unfused full-logits loss, and so do its gradients."""
-    from actors.model.transformer import causal_lm_loss
+    from tests.helpers import causal_lm_loss
     from actors.train.trainer import CausalLMLoss
 
     torch.manual_seed(0)

@@ -21,6 +21,9 @@ class AgentConfig:
     request_timeout_s: float = 60.0    # one chat.completions request
     tool_timeout_s: float = 10.0       # one tool actor call
     n_transcripts: int = 3             # transcripts kept in the report
+    # conversations run at once: the server batches their requests (continuous batching), so a CPU decode
+    # step serves 8 conversations for about the price of one
+    concurrency: int = 8
 
     def __post_init__(self):
         check(isinstance(self.tools, (list, tuple)) and len(self.tools) > 0, "agent.tools",
@@ -39,3 +42,5 @@ class AgentConfig:
               f"must be > 0 seconds, got {self.request_timeout_s}")
         check(self.tool_timeout_s > 0, "agent.tool_timeout_s", f"must be > 0 seconds, got {self.tool_timeout_s}")
         check(self.n_transcripts >= 0, "agent.n_transcripts", f"must be >= 0, got {self.n_transcripts}")
+        check(self.concurrency >= 1, "agent.concurrency",
+              f"must be >= 1 conversation at a time (1 = one after another), got {self.concurrency}")

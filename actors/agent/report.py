@@ -6,12 +6,14 @@ turn). Metrics are measured, not massaged: one attempt per record, no retries, e
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from actors.tooltask import last_number, prompt_messages, same_number
 
 
-def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
-    """Run `agent` once per record and score it.
+def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurrency: int = 1) -> dict:
+    """Run `agent` once per record (`concurrency` conversations at a time; results keep the records' order)
+    and score it.
 
     valid_tool_call_rate: fraction whose FIRST reply had >= 1 tool call to a known tool with valid args;
     tool_call_rate: fraction whose first reply had any tool call; accuracy: last number of the final
@@ -22,8 +24,9 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3) -> dict:
         raise ValueError("evaluate_agent needs at least one held-out record")
     rows, texts, tool_text, zh_text = [], [], None, None
     reasons: Counter = Counter()
-    for r in records:
-        tr = agent.run(prompt_messages(r))
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        transcripts = list(pool.map(lambda r: agent.run(prompt_messages(r)), records))
+    for r, tr in zip(records, transcripts):
         first = tr.steps[0] if tr.steps else None
         calls = first.tool_calls if first else []
         predicted = last_number(tr.final_answer) if tr.stopped_reason == "answer" else None

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
-QUARANTINE_KINDS = ("invalid_utf8", "bad_json", "missing_field", "unreadable", "unsupported_format")
+QUARANTINE_KINDS = ("invalid_utf8", "bad_json", "bad_html", "missing_field", "unreadable", "unsupported_format")
 PREVIEW_BYTES = 160
 
 _EXT_FORMATS = [  # longest suffix first
@@ -112,7 +112,11 @@ def read_task(task: dict) -> Iterator[dict]:
         if err:
             yield quarantine_record(task, rel, "invalid_utf8", f"{rel}: {err}", data[max(0, _err_pos(data) - 40):])
             return
-        text = html_to_text(text) if fmt == "html" else markdown_to_text(text)
+        try:
+            text = html_to_text(text) if fmt == "html" else markdown_to_text(text)
+        except HTMLExtractError as e:
+            yield quarantine_record(task, rel, "bad_html", f"{rel}: {e}", data[:PREVIEW_BYTES])
+            return
         yield from _split_docs(task, rel, text)
     else:  # config validation makes this unreachable; still a record, not a crash
         yield quarantine_record(task, rel, "unsupported_format", f"{rel}: format {fmt!r}")
@@ -354,14 +358,21 @@ class _TextExtractor(HTMLParser):
             self.out.append(re.sub(r"\s+", " ", data))
 
 
+class HTMLExtractError(ValueError):
+    """A page html.parser cannot get through (e.g. `<![foo[...]]>`): the reader quarantines it as bad_html."""
+
+
 def html_to_text(markup: str) -> str:
-    """Main text of an HTML page, one block (heading, paragraph, list item, table row) per line."""
+    """Main text of an HTML page, one block (heading, paragraph, list item, table row) per line.
+    Raises HTMLExtractError where the parser gives up (the rest of such a page would be lost)."""
     p = _TextExtractor()
     try:
         p.feed(markup)
         p.close()
-    except Exception:  # noqa: BLE001 - html.parser is lenient; keep what was parsed of a pathological page
-        pass
+    except Exception as e:  # noqa: BLE001 - html.parser is lenient, but a few constructs still raise
+        line, col = p.getpos()
+        raise HTMLExtractError(f"HTML parsing stopped at line {line}, column {col + 1}: "
+                               f"{type(e).__name__}: {e}") from e
     # consecutive breaks merge into the strongest one: 1 = newline, 2 = paragraph break
     pieces, pending = [], 0
     for x in p.out:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cluster.hardware import precision_info
+
 
 @dataclass
 class LoglikelihoodRequest:
@@ -164,7 +166,7 @@ def pick_device(device: str) -> str:
 class LocalModelBackend(ModelBackend):
     """Our Transformer + tokenizer, loaded once from a Hugging Face folder (`save_hf` output)."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "float32",
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, progress: bool = True, num_threads: int | None = None,
                  max_num_seqs: int = 32, kv_cache_memory: str = "1GiB"):
         from actors.model.hf import load_hf
@@ -175,7 +177,8 @@ class LocalModelBackend(ModelBackend):
         self.model_dir = str(model_dir)
         self.name = Path(model_dir).name
         self.device = pick_device(device)
-        self.model = load_hf(model_dir, dtype=getattr(torch, dtype), device=self.device)
+        self.precision = precision_info(dtype, self.device)
+        self.model = load_hf(model_dir, dtype=getattr(torch, self.precision["dtype"]), device=self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self.batch_size = batch_size
         self.max_num_seqs, self.kv_cache_memory = max_num_seqs, kv_cache_memory
@@ -374,7 +377,7 @@ class LocalModelBackend(ModelBackend):
     def engine(self):
         """The serving engine (continuous batching over a paged KV cache): eval has no decode loop of its own."""
         if self._engine is None:
-            from actors.serve.engine import EngineConfig, LLMEngine
+            from actors.engine import EngineConfig, LLMEngine
 
             self._engine = LLMEngine(self.model, self.tokenizer, EngineConfig(
                 max_num_seqs=self.max_num_seqs, kv_cache_memory=self.kv_cache_memory))
@@ -384,7 +387,7 @@ class LocalModelBackend(ModelBackend):
         """Greedy decoding through the serving engine until an end-of-sequence / end-of-turn token, a stop
         string (cut off, as lm-eval's `until`), the token budget or the context limit. A prompt longer than
         the context keeps its last tokens, leaving room for the budget (lm-eval's left truncation)."""
-        from actors.serve.engine import SamplingParams
+        from actors.engine import SamplingParams
 
         eng = self.engine
         L = eng.max_model_len

@@ -47,7 +47,8 @@ class EvalConfig:
     kv_cache_memory: str = "1GiB"            # the engine's KV pool per worker
     cache_dir: str | None = None             # request cache: an interrupted run resumes from it
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 on a GPU or a CPU with native bf16, else float32 (cluster.hardware); float32 for parity
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     num_cpus: float = 1.0                    # Ray CPUs (and torch threads) of one eval worker
     num_gpus: float = 0.0
     progress: bool = True                    # a bar over requests
@@ -87,9 +88,14 @@ class EvalConfig:
         check(self.num_samples >= 0, "eval.num_samples", f"must be >= 0, got {self.num_samples}")
         check(self.num_cpus > 0, "eval.num_cpus", f"must be > 0 (Ray CPUs per eval worker), got {self.num_cpus}")
         check(self.num_gpus >= 0, "eval.num_gpus", f"must be >= 0, got {self.num_gpus}")
-        from actors.serve.engine import parse_memory
+        self.engine_config()  # the engine validates its own settings; errors name eval.<key>
+
+    def engine_config(self):
+        """The `EngineConfig` of each eval worker's engine (actors.engine validates max_num_seqs and
+        kv_cache_memory, once, here)."""
+        from actors.engine import EngineConfig
 
         try:
-            parse_memory(self.kv_cache_memory)
-        except ValueError as e:
-            check(False, "eval.kv_cache_memory", str(e))
+            return EngineConfig(max_num_seqs=self.max_num_seqs, kv_cache_memory=self.kv_cache_memory)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("engine.", "eval.", 1)) from None

@@ -97,24 +97,25 @@ def _is_endpoint(spec: str) -> bool:
 
 
 def run_eval(models: dict[str, str], cfg: EvalConfig, out_dir: str | Path,
-             tasks_for: dict[str, list[str]] | None = None, model_names: dict[str, str] | None = None) -> dict:
+             tasks_for: dict[str, list[str]] | None = None, model_names: dict[str, str] | None = None, *,
+             data_root: str | Path, model_cache: str | Path) -> dict:
     """Evaluate every model (label -> registry name, .gguf, HF folder, our checkpoint, or an OpenAI endpoint
     URL with its served name in `model_names`) on cfg.tasks or, for a label in `tasks_for`, on the tasks listed
     there (e.g. a from-scratch model on the tasks that fit it). Models run one after another, each on a pool of
     cfg.workers actors that load it once.
 
-    The caller has connected to Ray (`cluster.connect()`). Tasks and their data are checked before any model
-    loads, and every model spec is resolved first."""
+    The caller has connected to Ray (`cluster.connect()`) and passes the shared data root (for tasks whose
+    cfg.data_root is unset) and the model cache (where registry names / .gguf files are imported once). Tasks and
+    their data are checked before any model loads, and every model spec is resolved first."""
     import ray
 
-    import cluster
     from actors.eval.actor import EvalWorkerActor
     from actors.eval.pool import CachedBackend, WorkerPool
     from actors.eval.tasks import build_tasks
     from actors.model.registry import ModelSpecError, resolve_model
 
     check(bool(models), "models", "give at least one {label: model}, e.g. {'finetune': 'runs/x/sft'}")
-    cfg = dataclasses.replace(cfg, data_root=cfg.data_root or str(cluster.data_root()))
+    cfg = dataclasses.replace(cfg, data_root=cfg.data_root or str(data_root))
     tasks_for = {label: list((tasks_for or {}).get(label, cfg.tasks)) for label in models}
     built = {label: build_tasks(names, cfg) for label, names in tasks_for.items()}
     resolved = {}
@@ -123,14 +124,14 @@ def run_eval(models: dict[str, str], cfg: EvalConfig, out_dir: str | Path,
             resolved[label] = spec
             continue
         try:
-            resolved[label] = str(resolve_model(spec, cluster.model_cache()))
+            resolved[label] = str(resolve_model(spec, model_cache))
         except ModelSpecError as e:
             check(False, f"models.{label}", str(e))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    results, seconds = {}, {}
+    results, seconds, precision = {}, {}, {}
     for label, path in resolved.items():
         t1 = time.perf_counter()
         workers = []
@@ -145,6 +146,8 @@ def run_eval(models: dict[str, str], cfg: EvalConfig, out_dir: str | Path,
                 workers = [EvalWorkerActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(path, cfg)
                            for _ in range(cfg.workers)]
                 backend = WorkerPool(workers, label, cfg.batch_size, cfg.max_num_seqs, cfg.progress)
+                info = ray.get(workers[0].info.remote())  # the dtype `auto` resolved to where the model runs
+                precision[label] = {k: info[k] for k in ("dtype", "cpu_capability", "device")}
             if cfg.cache_dir:
                 backend = CachedBackend(backend, Path(cfg.cache_dir) / f"{_safe(label)}.jsonl", model_key=path)
             results[label] = run_tasks(backend, built[label])
@@ -160,7 +163,7 @@ def run_eval(models: dict[str, str], cfg: EvalConfig, out_dir: str | Path,
     report = {"models": {k: str(v) for k, v in resolved.items()}, "tasks": all_tasks, "groups": groups,
               "config": dataclasses.asdict(cfg), "versions": versions(built), "seconds": round(time.perf_counter()
                                                                                               - t0, 3),
-              "model_seconds": seconds, "results": results}
+              "model_seconds": seconds, "precision": precision, "results": results}
     write_results(report, out, log_samples=cfg.log_samples, num_samples=cfg.num_samples)
     return report
 

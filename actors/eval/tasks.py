@@ -172,7 +172,7 @@ class ConfigurableTask(Task):
     def __init__(self, spec: TaskSpec, data_root: str | Path | None, *, subset: str | None = None,
                  test_path: str | Path | None = None, limit: int | None = None, num_fewshot: int | None = None,
                  apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
-                 gen_kwargs: dict | None = None):
+                 gen_kwargs: dict | None = None, counts_shared_rows: bool = True):
         super().__init__()
         self.spec, self.subset = spec, subset
         self.name = spec.task if subset is None else f"{spec.task}_{subset}"
@@ -192,6 +192,10 @@ class ConfigurableTask(Task):
         self.max_gen_toks = int(gk.get("max_gen_toks", 256))
         self.filters = spec.filters or [{"name": "none", "steps": []}]
         self._fewshot: list[dict] | None = None
+        self._fewshot_quarantine: list[dict] = []
+        # The subtasks of a split_by group read the same files: a bad row that names no subset (unreadable, or
+        # without the split_by field) is counted by one subtask only, so the group's total counts it once.
+        self.counts_shared_rows = counts_shared_rows
 
     def _path(self, p) -> Path:
         p = Path(p)
@@ -226,10 +230,16 @@ class ConfigurableTask(Task):
         out["_target"] = doc_target(s, doc, choices) if s.doc_to_target is not None else ""
         return out
 
+    def _counts(self, row: dict | None) -> bool:
+        """Whether a bad row is this task's to count (see `counts_shared_rows`)."""
+        if self.subset is None or row is None or self.spec.split_by not in row:
+            return self.counts_shared_rows
+        return self._in_subset(row)
+
     def docs(self) -> list[dict]:
         s = self.spec
         raw, bad = load_split(self.test_path, s.process_docs, f"task {self.name}")
-        self.quarantine = [b for b in bad]
+        self.quarantine = [b for b in bad if self._counts(None)]
         docs, matched = [], 0
         for d in raw:
             if not self._in_subset(d):
@@ -244,6 +254,8 @@ class ConfigurableTask(Task):
                                         "reason": f"template: {type(e).__name__}: {e}"})
         if not matched and self.subset is not None:
             raise ValueError(f"task {self.name!r}: no row of {self.test_path} has {s.split_by} == {self.subset!r}")
+        self.fewshot_pool()
+        self.quarantine += self._fewshot_quarantine  # exemplar rows left out are counted too
         return docs
 
     def fewshot_pool(self) -> list[dict]:
@@ -252,14 +264,17 @@ class ConfigurableTask(Task):
             if not self.num_fewshot:
                 self._fewshot = []
             else:
-                raw, _ = load_split(self._path(s.dataset[s.fewshot_split]), s.process_docs, f"task {self.name}")
-                pool = []
+                path = self._path(s.dataset[s.fewshot_split])
+                raw, bad = load_split(path, s.process_docs, f"task {self.name}")
+                pool, dropped = [], [dict(b, split=s.fewshot_split) for b in bad if self._counts(None)]
                 for d in raw:
                     try:
                         pool.append(self._prepare(d))
-                    except Exception:
-                        continue  # a bad exemplar row is skipped (the test split's bad rows are the ones counted)
-                self._fewshot = pool
+                    except Exception as e:  # a bad exemplar row is left out of the pool and quarantined
+                        if self._counts(d):
+                            dropped.append({"source": str(path), "row": d["_row"], "split": s.fewshot_split,
+                                            "reason": f"template: {type(e).__name__}: {e}"})
+                self._fewshot, self._fewshot_quarantine = pool, dropped
         return self._fewshot
 
     def exemplars(self, doc: dict) -> list[dict]:
@@ -576,7 +591,8 @@ def build_tasks(names: list[str], cfg, data_root: str | Path | None = None,
             values = list(dict.fromkeys(str(d.get(spec.split_by)) for d in raw))
             if not values or values == ["None"]:
                 raise ValueError(f"task {key!r}: split_by {spec.split_by!r} is not a field of {probe.test_path}")
-            out.extend(ConfigurableTask(spec, root, subset=v, **common) for v in values)
+            out.extend(ConfigurableTask(spec, root, subset=v, counts_shared_rows=i == 0, **common)
+                       for i, v in enumerate(values))
         else:
             t = ConfigurableTask(spec, root, subset=subset, **common)
             if not t.test_path.is_file():

@@ -6,6 +6,9 @@ from dataclasses import dataclass, replace
 from actors.common.config import check
 
 
+ROPE_TYPES = ("default", "linear", "dynamic")
+
+
 @dataclass
 class ModelConfig:
     name: str = "debug"
@@ -21,6 +24,10 @@ class ModelConfig:
     head_dim: int = 0                      # 0: hidden_size // num_attention_heads
     max_position_embeddings: int = 1024
     rope_theta: float = 10000.0
+    # RoPE scaling as HF's `rope_scaling`: "default" (none), "linear" (positions / factor) or "dynamic" (NTK: the
+    # base grows with the sequence once it passes max_position_embeddings; InternLM2.5 uses factor 2.0)
+    rope_type: str = "default"
+    rope_factor: float = 1.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -39,6 +46,8 @@ class ModelConfig:
             check(self.hidden_size % self.num_attention_heads == 0, "model.hidden_size",
                   f"must be divisible by num_attention_heads={self.num_attention_heads} or set model.head_dim")
             self.head_dim = self.hidden_size // self.num_attention_heads
+        check(self.rope_type in ROPE_TYPES, "model.rope_type", f"must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+        check(self.rope_factor >= 1.0, "model.rope_factor", f"must be >= 1.0, got {self.rope_factor}")
         check(self.head_dim % 2 == 0, "model.head_dim", f"must be even for RoPE, got {self.head_dim}")
         check(0 <= self.eos_token_id < self.vocab_size, "model.eos_token_id",
               f"must be a token id < vocab_size={self.vocab_size}")

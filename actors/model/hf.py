@@ -1,6 +1,7 @@
 """Hugging Face checkpoint I/O: `config.json` as LlamaForCausalLM + `model.safetensors` (+ tokenizer files).
 
-Our parameter names equal HF Llama's, so export is a dtype cast and import is a shape check.
+Our parameter names equal HF Llama's, so export is a dtype cast and import is a shape check; an InternLM2 folder
+(InternLM2ForCausalLM: other names, packed wqkv) loads through `actors.model.internlm2`.
 Each folder also carries `fullchain.json`: our model config, the step, and the lineage of stages that made it.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from actors.model.config import ModelConfig
+from actors.model.config import ROPE_TYPES, ModelConfig
 from actors.model.transformer import Transformer
 
 LINEAGE_FILE = "fullchain.json"
@@ -21,6 +22,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "internlm2", "fullchain")
 
 
 def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:
+    scaling = {"factor": cfg.rope_factor} if cfg.rope_type != "default" else {}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -35,8 +37,8 @@ def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:
         "max_position_embeddings": cfg.max_position_embeddings,
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "rope_scaling": None,
+        "rope_parameters": {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta, **scaling},
+        "rope_scaling": {"rope_type": cfg.rope_type, **scaling} if scaling else None,
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
@@ -51,7 +53,26 @@ def hf_config_dict(cfg: ModelConfig, dtype: str = "float32") -> dict:
     }
 
 
+def rope_scaling_from_hf(d: dict, where: str = "config.json") -> tuple[str, float]:
+    """(rope_type, factor) from HF's `rope_scaling` / `rope_parameters` ({"type"|"rope_type": ..., "factor": ...})."""
+    rope = d.get("rope_parameters") or {}
+    scaling = d.get("rope_scaling") or {}
+    rtype = scaling.get("rope_type") or scaling.get("type") or rope.get("rope_type") or "default"
+    if rtype not in ROPE_TYPES:
+        raise ValueError(f"{where}: rope_scaling type {rtype!r} is not supported; supported: {ROPE_TYPES} "
+                         "(HF's `dynamic` is InternLM2.5's NTK scaling); remove rope_scaling to use plain RoPE "
+                         "up to max_position_embeddings")
+    factor = scaling.get("factor", rope.get("factor", 1.0))
+    if rtype != "default" and (not isinstance(factor, int | float) or factor < 1.0):
+        raise ValueError(f"{where}: rope_scaling factor {factor!r} must be a number >= 1.0")
+    return rtype, float(factor) if rtype != "default" else 1.0
+
+
 def config_from_hf(d: dict, name: str = "hf") -> ModelConfig:
+    from actors.model import internlm2
+
+    if internlm2.is_internlm2_config(d):
+        return internlm2.config_from_internlm2(d, name=name)
     mt = d.get("model_type", "llama")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"config.json model_type={mt!r} is not a Llama-family model we can load; "
@@ -59,10 +80,7 @@ def config_from_hf(d: dict, name: str = "hf") -> ModelConfig:
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise ValueError("config.json: attention_bias/mlp_bias=true is not supported (Llama has no biases)")
     rope = d.get("rope_parameters") or {}
-    scaling = d.get("rope_scaling") or {}
-    rtype = (scaling.get("rope_type") or scaling.get("type") or rope.get("rope_type") or "default")
-    if rtype != "default":
-        raise ValueError(f"config.json: rope scaling {rtype!r} is not supported yet; only default RoPE")
+    rtype, factor = rope_scaling_from_hf(d)
     theta = d.get("rope_theta") or rope.get("rope_theta") or 10000.0
     eos = d.get("eos_token_id", 0)
     if isinstance(eos, list):
@@ -74,7 +92,8 @@ def config_from_hf(d: dict, name: str = "hf") -> ModelConfig:
         num_attention_heads=nh, num_key_value_heads=d.get("num_key_value_heads") or nh,
         head_dim=d.get("head_dim") or d["hidden_size"] // nh,
         max_position_embeddings=d.get("max_position_embeddings", 2048), rope_theta=float(theta),
-        rms_norm_eps=d.get("rms_norm_eps", 1e-6), tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        rope_type=rtype, rope_factor=factor, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         initializer_range=d.get("initializer_range", 0.02), bos_token_id=d.get("bos_token_id"),
         eos_token_id=eos if eos is not None else 0,
         pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else (eos or 0),
@@ -256,14 +275,18 @@ def _load_state_dict(d: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
-    """Load our export or any local Llama-family HF directory."""
+    """Load our export, any local Llama-family HF directory or an InternLM2 one (`actors.model.internlm2`)."""
+    from actors.model import internlm2
+
     d = Path(path)
     if not (d / "config.json").exists():
         raise FileNotFoundError(f"{d}: not a Hugging Face model folder (no config.json)")
-    cfg = config_from_hf(json.loads((d / "config.json").read_text()), name=d.name)
+    hf_cfg = json.loads((d / "config.json").read_text())
+    cfg = config_from_hf(hf_cfg, name=d.name)
     with torch.device("meta"):  # no random init of weights the checkpoint replaces (~1 s for 135M params)
         model = Transformer(cfg)
-    sd = _load_state_dict(d)
+    # an InternLM2 folder: its names converted (and wqkv split) on the fly
+    sd = internlm2.load_state_dict(d, cfg) if internlm2.is_internlm2_config(hf_cfg) else _load_state_dict(d)
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)

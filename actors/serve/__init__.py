@@ -1,7 +1,9 @@
-"""Serving: a continuous-batching engine over a paged KV cache behind an `Engine` interface, an OpenAI-compatible FastAPI app, Ray Serve replicas.
+"""Serving: the OpenAI-compatible FastAPI app (`openai_api`, `protocol`), the serve config (`config.ServeConfig`,
+with the engine's `EngineConfig` nested as `engine`) and the Ray Serve shell (`deployment`).
 
-Ray is imported only by `actors.serve.deployment`; the engine, protocol and API import without it.
+The engine itself is the shared package `actors.engine`. Ray is imported only by `actors.serve.deployment`; the
+config, protocol and API import without it.
 """
-from actors.serve.engine import AsyncEngine, Engine, EngineConfig, LLMEngine, RequestOutput, SamplingParams, make_engine
+from actors.serve.config import ServeConfig
 
-__all__ = ["Engine", "LLMEngine", "EngineConfig", "AsyncEngine", "SamplingParams", "RequestOutput", "make_engine"]
+__all__ = ["ServeConfig"]

@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.config import ConfigError
+from actors.engine import RequestOutput, SamplingParams
 from actors.model.chat import ChatTemplateError, encode_chat
 from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
-from actors.serve.engine import RequestOutput, SamplingParams
 from actors.serve.protocol import (
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, CompletionChoice, CompletionLogprobs,
     CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo,

@@ -114,9 +114,10 @@ class PretrainConfig:
     log_every: int = 5
     seed: int = 0
     grad_accum_steps: int = 1            # micro-batches per optimizer step on each data-parallel rank
-    # compute dtype; weights, gradients' reduction and optimizer state stay fp32 (mixed precision). bfloat16 on
-    # GPU, and on a CPU with avx512_bf16/AMX (a bf16 matmul is ~2-4x fp32); float32 is the parity reference.
-    dtype: str = "float32"
+    # compute dtype; weights, gradients' reduction and optimizer state stay fp32 (mixed precision). auto:
+    # bfloat16 on a GPU and on a CPU with native bf16 (AVX512_BF16/AMX: a bf16 matmul ~4x fp32), else float32
+    # (emulated bf16 is ~65x slower); cluster.hardware decides. float32 is the parity reference.
+    dtype: str = "auto"
     # rows are packed from several documents: with this on, tokens attend only within their own document and
     # positions restart per document (as if each had its own row); off, a row is one causal sequence
     document_mask: bool = False
@@ -130,7 +131,8 @@ class PretrainConfig:
               f"{list_configs()}")
         for k in ("seq_len", "batch_size", "max_steps", "eval_every", "log_every", "grad_accum_steps"):
             check(getattr(self, k) >= 1, f"pretrain.{k}", f"must be >= 1, got {getattr(self, k)}")
-        check(self.dtype in ("float32", "bfloat16"), "pretrain.dtype", f"{self.dtype!r}: use float32 or bfloat16")
+        check(self.dtype in ("auto", "float32", "bfloat16"), "pretrain.dtype",
+              f"{self.dtype!r}: use auto (the hardware's), float32 or bfloat16")
         check(not (self.document_mask and self.parallel.pp > 1), "pretrain.document_mask",
               "document masks do not pass between pipeline stages yet; set document_mask=false or parallel.pp=1")
         if self.init_from:
@@ -216,11 +218,12 @@ class FinetuneConfig:
     base: str = "pretrain"
     objective: str = "sft"               # sft | dpo | kto | rm (reward model: scalar head, pairwise loss)
     method: str = "lora"                 # lora | qlora (4-bit frozen base) | full
-    # dtype of the frozen base weights under LoRA: bfloat16 where the CPU has it (a bf16 matmul is ~4x fp32
-    # here) or on GPU; the adapter trains in fp32 and is merged into an fp32 copy of the base at export.
+    # dtype of the frozen base weights under LoRA. auto: bfloat16 on a GPU or a CPU with native bf16 (a bf16
+    # matmul ~4x fp32 there, ~65x slower where it is emulated), else float32; the adapter trains in fp32 and is
+    # merged into an fp32 copy of the base at export.
     # Full fine-tuning keeps fp32 master weights; bfloat16 there runs the forward under autocast.
     # QLoRA computes in this dtype from its 4-bit weights.
-    base_dtype: str = "float32"
+    base_dtype: str = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant_group: int = 64                # QLoRA: weights per int4 scale/min group
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -263,8 +266,8 @@ class FinetuneConfig:
             why = spec_problem(self.base)
             check(why is None, "finetune.base", f"{why}; use 'pretrain' (this run's pretrain output), a registry "
                                                 "name, a .gguf file or an HF folder")
-        check(self.base_dtype in ("float32", "bfloat16"), "finetune.base_dtype",
-              f"{self.base_dtype!r}: use float32 or bfloat16")
+        check(self.base_dtype in ("auto", "float32", "bfloat16"), "finetune.base_dtype",
+              f"{self.base_dtype!r}: use auto (the hardware's), float32 or bfloat16")
         check(self.quant_group >= 2 and self.quant_group % 2 == 0, "finetune.quant_group",
               "must be an even number >= 2 (64 is the usual)")
         if self.template:

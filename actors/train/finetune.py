@@ -20,7 +20,7 @@ import torch.nn as nn
 from actors.common.metrics import MetricsWriter, read_jsonl
 from actors.model import load_hf
 from actors.model.chat import encode_chat, use_template
-from actors.model.tokenizer import load_tokenizer, stop_token_ids
+from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig
 from actors.train.losses import (CausalLMLoss, DPOLoss, KTOLoss, PairwiseRewardLoss, reference_logps,
                                  reward_head)
@@ -28,6 +28,7 @@ from actors.train.parallel import (Dist, gather_state, is_sharded, load_local_op
                                    local_optimizer_state, match_forwards, parallelize)
 from actors.train.sft import collate_kind, load_examples, sft_batches
 from actors.train.trainer import Trainer, run_loop
+from cluster.hardware import precision_info, torch_dtype
 
 LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # config keys that do not change what is trained: a checkpoint resumes across changes to them
@@ -62,11 +63,11 @@ def wrap_lora(model: nn.Module, cfg: FinetuneConfig):
         return get_peft_model(model, lcfg)
 
 
-def build_model(cfg: FinetuneConfig, base_dir: str | Path) -> tuple[nn.Module, torch.dtype | None]:
+def build_model(cfg: FinetuneConfig, base_dir: str | Path, device=None) -> tuple[nn.Module, torch.dtype | None]:
     """(model to train, autocast dtype). LoRA: the base frozen in `base_dtype`, adapters fp32. QLoRA: the
     projections packed to int4 (computing in `base_dtype`), the rest in `base_dtype`. Full: fp32 weights.
-    With base_dtype bfloat16 every method runs its forward under bf16 autocast."""
-    dtype = getattr(torch, cfg.base_dtype)
+    With base_dtype bfloat16 (`auto` on bf16 hardware) every method runs its forward under bf16 autocast."""
+    dtype = torch_dtype(cfg.base_dtype, device, field="finetune.base_dtype")
     autocast = dtype if dtype != torch.float32 else None
     if cfg.method == "full":
         model = load_hf(base_dir, dtype=torch.float32)
@@ -109,7 +110,8 @@ class Finetuner:
         self.fingerprint = config_fingerprint(cfg, base_dir, sources)
         self.tok = use_template(load_tokenizer(base_dir), cfg.template)
         torch.manual_seed(cfg.seed)  # the same adapter / head init on every rank, and dropout from a known state
-        self.model, autocast = build_model(cfg, base_dir)
+        self.model, autocast = build_model(cfg, base_dir, self.d.device)
+        self.precision = precision_info(autocast or torch.float32, self.d.device)
         # activation checkpointing, compile, and FSDP2 over dp_shard (HSDP with dp_replicate) when asked; pure
         # replication keeps whole copies and the trainer all-reduces the (LoRA: tiny) gradients
         self.model = parallelize(self.model, cfg.parallel, self.d, None)
@@ -146,15 +148,13 @@ class Finetuner:
         return self.trainer.evaluate(self.val) if self.val or self.d.dp_size > 1 else {}
 
     def sample(self) -> str:
-        from actors.model.generate import greedy_generate
+        """A greedy reply to `sample_prompt` by the current weights, through the serving engine on a plain copy
+        (actors/train/sample.py): the model being trained is only read. Under FSDP every rank calls it (the
+        shards are gathered); rank 0 generates, the others get ""."""
+        from actors.train.sample import greedy_sample
 
         prompt = encode_chat(self.tok, [{"role": "user", "content": self.cfg.sample_prompt}])
-        self.model.eval()
-        with self.trainer._autocast():
-            out = greedy_generate(self.model, [prompt], [48], stop_token_ids(self.tok), len(prompt) + 48,
-                                  pad_id=self.tok.pad_token_id)[0]
-        self.model.train()
-        return self.tok.decode(out, skip_special_tokens=True)
+        return greedy_sample(self.model, self.tok, prompt, self.d, self.trainer.autocast_dtype or torch.float32)
 
     def _ckpt_root(self) -> Path:
         return self.out / "checkpoints"
@@ -249,7 +249,7 @@ class Finetuner:
 
         last = run_loop(self.trainer, self.batches, [evaluate, sample, save, log, *extra_hooks])
         return {"step": self.trainer.step, "loss": last.get("loss"), "train_s": time.perf_counter() - t_start,
-                **{k: v for k, v in last.items() if k.startswith("val_")}}
+                **{k: v for k, v in last.items() if k.startswith("val_")}, **self.precision}
 
     def _write(self, m: dict) -> None:
         if not self.writer:
@@ -269,7 +269,7 @@ class Finetuner:
             return
         state = gather_state(self.model)
         if self.d.rank == 0:
-            model, _ = build_model(self.cfg, self.base_dir)
+            model, _ = build_model(self.cfg, self.base_dir, self.d.device)
             model.load_state_dict(state)
             self.model, self.sharded = model, False
 
@@ -282,7 +282,7 @@ class Finetuner:
         out = Path(out)
         cfg, step = self.cfg, self.trainer.step
         lineage = lineage + [{"stage": "finetune", "objective": cfg.objective, "method": cfg.method, "steps": step,
-                              "base": self.base_dir, "template": cfg.template or None}]
+                              "base": self.base_dir, "template": cfg.template or None, **self.precision}]
         if self.writer:
             self.writer.close()
         if self.samples:

@@ -1,7 +1,6 @@
 """Ray Train worker functions (the shell): build model, parallelize, loop with `Trainer`, report a checkpoint."""
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import torch
 
 from actors.common.config import from_dict
+from cluster.hardware import precision_info, torch_dtype
 from actors.common.metrics import MetricsWriter
 from actors.model import ModelConfig, Transformer, save_hf
 from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
@@ -82,7 +82,8 @@ def pretrain_worker(config: dict) -> None:
     torch.set_num_threads(pc.threads_per_worker)
     d = setup_dist(pc)
     mcfg = ModelConfig(**config["model_config"])
-    dtype = getattr(torch, cfg.dtype)
+    dtype = torch_dtype(cfg.dtype, d.device, field="pretrain.dtype")
+    precision = precision_info(dtype, d.device)
     stages = build_model_parts(mcfg, pc, d, dtype, initial_values(mcfg, cfg.seed, config.get("init_dir")))
     parts = [m for _, m in stages]
     loss_fn = CausalLMLoss()
@@ -108,7 +109,8 @@ def pretrain_worker(config: dict) -> None:
         val = [{**b, **document_mask(b["input_ids"], eos)} for b in val]
     if d.rank == 0:
         print(f"[pretrain] {pc.describe()} on {d.world} workers; {len(rows)} packed rows of {rows.shape[1]} tokens; "
-              f"{sum(p.numel() for m in parts for p in m.parameters())} parameters on rank 0", flush=True)
+              f"{sum(p.numel() for m in parts for p in m.parameters())} parameters on rank 0; {precision['dtype']} "
+              f"(cpu {precision['cpu_capability']})", flush=True)
 
     writer = MetricsWriter(out_dir) if d.rank == 0 else None
     t_start, tokens = time.perf_counter(), 0.0
@@ -137,7 +139,7 @@ def pretrain_worker(config: dict) -> None:
     sd = full_state_dict(parts, d)
     final = {"step": trainer.step, "loss": last["loss"], "val_loss": last.get("val_loss"),
              "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed,
-             "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe()}
+             "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe(), **precision}
     with tempfile.TemporaryDirectory() as tmp:
         if sd is not None:
             writer.close()
@@ -147,7 +149,8 @@ def pretrain_worker(config: dict) -> None:
             model.tie_weights()
             save_hf(model, tmp, tokenizer_dir=tok_dir, step=trainer.step,
                     lineage=config.get("lineage", []) + [{"stage": "pretrain", "steps": trainer.step,
-                                                          "tokens": tokens, "layout": pc.describe()}])
+                                                          "tokens": tokens, "layout": pc.describe(),
+                                                          **precision}])
         _report(final, tmp if sd is not None else None)
 
 
@@ -167,37 +170,3 @@ def finetune_worker(config: dict) -> None:
             ft.export(tmp, config.get("lineage", []))
         _report(final, tmp if d.rank == 0 else None)
 
-
-def layout_probe_worker(config: dict) -> None:
-    """Build `config["model"]` for `config["parallel"]` the way pretraining does (meta device -> stages ->
-    parallelize -> materialise this rank's shards) and report what rank 0 holds: local and total parameters,
-    peak memory, and whether its shard of `config["check_param"]` equals that slice of the full seeded init.
-    Sizing a big shape for a layout before training it; the 1b-on-2-workers test runs it."""
-    import ray.train
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    from actors.model import get_config
-    from actors.train.parallel import _local, canonical_name
-    from actors.train.trainer import peak_memory_gb
-
-    pc = from_dict(ParallelConfig, config["parallel"])
-    d = setup_dist(pc)
-    mcfg = get_config(config["model"], **config.get("model_overrides", {}))
-    stages = build_model_parts(mcfg, pc, d, torch.float32, lambda n, s: init_value(mcfg, n, s, 0))
-    local = sum(_local(p).numel() for _, m in stages for p in m.parameters())
-    check = config.get("check_param")
-    match = None
-    for _, m in stages:
-        for name, p in m.named_parameters():
-            if canonical_name(name) == check:
-                full = init_value(mcfg, check, p.shape, 0)
-                want = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local() \
-                    if isinstance(p, DTensor) else full
-                match = bool(torch.equal(_local(p), want))
-    report = {"local_params": local, "total_params": mcfg.num_params(), "world_size": d.world,
-              "check_param_matches": match, "peak_mem_gb": peak_memory_gb(d.device),
-              "on_meta": any(_local(p).is_meta for _, m in stages for p in m.parameters())}
-    with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps the metrics that come with a checkpoint
-        if d.rank == 0:
-            (Path(tmp) / "layout_probe.json").write_text(json.dumps(report))
-        _report(report, tmp if d.rank == 0 else None)

@@ -1,6 +1,6 @@
 """Block (paged) KV-cache bookkeeping with automatic prefix caching. Pure Python: no tensors here.
 
-The KV tensors are a pool of `num_blocks` blocks of `block_size` token slots (actors/serve/runner.py owns them);
+The KV tensors are a pool of `num_blocks` blocks of `block_size` token slots (actors/engine/runner.py owns them);
 this module decides which request owns which blocks. A request's blocks are its block table, in token order.
 
 Prefix caching (vLLM's "automatic prefix caching"): once a block is full, it is keyed by a hash chained over

@@ -5,25 +5,24 @@ output) in the KV cache, and a step gives each scheduled request up to the rest 
 (`max_num_batched_tokens`). A decode is a request one token behind; a long prompt is prefilled in chunks over
 several steps (chunked prefill) while the running requests keep decoding.
 
-- Running requests first, in arrival order (FCFS), then waiting ones while the budget, `max_num_seqs` and free
-  KV blocks allow; a waiting request first reuses the cached blocks of its prompt's prefix.
-- When a running request needs a block and none is free, the most recently arrived running request is preempted:
-  its blocks are freed and it goes back to the front of the queue to be recomputed (prompt + output so far)
-  later. Its output is kept, so a client sees nothing but a delay.
+- Running requests first, in the order they were admitted (FCFS), then waiting ones while the budget,
+  `max_num_seqs` and free KV blocks allow; a waiting request first reuses the cached blocks of its prompt's prefix.
+- When a running request needs a block and none is free, the last admitted running request (the end of the
+  running list; a preempted request re-admitted later counts as admitted then) is preempted: its blocks are freed
+  and it goes back to the front of the queue to be recomputed (prompt + output so far) later. Its output is kept,
+  so a client sees nothing but a delay.
 - `abort` frees a request's blocks at once.
 """
 from __future__ import annotations
 
 import collections
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.serve.kv_cache import BlockManager, KVSeq
-from actors.serve.sampling import SamplingParams, TokenLogprobs
+from actors.engine.kv_cache import BlockManager, KVSeq
+from actors.engine.sampling import SamplingParams, TokenLogprobs
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
-_arrivals = itertools.count()
 
 
 @dataclass(eq=False)
@@ -35,7 +34,6 @@ class Request:
     num_computed: int = 0             # leading token_ids whose keys/values are in the cache
     status: str = WAITING
     kv: KVSeq = field(default_factory=KVSeq)
-    arrival: int = field(default_factory=lambda: next(_arrivals))
     num_preemptions: int = 0
     num_cached_tokens: int = 0        # prompt tokens served from the prefix cache (first schedule)
     finish_reason: str | None = None
@@ -99,7 +97,7 @@ class Scheduler:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed, budget)
             while not self.kv.allocate(req.kv, req.num_computed + n):
-                victim = self.running.pop()  # the latest arrival gives way
+                victim = self.running.pop()  # the last admitted gives way
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is req:

@@ -6,7 +6,7 @@
     out = self.runner.execute(sched, to_sample)    # one forward over all of them, then sampling (runner.py)
     return self.update(sched, out)                 # append tokens, detokenize, stop rules, free finished
 
-`make_engine(name, ...)` picks the engine class from the Serve config (`ENGINES`, or "module:Class").
+`make_engine(model, tokenizer, config)` picks the engine class by `EngineConfig.name` (`ENGINES`, or "module:Class").
 `AsyncEngine` drives any `Engine` from asyncio: one background task owns the engine and runs its steps in a
 worker thread, so concurrent HTTP requests never touch the engine at the same time.
 No Ray here: the Serve deployment is a thin shell around these classes.
@@ -30,13 +30,14 @@ from typing import Any, Literal
 import torch
 
 from actors.common.config import check
-from actors.serve.kv_cache import BlockManager
-from actors.serve.runner import ModelRunner, kv_bytes_per_block
-from actors.serve.sampling import SampleRow, SamplingParams, TokenLogprobs
-from actors.serve.scheduler import Request, Scheduler
+from actors.engine.kv_cache import BlockManager
+from actors.engine.runner import ModelRunner, kv_bytes_per_block
+from actors.engine.sampling import SampleRow, SamplingParams, TokenLogprobs
+from actors.engine.scheduler import Request, Scheduler
 
 FinishReason = Literal["stop", "length"]
-__all__ = ["Engine", "LLMEngine", "EngineConfig", "AsyncEngine", "SamplingParams", "RequestOutput", "make_engine"]
+__all__ = ["Engine", "LLMEngine", "EngineConfig", "AsyncEngine", "SamplingParams", "RequestOutput", "make_engine",
+           "IncrementalDetokenizer", "parse_memory"]
 
 
 @dataclass
@@ -136,6 +137,10 @@ def _available_bytes(device: torch.device) -> int:
 
 @dataclass
 class EngineConfig:
+    """The engine's settings: the `engine:` section of a serve config (`serve.engine.*`), and what eval workers and
+    `jobs.chat` build directly. Validated here, once: `kv_cache_memory` is parsed when the config is made."""
+
+    name: str = "paged"               # the engine class: a key of ENGINES or "package.module:Class"
     max_num_seqs: int = 64            # requests advanced together in one step
     max_num_batched_tokens: int = 2048  # tokens per step; a longer prompt is prefilled in chunks of this
     block_size: int = 16              # tokens per KV block (a power of 2: the Triton kernel tiles by it)
@@ -144,19 +149,33 @@ class EngineConfig:
     max_model_len: int = 0            # 0 = the model's max_position_embeddings
 
     def __post_init__(self):
-        check(isinstance(self.max_num_seqs, int) and self.max_num_seqs >= 1, "max_num_seqs",
-              f"must be an integer >= 1, got {self.max_num_seqs!r}")
-        check(isinstance(self.max_num_batched_tokens, int) and self.max_num_batched_tokens >= 1,
-              "max_num_batched_tokens", f"must be an integer >= 1, got {self.max_num_batched_tokens!r}")
-        check(isinstance(self.block_size, int) and self.block_size >= 1
-              and self.block_size & (self.block_size - 1) == 0, "block_size",
-              f"must be a power of 2 such as 16, got {self.block_size!r}")
+        check(isinstance(self.name, str) and (self.name in ENGINES or ":" in self.name), "engine.name",
+              f"{self.name!r}: use one of {sorted(ENGINES)} or an import path 'package.module:Class'")
+        check(_is_int(self.max_num_seqs) and self.max_num_seqs >= 1, "engine.max_num_seqs",
+              f"must be an integer >= 1, e.g. 64, got {self.max_num_seqs!r}")
+        check(_is_int(self.max_num_batched_tokens) and self.max_num_batched_tokens >= 1,
+              "engine.max_num_batched_tokens",
+              f"must be an integer >= 1, e.g. 2048, got {self.max_num_batched_tokens!r}")
+        check(_is_int(self.block_size) and self.block_size >= 1 and self.block_size & (self.block_size - 1) == 0,
+              "engine.block_size", f"must be a power of 2 such as 16, got {self.block_size!r}")
         try:
-            parse_memory(self.kv_cache_memory)
+            self._kv_bytes, self._kv_fraction = parse_memory(self.kv_cache_memory)
         except ValueError as e:
-            check(False, "kv_cache_memory", str(e))
-        check(isinstance(self.max_model_len, int) and self.max_model_len >= 0, "max_model_len",
-              f"must be >= 0 (0 = the model's), got {self.max_model_len!r}")
+            check(False, "engine.kv_cache_memory", str(e))
+        check(isinstance(self.enable_prefix_caching, bool), "engine.enable_prefix_caching",
+              f"must be true or false, got {self.enable_prefix_caching!r}")
+        check(_is_int(self.max_model_len) and self.max_model_len >= 0, "engine.max_model_len",
+              f"must be an integer >= 0 (0 = the model's context length), got {self.max_model_len!r}")
+
+    def kv_cache_bytes(self, device: torch.device) -> int:
+        """The KV pool's size on `device`: the bytes given, or the fraction of its free memory now."""
+        if self._kv_fraction is not None:
+            return int(_available_bytes(device) * self._kv_fraction)
+        return self._kv_bytes
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,10 +247,7 @@ class LLMEngine(Engine):
         ctx = int(model.config.max_position_embeddings)
         self._max_model_len = min(ctx, cfg.max_model_len) if cfg.max_model_len else ctx
         per_block = kv_bytes_per_block(model, cfg.block_size, p.dtype)
-        nbytes, fraction = parse_memory(cfg.kv_cache_memory)
-        if fraction is not None:
-            nbytes = int(_available_bytes(p.device) * fraction)
-        num_blocks = nbytes // per_block
+        num_blocks = cfg.kv_cache_bytes(p.device) // per_block
         need = -(-self._max_model_len // cfg.block_size) + 1  # one full-length sequence + the padding block
         if num_blocks < need:
             raise ValueError(
@@ -378,8 +394,10 @@ def _check_stop_strings(req: Request) -> None:
 ENGINES: dict[str, type[Engine]] = {"paged": LLMEngine}
 
 
-def make_engine(name: str, model: torch.nn.Module, tokenizer, config: EngineConfig | None = None) -> Engine:
-    """The engine class named in the Serve config: a key of ENGINES or an import path "module:Class"."""
+def make_engine(model: torch.nn.Module, tokenizer, config: EngineConfig | None = None) -> Engine:
+    """The engine class `config.name` names (a key of ENGINES or an import path "module:Class") over `model`."""
+    config = config or EngineConfig()
+    name = config.name
     if name in ENGINES:
         cls = ENGINES[name]
     elif ":" in name:
