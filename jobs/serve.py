@@ -58,10 +58,14 @@ def run(ctx: StageContext) -> dict:
             "response": {"content": choice.message.content, "finish_reason": choice.finish_reason,
                          "tool_calls": [tc.model_dump() for tc in (choice.message.tool_calls or [])],
                          "usage": resp.usage.model_dump() if resp.usage else None}}
+    from ray import serve
+
+    replica = serve.get_deployment_handle("LLMServer", app_name=APP_NAME).stats.remote().result()
     return {"outputs": {"base_url": base_url, "model_name": cfg.model_name, "model_dir": served_model(ctx),
                         "app_name": APP_NAME, "demo_chat": demo},
             "metrics": {"startup_s": round(startup, 2), "demo_latency_s": round(latency, 3),
-                        "demo_completion_tokens": resp.usage.completion_tokens if resp.usage else None}}
+                        "demo_completion_tokens": resp.usage.completion_tokens if resp.usage else None,
+                        "dtype": replica.get("dtype"), "cpu_capability": replica.get("cpu_capability")}}
 
 
 def _demo_tools(ctx: StageContext) -> list[dict] | None:

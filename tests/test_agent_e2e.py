@@ -23,12 +23,24 @@ def served(ray_session, tmp_path_factory):
     stop_server(APP)
 
 
-def test_agent_calls_the_calculator_actor_through_the_openai_api(served):
+@pytest.fixture
+def tools(ray_session):
+    import ray
+
     from actors.agent.actor import start_tools
+
+    handles = start_tools(["calculator", "python"])
+    try:
+        yield handles
+    finally:
+        for h in handles.values():
+            ray.kill(h)
+
+
+def test_agent_calls_the_calculator_actor_through_the_openai_api(served, tools):
     from actors.agent.loop import Agent, make_client
 
     base_url, tiny = served
-    tools = start_tools(["calculator", "python"])
     agent = Agent(make_client(base_url), "tiny", tools, max_steps=2, max_tokens=48)
     transcript = agent.run(tiny.prompt_messages)
     calls = [c for step in transcript.steps for c in step.tool_calls]
@@ -44,3 +56,23 @@ def test_agent_calls_the_calculator_actor_through_the_openai_api(served):
     assert "calculator" in transcript.to_text()
     assert transcript.stopped_reason in ("answer", "max_steps")
     json.dumps(transcript.to_dict())  # serializable for the run report
+
+
+def test_concurrent_agent_eval_keeps_each_records_own_result(served, tools):
+    """Conversations run at once share the server's batches; every row still belongs to its own record, in order."""
+    from actors.agent.loop import Agent, make_client
+    from actors.agent.report import evaluate_agent
+    from actors.tooltask import prompt_messages
+
+    base_url, tiny = served
+    agent = Agent(make_client(base_url), "tiny", tools, max_steps=2, max_tokens=48)
+    records = [{**tiny.record, "id": f"r{i}"} for i in range(6)]
+    assert prompt_messages(records[0]) == tiny.prompt_messages
+    one = evaluate_agent(agent, records, n_transcripts=1, concurrency=1)
+    many = evaluate_agent(agent, records, n_transcripts=1, concurrency=4)
+    assert [r["id"] for r in many["records"]] == [f"r{i}" for i in range(6)]
+    for a, b in zip(one["records"], many["records"]):
+        assert b["first_tool_call_valid"] and b["tool_calls"] >= 1
+        assert (a["first_tool_call_valid"], a["tool_calls"], a["tool_errors"]) == \
+            (b["first_tool_call_valid"], b["tool_calls"], b["tool_errors"])
+    assert many["n"] == 6 and many["valid_tool_call_rate"] == one["valid_tool_call_rate"] == 1.0

@@ -40,13 +40,14 @@ class LLMServer:
         from actors.engine import AsyncEngine, make_engine
         from actors.model.hf import load_hf
         from actors.model.tokenizer import load_tokenizer
-        from cluster.hardware import torch_dtype
+        from cluster.hardware import precision_info, torch_dtype
 
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         if cfg.device == "cpu":
             keep_freed_memory_in_heap()  # a process setting: the step's multi-MB temporaries stay in the heap
         dtype = torch_dtype(cfg.dtype, cfg.device, field="serve.dtype")
+        self.precision = precision_info(dtype, cfg.device)
         model = load_hf(cfg.model, dtype=dtype, device=cfg.device)
         tokenizer = load_tokenizer(cfg.model)
         self.engine = AsyncEngine(make_engine(model, tokenizer, cfg.engine), thread_niceness=cfg.engine_niceness)
@@ -62,7 +63,9 @@ class LLMServer:
         return await self.engine.complete(prompt_token_ids, params)
 
     def stats(self) -> dict:
-        return self.engine.engine.stats() if hasattr(self.engine.engine, "stats") else {}
+        """The engine's counters and the dtype `serve.dtype` resolved to on this replica."""
+        engine = self.engine.engine.stats() if hasattr(self.engine.engine, "stats") else {}
+        return {**engine, **self.precision}
 
     def check_health(self) -> None:
         """Serve restarts a replica whose engine loop died (it would hang every request)."""
