@@ -168,6 +168,21 @@ def ray_session():
         cluster.shutdown()
 
 
+@pytest.fixture(scope="module")
+def tool_actors(ray_session):
+    """The agent's two tool actors, killed when the module is done."""
+    import ray
+
+    from actors.agent.actor import start_tools
+
+    actors = start_tools(["calculator", "python"])
+    try:
+        yield actors
+    finally:
+        for a in actors.values():
+            ray.kill(a)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     import cluster

@@ -180,20 +180,6 @@ def test_agent_config_validation():
 
 # ------------------------------------------------------------------------------------------ Ray
 @pytest.fixture(scope="module")
-def tool_actors(ray_session):
-    import ray
-
-    from actors.agent.actor import start_tools
-
-    actors = start_tools(["calculator", "python"])
-    try:
-        yield actors
-    finally:
-        for a in actors.values():
-            ray.kill(a)
-
-
-@pytest.fixture(scope="module")
 def agent(tool_actors):
     from conftest import free_port
 

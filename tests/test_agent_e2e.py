@@ -23,25 +23,11 @@ def served(ray_session, tmp_path_factory):
     stop_server(APP)
 
 
-@pytest.fixture
-def tools(ray_session):
-    import ray
-
-    from actors.agent.actor import start_tools
-
-    handles = start_tools(["calculator", "python"])
-    try:
-        yield handles
-    finally:
-        for h in handles.values():
-            ray.kill(h)
-
-
-def test_agent_calls_the_calculator_actor_through_the_openai_api(served, tools):
+def test_agent_calls_the_calculator_actor_through_the_openai_api(served, tool_actors):
     from actors.agent.loop import Agent, make_client
 
     base_url, tiny = served
-    agent = Agent(make_client(base_url), "tiny", tools, max_steps=2, max_tokens=48)
+    agent = Agent(make_client(base_url), "tiny", tool_actors, max_steps=2, max_tokens=48)
     transcript = agent.run(tiny.prompt_messages)
     calls = [c for step in transcript.steps for c in step.tool_calls]
     assert calls, transcript.to_text()
@@ -58,14 +44,14 @@ def test_agent_calls_the_calculator_actor_through_the_openai_api(served, tools):
     json.dumps(transcript.to_dict())  # serializable for the run report
 
 
-def test_concurrent_agent_eval_keeps_each_records_own_result(served, tools):
+def test_concurrent_agent_eval_keeps_each_records_own_result(served, tool_actors):
     """Conversations run at once share the server's batches; every row still belongs to its own record, in order."""
     from actors.agent.loop import Agent, make_client
     from actors.agent.report import evaluate_agent
     from actors.tooltask import prompt_messages
 
     base_url, tiny = served
-    agent = Agent(make_client(base_url), "tiny", tools, max_steps=2, max_tokens=48)
+    agent = Agent(make_client(base_url), "tiny", tool_actors, max_steps=2, max_tokens=48)
     records = [{**tiny.record, "id": f"r{i}"} for i in range(6)]
     assert prompt_messages(records[0]) == tiny.prompt_messages
     one = evaluate_agent(agent, records, n_transcripts=1, concurrency=1)
