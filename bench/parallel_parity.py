@@ -29,7 +29,9 @@ LAYOUTS = {
     "pp2_1f1b": {"pp": 2, "pp_schedule": "1f1b"},
     "pp2_interleaved": {"pp": 2, "pp_schedule": "interleaved_1f1b"},
     "dp2_tp2": {"dp_replicate": 2, "tp": 2},
+    "pp2_tp2": {"pp": 2, "tp": 2},
     "pp2_dp2_tp2": {"pp": 2, "dp_shard": 2, "tp": 2},
+    "pp2i_dp2_tp2": {"pp": 2, "dp_shard": 2, "tp": 2, "pp_schedule": "interleaved_1f1b"},  # configs/pretrain-3d.yaml
 }
 
 

@@ -31,15 +31,16 @@ def head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_job_submit_runs_3d_pretraining_from_a_fresh_run_dir(head, tmp_path):
-    """`python -m jobs.pretrain` on the 3D config (pp2 x dp2 x tp2, 8 workers x 0.25 CPU) through `ray job
-    submit`: the data stage runs first because this run dir has none, then the layout trains and exports."""
+def test_job_submit_runs_pretraining_from_a_fresh_run_dir(head, tmp_path):
+    """`python -m jobs.pretrain` through `ray job submit` (the tiny config: 2 data-parallel workers; the 3D layout
+    runs the same stage in test_parallel): the data stage runs first because this run dir has none,
+    then the layout trains and exports."""
     run_dir = tmp_path / "job-run"
     env = {**os.environ, "RAY_ADDRESS": head, "RAY_AUTH_MODE": "disabled"}
     ray_cli = str(Path(sys.executable).parent / "ray")
     assert head.startswith("http://127.0.0.1:")
     cmd = [ray_cli, "job", "submit", "--working-dir", ".", "--",
-           "python", "-m", "jobs.pretrain", "--config", "configs/pretrain-3d.yaml", "--run-dir", str(run_dir),
+           "python", "-m", "jobs.pretrain", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
            "--set", "pretrain.max_steps=4", "--set", "pretrain.eval_every=4"]
     t0 = time.time()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -54,7 +55,7 @@ def test_job_submit_runs_3d_pretraining_from_a_fresh_run_dir(head, tmp_path):
     assert m["read"] == m["kept"] + sum(m["dropped"].values()) + sum(m["quarantined"].values())
     pre = manifest["stages"]["pretrain"]
     assert pre["status"] == "complete"
-    assert pre["metrics"]["world_size"] == 8 and pre["metrics"]["layout"] == "pp2 x dp_replicate1 x dp_shard2 x tp2"
+    assert pre["metrics"]["world_size"] == 2 and pre["metrics"]["layout"] == "pp1 x dp_replicate2 x dp_shard1 x tp1"
     assert pre["metrics"]["step"] == 4 and pre["metrics"]["val_loss"] > 0
     assert (run_dir / "pretrain" / "hf" / "model.safetensors").exists()
     # the job's driver ran inside the head's cluster (loopback only), not a fresh embedded Ray
@@ -63,16 +64,17 @@ def test_job_submit_runs_3d_pretraining_from_a_fresh_run_dir(head, tmp_path):
     print(f"job submit round trip {time.time() - t0:.1f}s")
 
 
-def test_job_submit_runs_dpo_finetuning_of_the_real_base(head, tmp_path):
+def test_job_submit_runs_dpo_finetuning(head, debug_smollm2, tmp_path):
     """`python -m jobs.finetune --config configs/finetune-dpo.yaml` through `ray job submit`, on a slice of
-    dpo_en_demo: the registry base is imported by the job, the reference log-probs computed, DPO trains, and
+    dpo_en_demo with the debug shape behind SmolLM2's tokenizer as the base (the config as shipped trains the real
+    base: test_models runs LoRA on it through the same stage): the reference log-probs computed, DPO trains, and
     the adapter + merged checkpoint land in the run dir with the base's held-out preference metrics."""
     run_dir = tmp_path / "dpo-run"
     env = {**os.environ, "RAY_ADDRESS": head, "RAY_AUTH_MODE": "disabled"}
     ray_cli = str(Path(sys.executable).parent / "ray")
     cmd = [ray_cli, "job", "submit", "--working-dir", ".", "--",
            "python", "-m", "jobs.finetune", "--config", "configs/finetune-dpo.yaml", "--run-dir", str(run_dir),
-           "--set", "finetune.datasets=[{name: dpo_en_demo, max_rows: 12}]", "--set", "finetune.val_size=4",
+           "--set", f"finetune.base={debug_smollm2}", "--set", "finetune.datasets=[{name: dpo_en_demo, max_rows: 12}]", "--set", "finetune.val_size=4",
            "--set", "finetune.max_len=256", "--set", "finetune.batch_size=2", "--set", "finetune.max_steps=2",
            "--set", "finetune.eval_every=2", "--set", "finetune.save_every=2"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

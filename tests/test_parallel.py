@@ -62,11 +62,13 @@ def test_layout_bigger_than_the_cluster_fails_before_workers_start():
 
 @pytest.mark.ray
 def test_layouts_match_the_single_worker(ray_session):
-    """The parity bench, shorter: same data, same init, the loss and gradient norm of every step agree."""
+    """The parity bench, shorter: same data, same init, the loss and gradient norm of every step agree. Pipeline x
+    tensor parallel without FSDP (the tied embedding/head gradient summed across stages with unequal placements),
+    and the 3D layout with the interleaved schedule; the bench itself covers each axis alone."""
     from bench.parallel_parity import main
 
-    r = main(["--steps", "4", "--layouts", "single,fsdp2,tp2,pp2_interleaved,pp2_dp2_tp2"])
-    assert r["layouts"] == 5 and r["steps"] == 4
+    r = main(["--steps", "4", "--layouts", "single,pp2_tp2,pp2i_dp2_tp2"])
+    assert r["layouts"] == 3 and r["steps"] == 4
     assert r["max_rel_loss_diff"] <= 1e-3 and r["max_rel_gradnorm_diff"] <= 1e-3
     assert r["loss_drop"] > 0
 

@@ -409,7 +409,14 @@ def sync_tied_grads(weight: nn.Parameter | None, d: Dist) -> None:
     optimizer step (every (dp, tp) coordinate has its own two-rank group; shards match across the pair)."""
     if weight is None or d.tied_group is None or weight.grad is None:
         return
-    dist.all_reduce(_local(weight.grad), group=d.tied_group)
+    from torch.distributed.tensor import DTensor
+
+    g = weight.grad
+    if isinstance(g, DTensor) and g.placements != weight.placements:
+        # a vocab-sharded embedding's backward gives a replicated gradient, the head's is vocab-sharded: without
+        # FSDP (which reduce-scatters to the parameter's placement) the pair would all-reduce unequal sizes
+        weight.grad = g = g.redistribute(weight.device_mesh, weight.placements)
+    dist.all_reduce(_local(g), group=d.tied_group)
 
 
 # ---------------------------------------------------------------------------------------------------------------
