@@ -101,7 +101,7 @@ def test_openai_backend_against_our_serve_matches_local(debug_smollm2, ray_sessi
 def test_jobs_evaluate_end_to_end_writes_reports(debug_smollm2, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "jobs.evaluate", "--model", str(debug_smollm2), "--model", str(debug_smollm2),
-           "--tasks", "arc_easy,hellaswag,piqa,openbookqa,mmlu,cmmlu,gsm8k", "--limit", "2", "--workers", "2",
+           "--tasks", "arc_easy,hellaswag,piqa,openbookqa,mmlu,gsm8k", "--limit", "2", "--workers", "2",
            "--gen-kwargs", "max_gen_toks=16", "--output", str(out), "--set", "eval.progress=false"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -110,7 +110,6 @@ def test_jobs_evaluate_end_to_end_writes_reports(debug_smollm2, tmp_path):
     assert labels == ["hf", "hf-2"]
     res = rep["results"]["hf"]
     assert res["mmlu"]["n"] == 2 * 57 and len(res["mmlu"]["subtasks"]) == 57
-    assert res["cmmlu"]["n"] == 2 * 67
     assert res["arc_easy"]["n"] == 2 and "acc_norm_stderr" in res["arc_easy"]["metrics"]
     assert "exact_match,flexible-extract" in res["gsm8k"]["metrics"]
     assert rep["results"]["hf"]["arc_easy"]["metrics"] == rep["results"]["hf-2"]["arc_easy"]["metrics"]
