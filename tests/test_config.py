@@ -81,8 +81,9 @@ def test_one_serve_schema_for_the_pipeline_and_serve_run(tmp_path):
     assert isinstance(cfg, ServeConfig) and isinstance(cfg.engine, EngineConfig)
     assert cfg.engine.kv_cache_memory == "64MiB" and cfg.engine.max_num_seqs == 8 and cfg.dtype == "auto"
     args = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
-    with pytest.raises(ConfigError, match="serve.model: 'runs/demo/finetune/hf' is neither"):  # before any Ray
-        parse_args({**args, "model": "runs/demo/finetune/hf"})
+    missing = tmp_path / "no-such-run" / "finetune" / "hf"  # not runs/demo: a finished demo would exist there
+    with pytest.raises(ConfigError, match=f"serve.model: '{missing}' is neither"):  # before any Ray
+        parse_args({**args, "model": str(missing)})
     run = parse_args({**args, "model": str(tmp_path)})
     assert isinstance(run, ServeConfig) and run.engine == EngineConfig(**args["engine"])
     assert parse_args({"model": str(tmp_path), "engine.max_num_seqs": 4}).engine.max_num_seqs == 4  # key=value
