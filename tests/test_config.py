@@ -36,6 +36,7 @@ def test_set_overrides_nested_values():
     ("data.seq_len=64", "pretrain.seq_len"),
     ("pretrain.model=gpt5", "pretrain.model: unknown model"),
     ("finetune.lora.target_modules=[qkv]", "finetune.lora.target_modules"),
+    ("finetune.lora.layers_to_transform=[-1]", "finetune.lora.layers_to_transform"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):

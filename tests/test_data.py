@@ -16,7 +16,10 @@ from actors.common.config import ConfigError, from_dict
 from actors.data import extract
 from actors.data import transforms as T
 from actors.data.config import DataConfig, FilterConfig, SFTSourceConfig, SourceConfig, SyntheticConfig
-from actors.data.extract import html_to_text, markdown_to_text
+from actors.data.extract import markdown_to_text
+from actors.data.html import extract_html, html_to_text
+from actors.data.pdf import extract_pdf
+from actors.data.sandbox import ExtractCrash, ExtractTimeout, Sandbox
 from actors.common.formats import alpaca_to_messages, convert_alpaca_file
 
 # ------------------------------------------------------------------------------------------ extraction
@@ -31,16 +34,83 @@ def _recall(expected: str, got: str) -> float:
     return sum(min(c, g[w]) for w, c in e.items()) / sum(e.values())
 
 
-@pytest.mark.parametrize("page", ["wikipedia", "qq"])
-def test_html_extraction_matches_reference(data_root, page):
+@pytest.mark.parametrize("page", ["wikipedia", "wikipedia-3", "ietf-1", "qq"])
+def test_html_extraction_keeps_the_article_without_chrome(data_root, page):
     d = data_root / "doc_extraction" / "html"
-    got = html_to_text((d / f"{page}__source.html").read_text(encoding="utf-8"))
+    doc = extract_html((d / f"{page}__source.html").read_bytes())
+    got = doc.text
+    # readability's main content (which keeps some chrome, e.g. qq's share buttons) is the reference
     expected = html_to_text((d / f"{page}__expected.html").read_text(encoding="utf-8"))
-    # readability's main-content extraction is the reference: we must keep (nearly) all of its words
-    assert _recall(expected, got) >= 0.95
-    # and not drown it in chrome: scripts/styles/navigation are gone
+    assert doc.extractor == "trafilatura" and doc.title
+    assert _recall(got, expected) >= 0.95        # nothing but article text is added
     assert "function(" not in got and "mw.config" not in got and "{" not in got[:2000]
-    assert len(got) < 3 * len(expected)
+    if page == "qq":  # the whole body, first to last paragraph, and none of the share/comment chrome
+        assert got.startswith("TNW中文站 10月14日报道") and "（编译/林靖东）" in got
+        assert "转播到腾讯微博" not in got and "责任编辑" not in got
+    else:
+        assert _recall(expected, got) >= 0.95
+        assert not got.startswith(doc.title)    # the headline is the title field, not the first line
+
+
+def test_html_drops_headline_and_whole_link_lines():
+    body = " ".join(f"Sentence {i} of the article explains the new bridge and why the town voted for it."
+                    for i in range(12))
+    page = f"""<html><head><title>Town opens its new bridge | Daily Courier</title></head><body>
+      <article><h1>Town opens its new bridge</h1><p>{body}</p><p>{body.replace("Sentence", "Line")}</p>
+      <p><a href="/a">Five things to know about the county budget this year</a></p>
+      <p>The mayor cut the ribbon on Sunday, and <a href="/b">the council</a> thanked the builders.</p>
+      </article></body></html>"""
+    doc = extract_html(page)
+    assert doc.title.startswith("Town opens its new bridge")
+    assert "Sentence 0 of the article" in doc.text and "thanked the builders" in doc.text  # a link inside a line
+    assert "Five things to know" not in doc.text and not doc.text.startswith("Town opens")
+    # what trafilatura leaves in is cleaned against the page's links and titles
+    from actors.data.html import clean_main_text
+
+    text, dropped = clean_main_text(
+        "Town opens its new bridge\nThe mayor cut the ribbon.\nFive things to know about the county budget this year"
+        "\nTown opens its new bridge, the mayor said.", {"Five things to know about the county budget this year"},
+        {"Town opens its new bridge | Daily Courier", "Town opens its new bridge"})
+    assert text == "The mayor cut the ribbon.\nTown opens its new bridge, the mayor said."  # only a leading title
+    assert dropped == {"title_lines": 1, "link_lines": 1}
+
+
+def test_pdf_text_in_reading_order_without_running_lines(data_root):
+    d = data_root / "doc_extraction" / "pdf"
+    dmca = extract_pdf((d / "us_copyright_office_dmca.pdf").read_bytes())
+    assert dmca.pages == 18 and dmca.title.startswith("The Digital Millennium Copyright Act")
+    text = dmca.text
+    # PDFium draws page 1's footnote and running header first; in reading order the body comes first
+    assert text.index("INTRODUCTION") < text.index("The Digital Millennium Copyright Act (DMCA) was signed") \
+        < text.index("Pub. L. No. 105-304")
+    assert "Copyright Office Summary December 1998 Page" not in text and dmca.meta["running_lines_removed"] >= 17
+    assert "President Clinton on October 28, 1998." in text
+    # vertical Japanese, read right to left: the poem's lines in order
+    jo = extract_pdf((d / "jo_japanese.pdf").read_bytes())
+    assert jo.text.index("（あらゆる透明な幽霊の複合体）") < jo.text.index("風景やみんなといっしょに")
+    from actors.data.lid import detect
+
+    assert detect(jo.text)[0] == "ja"
+    assert extract_pdf((d / "simple1.pdf").read_bytes()).text.startswith("Hello World")
+    assert "Secret!" in extract_pdf((d / "libreoffice_base.pdf").read_bytes()).text
+
+
+def test_sandbox_times_out_and_survives_a_crash():
+    import os
+    import time
+
+    sb = Sandbox(timeout_s=2.0)
+    try:
+        assert sb(divmod, 7, 3) == (2, 1)
+        with pytest.raises(ExtractTimeout, match="data.extract_timeout_s"):
+            sb(time.sleep, 30)
+        with pytest.raises(ExtractCrash, match="exit code 3"):
+            sb(os._exit, 3)
+        with pytest.raises(ValueError, match="ZeroDivisionError"):
+            sb(divmod, 1, 0)
+        assert sb(divmod, 9, 4) == (2, 1)       # a fresh child after each failure
+    finally:
+        sb.close()
 
 
 def test_html_structure_entities_and_dropped_chrome():
@@ -108,7 +178,7 @@ def _task(path: Path, fmt="auto", split="document", field="text") -> dict:
             "split": split}
 
 
-def test_readers_quarantine_and_continue(tmp_path):
+def test_readers_quarantine_and_continue(tmp_path, data_root):
     # JSONL: a broken line and an invalid-UTF-8 line among good ones; the rest still comes through
     p = tmp_path / "a.jsonl"
     raw = b'{"text": "one"}\n{"text": "tw\n' + b'{"text": "bad \xff byte"}\n\n{"text": "four"}\n'
@@ -141,18 +211,31 @@ def test_readers_quarantine_and_continue(tmp_path):
     assert f"byte offset {off} " in recs[1]["reason"]
 
     # unsupported extension, JSON element without the field, missing file: records, not exceptions
-    assert next(extract.read_task(_task(tmp_path / "x.pdf")))["reason_kind"] == "unsupported_format"
+    assert next(extract.read_task(_task(tmp_path / "x.xyz")))["reason_kind"] == "unsupported_format"
     j = tmp_path / "d.json"
     j.write_text(json.dumps([{"text": "ok doc"}, {"body": "no text"}, {"text": 5}]))
     kinds = [r["reason_kind"] or r["text"] for r in extract.read_task(_task(j))]
     assert kinds == ["ok doc", "missing_field", "missing_field"]
     assert next(extract.read_task(_task(tmp_path / "gone.txt", fmt="text")))["reason_kind"] == "unreadable"
 
-    # a page html.parser gives up on is quarantined whole (with where it stopped), not cut short silently
-    h = tmp_path / "e.html"
-    h.write_text("<p>Kept before the break.</p>\n<![foo[ a marked section html.parser rejects ]]><p>lost</p>")
-    rec, = extract.read_task(_task(h))
-    assert rec["reason_kind"] == "bad_html" and "line 2, column 1" in rec["reason"] and "foo" in rec["reason"]
+    # a PDF that is not one, an extractor past its time limit: quarantined with the reason; an empty file is
+    # one empty document (the `empty` rule drops and counts it), not nothing
+    (tmp_path / "fake.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    rec, = extract.read_task(_task(tmp_path / "fake.pdf"))
+    assert rec["reason_kind"] == "bad_pdf" and "PDFium cannot open it" in rec["reason"]
+    page = (data_root / "doc_extraction" / "html" / "wikipedia__source.html")
+    rec, = extract.read_task({**_task(page), "timeout_s": 0.001})
+    assert rec["reason_kind"] == "extract_timeout" and "data.extract_timeout_s" in rec["reason"]
+    (tmp_path / "empty.txt").write_bytes(b"")
+    rec, = extract.read_task(_task(tmp_path / "empty.txt"))
+    assert rec["status"] == "ok" and rec["text"] == ""
+    assert T.clean_rows([rec], FilterConfig(), 0.0, 0)[0]["reason_kind"] == "empty"
+    rec, = extract.read_task(_task(page))
+    from actors.data.sandbox import close_all
+
+    close_all()
+    meta = json.loads(rec["meta"])
+    assert rec["extractor"] == "trafilatura" and rec["title"] == "Mozilla" and meta["date"] == "1998-02-28"
 
 
 # ------------------------------------------------------------------------------------------ transforms
@@ -351,6 +434,7 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
     (src / "dup.txt").write_text("  " + jsonl_docs[2].replace(" ", "   ") + "\n")   # same after normalize
     (src / "short.txt").write_text("Too short.")
     (src / "scan.pdf").write_bytes(b"%PDF-1.4 binary")
+    (src / "empty.txt").write_bytes(b"")
     alpaca = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
               {"instruction": "Missing output"}, {"instruction": "", "output": "empty instruction"}]
     (src / "alpaca.json").write_text(json.dumps(alpaca))
@@ -359,7 +443,8 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
     sources = [SourceConfig(n, str(src / f), split=s) for n, f, s in [
         ("docs", "docs.jsonl", "document"), ("good", "good.txt", "paragraphs"),
         ("bad_utf8", "bad_utf8.txt", "document"), ("corrupt", "corrupt.jsonl.gz", "document"),
-        ("dup", "dup.txt", "document"), ("short", "short.txt", "document"), ("pdf", "scan.pdf", "document")]]
+        ("dup", "dup.txt", "document"), ("short", "short.txt", "document"), ("pdf", "scan.pdf", "document"),
+        ("empty", "empty.txt", "document")]]
     cfg = DataConfig(sources=sources, vocab_size=512, seq_len=64, val_fraction=0.2, rows_per_shard=16,
                      synthetic=SyntheticConfig(n_train=20, n_heldout=5),
                      sft_sources=[SFTSourceConfig("alpaca", str(src / "alpaca.json"))])
@@ -372,12 +457,12 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
         ray.kill(worker)
     m, o = res["metrics"], res["outputs"]
 
-    # exact accounting: 60 + 1 + 5 + 1 + 1 + 1 + 1 records read
-    assert m["read"] == 70
+    # exact accounting: 60 + 1 + 5 + 1 + 1 + 1 + 1 + 1 records read (the empty file is one empty document)
+    assert m["read"] == 71
     assert m["kept"] == 63
-    assert m["dropped"] == {"duplicate": 1, "min_chars": 1}
-    assert m["quarantined"] == {"bad_json": 1, "invalid_utf8": 1, "missing_field": 1, "unreadable": 1,
-                                "unsupported_format": 1}
+    assert m["dropped"] == {"duplicate": 1, "empty": 1, "min_chars": 1}
+    assert m["quarantined"] == {"bad_json": 1, "bad_pdf": 1, "invalid_utf8": 1, "missing_field": 1,
+                                "unreadable": 1}
     assert m["read"] == m["kept"] + sum(m["dropped"].values()) + sum(m["quarantined"].values())
     assert m["by_source"]["dup"]["dropped"] == 1 and m["by_source"]["docs"]["kept"] == 3
 
@@ -390,7 +475,7 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
     assert pre["bad_json"]["source"].endswith("docs.jsonl") and pre["bad_json"]["doc_id"].endswith(":2")
     assert pre["missing_field"]["doc_id"].endswith(":4") and "'text'" in pre["missing_field"]["reason"]
     assert pre["unreadable"]["source"].endswith("corrupt.jsonl.gz") and "gzip" in pre["unreadable"]["reason"]
-    assert pre["unsupported_format"]["source"].endswith("scan.pdf")
+    assert pre["bad_pdf"]["source"].endswith("scan.pdf")
     sft_bad = [r for r in q if r["stage"] == "sft"]
     assert sorted(r["reason_kind"] for r in sft_bad) == ["empty_field", "missing_field"]
     assert m["sft"]["alpaca"] == {"read": 3, "kept": 1, "quarantined": 2}
@@ -428,7 +513,7 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
 
     # baseline entropy: a real number below log(vocab) (the unigram beats uniform)
     assert 0 < m["unigram_entropy_nats"] < np.log(512)
-    assert json.loads(Path(o["stats"]).read_text())["metrics"]["read"] == 70
+    assert json.loads(Path(o["stats"]).read_text())["metrics"]["read"] == 71
     assert len(Path(o["synthetic_train"]).read_text().splitlines()) == 20
     assert len(Path(o["synthetic_heldout"]).read_text().splitlines()) == 5
     assert [json.loads(x)["messages"][-1]["content"] for x in Path(o["sft"][0]).read_text().splitlines()] == [

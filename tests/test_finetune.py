@@ -97,8 +97,9 @@ def test_lora_adapter_and_merged_export_load_in_peft_and_transformers(variant, b
     from transformers import AutoModelForCausalLM
 
     srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",))
-    over = {"parallel": {"activation_checkpointing": "full"}} if variant == "lora+ac" else \
-        {"lora": {"use_dora": True}}
+    # plain LoRA also only on the last layer (peft's layers_to_transform, kept in the adapter's config)
+    over = {"parallel": {"activation_checkpointing": "full"}, "lora": {"layers_to_transform": [1]}} \
+        if variant == "lora+ac" else {"lora": {"use_dora": True}}
     ft = Finetuner(_cfg(base, max_steps=3, **over), base, srcs, tmp_path / "out", log=lambda s: None)
     ft.run()
     outs = ft.export(tmp_path / "export", [])

@@ -106,6 +106,27 @@ def test_prefix_cache_reuses_full_blocks_and_evicts_lru():
     kv.check()
 
 
+def test_requests_sharing_a_prefix_admitted_together_compute_it_once():
+    kv = BlockManager(num_blocks=20, block_size=4)
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64)
+    shared = list(range(100, 109))  # 2 full blocks of a common header, then each request's own tokens
+    solo = Request("solo", list(range(300, 306)), SamplingParams(max_tokens=1))
+    reqs = [Request(f"r{i}", shared + [i, i + 50, i + 60], SamplingParams(max_tokens=1)) for i in range(3)]
+    for r in [reqs[0], solo, *reqs[1:]]:
+        sched.add(r)
+    out = sched.schedule()
+    # r0 computes the header; r1 would compute a copy of it, so it waits one step, and the queue behind it
+    assert [r.request_id for r, _ in out.scheduled] == ["r0", "solo"]
+    for r, n in out.scheduled:
+        sched.computed(r, n)
+        sched.finish(r, "length")  # freed blocks stay in the prefix cache until reused
+    out = sched.schedule()
+    assert [(r.request_id, n) for r, n in out.scheduled] == [("r1", 12 - 8), ("r2", 12 - 8)]
+    assert reqs[1].num_cached_tokens == reqs[2].num_cached_tokens == 8
+    assert kv.hits == 16 and kv.queries == 12 + 6 + 12 + 12  # each request counted once, when admitted
+    kv.check()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Paged decode attention: reference vs plain attention, Triton (interpreted on CPU) vs reference
 

@@ -10,9 +10,9 @@ from typing import Literal
 
 from actors.common.config import check
 
-Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown"]
+Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf"]
 Split = Literal["document", "paragraphs", "lines"]
-FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown")
+FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf")
 SPLITS = ("document", "paragraphs", "lines")
 
 
@@ -22,7 +22,7 @@ class SourceConfig:
 
     name: str
     path: str                       # relative to the data root, or absolute; may hold * ? [..] globs
-    format: Format = "auto"         # auto: from the extension (.txt .jsonl .jsonl.gz .json .html .md)
+    format: Format = "auto"         # auto: from the extension (.txt .jsonl .jsonl.gz .json .html .md .pdf)
     text_field: str = "text"        # jsonl / json: the key holding the document text
     split: Split = "document"       # how one file/record becomes documents
     exclude: str = ""               # glob of file names to leave out (e.g. "*__expected.html")
@@ -46,9 +46,13 @@ class FilterConfig:
     min_alpha_frac: float = 0.5       # letters (incl. CJK ideographs) / non-space chars
     max_symbol_ratio: float = 0.2     # symbols and markup chars (# * / _ { } [ ] @ \\ and Unicode S*) / non-space
     max_dup_line_frac: float = 0.3    # repeated non-empty lines / non-empty lines (boilerplate, spam)
+    max_chars: int = 1_000_000        # longer documents are dropped: a 20 MB one-line dump would otherwise be
+                                      # most of a small corpus's tokens
 
     def __post_init__(self):
         check(self.min_chars >= 0, "data.filters.min_chars", f"must be >= 0, got {self.min_chars}")
+        check(self.max_chars > self.min_chars, "data.filters.max_chars",
+              f"must be > min_chars ({self.min_chars}), got {self.max_chars}")
         for k in ("min_alpha_frac", "max_symbol_ratio", "max_dup_line_frac"):
             v = getattr(self, k)
             check(0.0 <= v <= 1.0, f"data.filters.{k}", f"is a fraction: must be in [0, 1], got {v}")
@@ -115,6 +119,9 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=default_sources)
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: bool = True                      # exact dedup of normalized text, global across all sources
+    # per HTML/PDF document: the extractor runs in a child process that is killed past this (quarantined as
+    # extract_timeout); a news page takes ~50 ms in trafilatura
+    extract_timeout_s: float = 30.0
     vocab_size: int = 4096
     # "" trains a BPE tokenizer of vocab_size on the corpus; a model (registry name, HF folder or .gguf) takes
     # that model's tokenizer instead, as continued pretraining of that model needs
@@ -153,6 +160,8 @@ class DataConfig:
               f"must be in [0, 1), e.g. 0.02, got {self.val_fraction}")
         check(self.rows_per_shard > 0, "data.rows_per_shard", f"must be > 0, got {self.rows_per_shard}")
         check(self.num_workers >= 1, "data.num_workers", f"must be >= 1, got {self.num_workers}")
+        check(self.extract_timeout_s > 0, "data.extract_timeout_s",
+              f"must be > 0 seconds, e.g. 30, got {self.extract_timeout_s}")
         check(self.pack_batch_docs > 0, "data.pack_batch_docs", f"must be > 0, got {self.pack_batch_docs}")
         sft_names = [s.name for s in self.sft_sources]
         check(len(set(sft_names)) == len(sft_names), "data.sft_sources",

@@ -22,23 +22,26 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 
-QUARANTINE_KINDS = ("invalid_utf8", "bad_json", "bad_html", "missing_field", "unreadable", "unsupported_format")
+QUARANTINE_KINDS = ("invalid_utf8", "binary", "bad_json", "bad_html", "bad_pdf", "extract_timeout",
+                    "extract_crash", "missing_field", "unreadable", "unsupported_format")
 PREVIEW_BYTES = 160
 
 _EXT_FORMATS = [  # longest suffix first
     (".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
     (".json", "json"), (".txt", "text"), (".text", "text"), (".html", "html"), (".htm", "html"),
-    (".markdown", "markdown"), (".md", "markdown"),
+    (".markdown", "markdown"), (".md", "markdown"), (".pdf", "pdf"),
 ]
 
 
 # ----------------------------------------------------------------------------------------------- records
 
-def doc_record(task: dict, doc_id: str, text: str) -> dict:
+def doc_record(task: dict, doc_id: str, text: str, title: str = "", url: str = "", extractor: str = "",
+               meta: dict | None = None) -> dict:
     return {"source_name": task["source_name"], "source": task["path"], "doc_id": doc_id, "text": text,
+            "title": title, "url": url, "extractor": extractor or task.get("format") or "",
+            "meta": json.dumps(meta or {}, ensure_ascii=False, sort_keys=True),
             "status": "ok", "reason_kind": "", "reason": "", "raw_preview": ""}
 
 
@@ -47,6 +50,7 @@ def quarantine_record(task: dict, doc_id: str, kind: str, reason: str, raw: byte
     if isinstance(raw, bytes):
         raw = raw[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
     return {"source_name": task["source_name"], "source": task["path"], "doc_id": doc_id, "text": "",
+            "title": "", "url": "", "extractor": "", "meta": "{}",
             "status": "quarantined", "reason_kind": kind, "reason": f"{kind}: {reason}",
             "raw_preview": raw[:PREVIEW_BYTES]}
 
@@ -85,7 +89,17 @@ def expand_source(src, data_root: str | Path) -> list[dict]:
 
 
 def read_task(task: dict) -> Iterator[dict]:
-    """All records of one file task (see `expand_source`). Never raises for bad input."""
+    """All records of one file task (see `expand_source`). Never raises for bad input. A file with no text at
+    all still gives one (empty) document, so the `empty` rule counts it instead of it vanishing."""
+    n = 0
+    for rec in _read_task(task):
+        n += 1
+        yield rec
+    if n == 0:
+        yield doc_record(task, task["rel"], "")
+
+
+def _read_task(task: dict) -> Iterator[dict]:
     fmt = task["format"] if task["format"] != "auto" else detect_format(task["path"])
     rel = task["rel"]
     if fmt is None:
@@ -101,28 +115,67 @@ def read_task(task: dict) -> Iterator[dict]:
     except OSError as e:  # permission denied, vanished file, I/O error
         yield quarantine_record(task, rel, "unreadable", f"{rel}: {type(e).__name__}: {e.strerror or e}")
         return
+    if fmt != "pdf":
+        data, binary = transcode(data)
+        if binary:
+            yield quarantine_record(task, rel, "binary", f"{rel}: {binary}", data)
+            return
     if fmt == "jsonl":
         yield from _jsonl_lines(task, _split_lines_bytes(data))
     elif fmt == "json":
         yield from _read_json(task, data)
     elif fmt == "text":
         yield from _read_text(task, data)
-    elif fmt in ("html", "markdown"):
+    elif fmt == "html":
+        yield from _read_html(task, data)
+    elif fmt == "pdf":
+        yield from _read_pdf(task, data)
+    elif fmt == "markdown":
         text, err = _decode(data)
         if err:
             yield quarantine_record(task, rel, "invalid_utf8", f"{rel}: {err}", data[max(0, _err_pos(data) - 40):])
             return
-        try:
-            text = html_to_text(text) if fmt == "html" else markdown_to_text(text)
-        except HTMLExtractError as e:
-            yield quarantine_record(task, rel, "bad_html", f"{rel}: {e}", data[:PREVIEW_BYTES])
-            return
-        yield from _split_docs(task, rel, text)
+        yield from _split_docs(task, rel, markdown_to_text(text), extractor="markdown")
     else:  # config validation makes this unreachable; still a record, not a crash
         yield quarantine_record(task, rel, "unsupported_format", f"{rel}: format {fmt!r}")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+_BOMS = [(b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"),
+         (b"\xfe\xff", "utf-16-be")]
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """'utf-16-le'/'utf-16-be' when NULs sit on one byte parity only (ASCII-range text in UTF-16), else None."""
+    if len(data) < 8 or len(data) % 2:
+        return None
+    sample = data[:4096]
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    half = len(sample) // 2
+    if odd >= 0.4 * half and even <= 0.05 * half:
+        return "utf-16-le"
+    if even >= 0.4 * half and odd <= 0.05 * half:
+        return "utf-16-be"
+    return None
+
+
+def transcode(data: bytes) -> tuple[bytes, str]:
+    """(UTF-8 bytes, "") for UTF-8 input and for UTF-16/32 input (with a BOM, or UTF-16 recognised by its NUL
+    bytes), decoded rather than dropped; (data, reason) for binary data (NUL bytes in what is not UTF-16/32)."""
+    enc = next((e for bom, e in _BOMS if data.startswith(bom)), None) or _utf16_without_bom(data)
+    if enc is not None:
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            enc = None
+        else:
+            return text.lstrip("\ufeff").encode("utf-8"), ""
+    nul = data.count(0)
+    if nul:
+        return data, f"binary data: {nul} NUL bytes in {len(data)} (not text in UTF-8, UTF-16 or UTF-32)"
+    return data, ""
+
 
 def _decode(data: bytes) -> tuple[str, str]:
     """(text, "") or ("", precise error) with strict UTF-8; a leading BOM is dropped."""
@@ -179,8 +232,50 @@ def _utf8_quarantine(task: dict, doc_id: str, where: str, err: str, b: bytes, of
                              f"{where}: {err.replace(f'offset {pos}', f'offset {off + pos}')}", b[max(0, pos - 40):])
 
 
-def _split_docs(task: dict, doc_id: str, text: str) -> Iterator[dict]:
-    """Apply the source's `split` to an already decoded text (JSON/HTML/Markdown documents)."""
+def _extracted(task: dict, rel: str, fn, arg, failed_kind: str) -> tuple[object | None, dict | None]:
+    """(result, None) or (None, quarantine record): `fn(arg)` in this worker's sandbox, under the time limit."""
+    from actors.data.sandbox import ExtractCrash, ExtractTimeout, sandbox
+
+    try:
+        return sandbox(task.get("timeout_s", 30.0))(fn, arg), None
+    except ExtractTimeout as e:
+        return None, quarantine_record(task, rel, "extract_timeout", f"{rel}: {e}")
+    except ExtractCrash as e:
+        return None, quarantine_record(task, rel, "extract_crash", f"{rel}: {e}")
+    except ValueError as e:
+        return None, quarantine_record(task, rel, failed_kind, f"{rel}: {e}")
+
+
+def _read_html(task: dict, data: bytes) -> Iterator[dict]:
+    """trafilatura (actors.data.html) on the raw bytes: it reads the page's declared charset itself."""
+    from actors.data.html import extract_html
+
+    rel = task["rel"]
+    doc, bad = _extracted(task, rel, extract_html, data, "bad_html")
+    if bad is not None:
+        bad["raw_preview"] = data[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+        yield bad
+        return
+    yield from _split_docs(task, rel, doc.text, title=doc.title, url=doc.url, extractor=doc.extractor,
+                           meta=doc.meta)
+
+
+def _read_pdf(task: dict, data: bytes) -> Iterator[dict]:
+    from actors.data.pdf import extract_pdf
+
+    rel = task["rel"]
+    doc, bad = _extracted(task, rel, extract_pdf, data, "bad_pdf")
+    if bad is not None:
+        bad["raw_preview"] = data[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+        yield bad
+        return
+    yield from _split_docs(task, rel, doc.text, title=doc.title, extractor=doc.extractor,
+                           meta={**doc.meta, "pages": doc.pages})
+
+
+def _split_docs(task: dict, doc_id: str, text: str, **fields) -> Iterator[dict]:
+    """Apply the source's `split` to an already decoded text (JSON/HTML/Markdown/PDF documents); `fields`
+    (title, url, extractor, meta) go on every piece."""
     split = task["split"]
     if split == "document":
         parts = [(doc_id, text)]
@@ -190,7 +285,7 @@ def _split_docs(task: dict, doc_id: str, text: str) -> Iterator[dict]:
         parts = [(f"{doc_id}#p{i}", t) for i, t in enumerate(p for p in _PARA_SPLIT.split(text) if p.strip())]
     for d, t in parts:
         if t.strip():
-            yield doc_record(task, d, t)
+            yield doc_record(task, d, t, **fields)
 
 
 def _json_record(task: dict, doc_id: str, obj, raw) -> Iterator[dict]:
@@ -261,134 +356,6 @@ def _read_json(task: dict, data: bytes) -> Iterator[dict]:
             yield from _json_record(task, f"{rel}[{i}]", o, json.dumps(o, ensure_ascii=False)[:PREVIEW_BYTES])
     else:
         yield from _json_record(task, rel, obj, text[:PREVIEW_BYTES])
-
-
-# ----------------------------------------------------------------------------------------------- HTML
-
-_DROP_TAGS = {"script", "style", "nav", "header", "footer", "aside", "form", "noscript", "head", "template",
-              "svg", "iframe", "button", "select", "textarea", "object", "canvas", "map"}
-_VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
-              "track", "wbr"}
-_BLOCK_TAGS = {"p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol",
-               "dl", "dt", "dd", "table", "tr", "thead", "tbody", "tfoot", "caption", "blockquote", "figure",
-               "figcaption", "pre", "address", "hr", "br", "center", "details", "summary"}
-_CELL_TAGS = {"td", "th"}
-_LINE_TAGS = {"li", "tr", "dt", "dd", "br", "hr", "caption", "figcaption", "summary"}  # one newline; others: blank line
-# Boilerplate containers by id/class token (MediaWiki chrome, site menus, share/cookie widgets). A token
-# must *start* with the word ("navbox", "footer-links"), so "feature-footer-v2" on <body> is not chrome.
-_BOILERPLATE = re.compile(
-    r"^(nav|navbar|navbox|navigation|menu|sidebar|footer|breadcrumbs?|cookie|share|social|advert|ads|banner|"
-    r"mw-jump-link|mw-editsection|printfooter|catlinks|mw-navigation|toc|noprint|sitenotice|site-notice|"
-    r"skip|hidden|comments?)([-_].*)?$", re.I)
-_NEVER_BOILERPLATE = {"html", "body", "main", "article"}
-
-
-class _Pre(str):
-    """Text from inside <pre>: its whitespace is content, never trimmed."""
-
-
-def _break(tag: str) -> int:
-    return 1 if tag in _LINE_TAGS else 2
-
-
-class _TextExtractor(HTMLParser):
-    """Main-text extraction: drop chrome (scripts, navigation, headers/footers, forms, boilerplate by
-    id/class), keep headings, paragraphs, list items, <pre> verbatim and table cells, one block per line."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)   # entities (&amp; &#160;) decoded by the parser
-        self.out: list[str] = []
-        self.skip_tag: str | None = None          # tag that opened the dropped subtree
-        self.skip_depth = 0                       # nesting of skip_tag inside the dropped subtree
-        self.pre = 0
-
-    def _is_boilerplate(self, attrs) -> bool:
-        for k, v in attrs:
-            if k in ("id", "class", "role") and v and any(_BOILERPLATE.match(t) for t in v.split()):
-                return True
-            if k == "hidden" or (k == "aria-hidden" and v == "true"):
-                return True
-            if k == "style" and v and re.search(r"display\s*:\s*none", v):
-                return True
-        return False
-
-    def handle_starttag(self, tag, attrs):
-        if self.skip_tag is not None:
-            if tag == self.skip_tag and tag not in _VOID_TAGS:
-                self.skip_depth += 1
-            return
-        if tag in _DROP_TAGS or (tag not in _VOID_TAGS and tag not in _NEVER_BOILERPLATE
-                                 and self._is_boilerplate(attrs)):
-            if tag not in _VOID_TAGS:
-                self.skip_tag, self.skip_depth = tag, 1
-            return
-        if tag == "pre":
-            self.pre += 1
-        if tag in _BLOCK_TAGS:
-            self.out.append(_break(tag))
-            if tag == "li":
-                self.out.append("- ")
-        elif tag in _CELL_TAGS:
-            self.out.append("\t")
-        elif tag == "img":
-            pass  # alt text is mostly file names on real pages: left out
-
-    def handle_startendtag(self, tag, attrs):
-        if self.skip_tag is None and tag in ("br", "hr"):
-            self.out.append(1)
-
-    def handle_endtag(self, tag):
-        if self.skip_tag is not None:
-            if tag == self.skip_tag:
-                self.skip_depth -= 1
-                if self.skip_depth == 0:
-                    self.skip_tag = None
-            return
-        if tag == "pre":
-            self.pre = max(0, self.pre - 1)
-        if tag in _BLOCK_TAGS:
-            self.out.append(_break(tag))
-
-    def handle_data(self, data):
-        if self.skip_tag is not None:
-            return
-        if self.pre:
-            self.out.append(_Pre(data))
-        else:  # HTML collapses source whitespace (newlines inside a <p> are spaces)
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-class HTMLExtractError(ValueError):
-    """A page html.parser cannot get through (e.g. `<![foo[...]]>`): the reader quarantines it as bad_html."""
-
-
-def html_to_text(markup: str) -> str:
-    """Main text of an HTML page, one block (heading, paragraph, list item, table row) per line.
-    Raises HTMLExtractError where the parser gives up (the rest of such a page would be lost)."""
-    p = _TextExtractor()
-    try:
-        p.feed(markup)
-        p.close()
-    except Exception as e:  # noqa: BLE001 - html.parser is lenient, but a few constructs still raise
-        line, col = p.getpos()
-        raise HTMLExtractError(f"HTML parsing stopped at line {line}, column {col + 1}: "
-                               f"{type(e).__name__}: {e}") from e
-    # consecutive breaks merge into the strongest one: 1 = newline, 2 = paragraph break
-    pieces, pending = [], 0
-    for x in p.out:
-        if isinstance(x, int):
-            pending = max(pending, x)
-        elif x.strip() or (x and not pending and pieces):  # whitespace between blocks is not content
-            if (pending or not pieces) and not isinstance(x, _Pre):
-                x = x.lstrip(" ")                 # a block starts at the left margin
-            if pending and pieces:
-                pieces.append("\n" * pending)
-            pending = 0
-            pieces.append(x)
-    text = "".join(pieces)
-    lines = [ln.rstrip(" ") for ln in text.split("\n")]
-    # blank-line runs left by nested blocks collapse to one paragraph break
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 # ----------------------------------------------------------------------------------------------- Markdown

@@ -135,6 +135,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
     tasks = [t for s in cfg.sources for t in extract.expand_source(s, data_root)]
     for i, t in enumerate(tasks):
         t["task_idx"] = i
+        t["timeout_s"] = cfg.extract_timeout_s
     _progress(t0, f"{len(tasks)} files from {len(cfg.sources)} sources")
 
     pool = ray.data.TaskPoolStrategy(size=cfg.num_workers)   # at most num_workers tasks per step

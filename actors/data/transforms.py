@@ -65,7 +65,7 @@ def dup_line_frac(text: str) -> float:
     return (len(lines) - len(set(lines))) / len(lines) if lines else 0.0
 
 
-RULES = ("empty", "min_chars", "min_alpha_frac", "max_symbol_ratio", "max_dup_line_frac")
+RULES = ("empty", "min_chars", "max_chars", "min_alpha_frac", "max_symbol_ratio", "max_dup_line_frac")
 DUPLICATE = "duplicate"                     # the drop reason of exact dedup (not a per-document rule)
 
 
@@ -78,6 +78,8 @@ def first_failing_rule(text: str, f) -> str | None:
         return "empty"
     if len(text) < f.min_chars:
         return "min_chars"
+    if len(text) > f.max_chars:
+        return "max_chars"
     if alpha_frac(text) < f.min_alpha_frac:
         return "min_alpha_frac"
     if symbol_ratio(text) > f.max_symbol_ratio:
@@ -125,19 +127,23 @@ def clean_rows(rows: list[dict], filters, val_fraction: float, seed: int) -> lis
     """Normalize + filter + hash + split one batch of reader rows (see extract.py for the row schema).
 
     Adds: status "kept" | "dropped" | "quarantined" (quarantined rows pass through untouched),
-    reason_kind = the failing rule for drops, hash, split, n_chars.
+    reason_kind = the failing rule for drops, hash, split, n_chars, lang and lang_score (actors.data.lid).
     """
+    from actors.data.lid import detect
+
     out = []
     for r in rows:
         r = dict(r)
         if r["status"] == "quarantined":
-            r.update(hash="", split="", n_chars=0)
+            r.update(hash="", split="", n_chars=0, lang="", lang_score=0.0)
             out.append(r)
             continue
         text = normalize(r["text"])
         rule = first_failing_rule(text, filters)
         h = content_hash(text)
-        r.update(text=text, hash=h, split=split_of(h, val_fraction, seed), n_chars=len(text))
+        lang, score = detect(text)
+        r.update(text=text, hash=h, split=split_of(h, val_fraction, seed), n_chars=len(text), lang=lang,
+                 lang_score=score)
         if rule is None:
             r.update(status="kept")
         else:

@@ -80,9 +80,10 @@ class BlockManager:
             return b
         return None
 
-    def computed_blocks(self, seq: KVSeq, token_ids: list[int]) -> list[Block]:
+    def computed_blocks(self, seq: KVSeq, token_ids: list[int], count: bool = True) -> list[Block]:
         """Cached blocks equal to the request's leading full blocks (no references taken yet). At least the
-        last token is always left to compute: its logits give the first sampled token."""
+        last token is always left to compute: its logits give the first sampled token. `count=False` looks
+        without adding to the hit statistics (`count_lookup` adds them once the request is admitted)."""
         if not self.enable_prefix_caching:
             return []
         bs = self.block_size
@@ -94,9 +95,13 @@ class BlockManager:
             if b is None:
                 break
             hits.append(b)
-        self.queries += len(token_ids)
-        self.hits += len(hits) * bs
+        if count:
+            self.count_lookup(len(token_ids), len(hits))
         return hits
+
+    def count_lookup(self, num_tokens: int, num_hit_blocks: int) -> None:
+        self.queries += num_tokens
+        self.hits += num_hit_blocks * self.block_size
 
     # -- allocation -------------------------------------------------------------------------------------
 

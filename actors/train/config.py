@@ -154,9 +154,19 @@ class LoraConfig:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     use_dora: bool = False               # DoRA: a learned magnitude per output row over the normalised W + BA
     use_rslora: bool = False             # scale alpha / sqrt(r) instead of alpha / r (stable at large r)
+    # peft's `layers_to_transform`: adapters only in these decoder layers (empty: all). With only the top layers
+    # adapted, backward stops at the lowest adapted layer: on the top half of 30 layers a step costs ~3/4.
+    layers_to_transform: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         check(self.r >= 1, "finetune.lora.r", "must be >= 1 (e.g. 8 or 16)")
+        if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
+            self.layers_to_transform = [self.layers_to_transform]
+        ok = isinstance(self.layers_to_transform, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers_to_transform)
+        check(ok and len(set(ok and self.layers_to_transform or [])) == len(self.layers_to_transform or []),
+              "finetune.lora.layers_to_transform",
+              f"{self.layers_to_transform!r}: give distinct layer indices >= 0, e.g. [12, 13, 14], or [] for all")
         check(0 <= self.dropout < 1, "finetune.lora.dropout", "must be in [0, 1)")
         allowed = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
         bad = [m for m in self.target_modules if m not in allowed]

@@ -52,9 +52,15 @@ def wrap_lora(model: nn.Module, cfg: FinetuneConfig):
 
     from actors.model.quant import peft_custom_modules
 
+    layers = sorted(cfg.lora.layers_to_transform)
+    n_layers = model.config.num_hidden_layers
+    if layers and layers[-1] >= n_layers:
+        raise ValueError(f"finetune.lora.layers_to_transform: {layers[-1]} is not a layer of the base, which has "
+                         f"{n_layers} (0..{n_layers - 1}); pick indices below {n_layers}")
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), bias="none", use_dora=cfg.lora.use_dora,
-                      use_rslora=cfg.lora.use_rslora,
+                      use_rslora=cfg.lora.use_rslora, layers_to_transform=layers or None,
+                      layers_pattern="layers" if layers else None,
                       modules_to_save=["lm_head"] if cfg.objective == "rm" else None)
     if cfg.method == "qlora":
         lcfg._register_custom_module(peft_custom_modules())

@@ -1,0 +1,248 @@
+"""Data curation logic without Ray: PII redaction, language ID, extraction bench scoring."""
+from __future__ import annotations
+
+import pytest
+
+from actors.data import pii
+
+
+@pytest.mark.parametrize("text, want, kinds", [
+    ("Write to jane.doe+news@example.co.uk or call (415) 555-2671 today.",
+     "Write to <EMAIL> or call <PHONE_NUMBER> today.", {"email": 1, "phone_number": 1}),
+    ("Hosts 192.168.1.20 and 2001:db8::8a2e:370:7334 were down; IP 10.0.0.1.",
+     "Hosts <IP_ADDRESS> and <IP_ADDRESS> were down; IP <IP_ADDRESS>.", {"ip_address": 3}),
+    ("身份证号码 11010519491231002X，电话 +86 138 0013 8000。",
+     "身份证号码 <CN_RESIDENT_ID>，电话 <PHONE_NUMBER>。", {"cn_resident_id": 1, "phone_number": 1}),
+    ("Card 4111 1111 1111 1111 or 4111-1111-1111-1111.", "Card <CARD_NUMBER> or <CARD_NUMBER>.",
+     {"card_number": 2}),
+    ("Call +44 20 7946 0958 or 010-12345678.", "Call <PHONE_NUMBER> or <PHONE_NUMBER>.", {"phone_number": 2}),
+])
+def test_pii_each_kind_replaced_and_counted(text, want, kinds):
+    got, counts = pii.redact(text)
+    assert got == want and dict(counts) == kinds
+
+
+@pytest.mark.parametrize("text", [
+    "Upgrade to v1.2.3.4 or version 2.10.4.1; python 3.11.4 is fine.",      # versions, not addresses
+    "Released 1.2.3.4.5 on 2024-01-15 at 12:30:45; ISBN 978-3-16-148410-0; 1999-2005.",  # dates, times, ISBN
+    "Order 1234 5678 9012 3456 fails Luhn; 0000 0000 0000 0000 is filler.",   # not card numbers
+    "ID 110105194912310021 has a wrong check digit; 110105199913310027 no such date.",
+    "Email me at name at example dot com; the ratio was 1:2:3.",
+])
+def test_pii_leaves_lookalikes_alone(text):
+    got, counts = pii.redact(text)
+    assert got == text and not counts
+
+
+def test_cn_id_and_luhn_checks():
+    assert pii.cn_id_valid("11010519491231002X") and pii.cn_id_valid("11010519491231002x")
+    assert not pii.cn_id_valid("110105194912310021")
+    assert pii.luhn_valid("4111111111111111") and not pii.luhn_valid("4111111111111112")
+
+
+def test_language_id_offline(data_root):
+    import gzip
+    import json
+
+    from actors.data import lid
+
+    assert lid.model_path().name == "lid.176.ftz"
+    assert lid.detect("The committee will publish its findings on the river survey next week.")[0] == "en"
+    assert lid.detect("")[1] == 0.0
+    rows = [json.loads(x) for x in gzip.open(data_root / "zh_classical" / "zh_classical.jsonl.gz")]
+    long = [r["text"] for r in rows if len(r["text"]) >= 200][:40]
+    assert sum(lid.detect(t)[0] == "zh" for t in long) >= 0.95 * len(long)
+
+
+def test_extraction_bench_scoring_matches_the_benchmark_definition():
+    from bench.data_extraction import page_counts, score
+
+    body = "one two three four five six seven"
+    assert page_counts(body, body) == (1.0, 0.0, 0.0)
+    tp, fp, fn = page_counts(body, body + " extra words here now")   # 4 shingles true, 4 more predicted
+    assert (tp, fp, fn) == pytest.approx((4 / 8, 4 / 8, 0.0))
+    s = score([(1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 0.0, 1.0)])   # the empty prediction has no precision
+    assert s["precision"] == pytest.approx(0.75) and s["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx(2 * 0.75 * (2 / 3) / (0.75 + 2 / 3))
+
+
+# ------------------------------------------------------------------------------------------ pipelines
+
+def _corpus(data_root, tmp_path):
+    """Real documents (HTML, Markdown, PDF incl. vertical Japanese, C4 JSONL with planted PII) and a
+    corrupt-input set: empty file, UTF-16 with and without BOM, invalid UTF-8, truncated gzip, a 20 MB line,
+    200 random 7-bit blobs, binary data named .txt."""
+    import gzip
+    import json
+    import random
+    import shutil
+
+    src = tmp_path / "src"
+    (src / "blobs").mkdir(parents=True)
+    d = data_root / "doc_extraction"
+    for p in [*(d / "html").glob("*__source.html"), *(d / "markdown").glob("*.md"), *(d / "pdf").glob("*.pdf")]:
+        shutil.copy(p, src / p.name)
+    rows = [json.loads(x) for x in (data_root / "pretrain_demo_llamafactory" / "c4_demo.jsonl").open()][:40]
+    rows[3]["text"] += " Write to press@example.org or call +1 415 555 2671."
+    (src / "c4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    good_en = ("The river rose through the night, and by morning the lower fields were under water. "
+               "Farmers moved their animals to the hill pastures and waited for the rain to stop. ") * 3
+    (src / "empty.txt").write_bytes(b"")
+    (src / "utf16_bom.txt").write_bytes(good_en.replace("river", "creek").encode("utf-16"))
+    (src / "utf16_nobom.txt").write_bytes(good_en.replace("river", "stream").encode("utf-16-le"))
+    (src / "bad_utf8.txt").write_bytes(good_en.encode() + b"\xff\xfe broken")
+    full = gzip.compress(b"".join(json.dumps({"text": f"{good_en} Part {i}."}).encode() + b"\n"
+                                  for i in range(50)))
+    (src / "cut.jsonl.gz").write_bytes(full[: len(full) // 2])
+    (src / "huge_line.txt").write_bytes(b"word " * (4 << 20))  # 20 MB, one line
+    rng = random.Random(0)
+    for i in range(200):
+        (src / "blobs" / f"blob{i:03d}.txt").write_bytes(bytes(rng.randrange(128) for _ in range(600)))
+    (src / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    return src
+
+
+def _cfg(src, executor="local"):
+    from actors.data.config import SourceConfig
+    from actors.data.curate import CurateConfig
+
+    return CurateConfig(inputs=[SourceConfig("top", str(src / "*.*")), SourceConfig("blobs", str(src / "blobs/*"))],
+                        files_per_shard=7, executor=executor)
+
+
+def _files(out):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = pa.concat_tables([pq.read_table(f) for f in sorted((out / "docs").glob("*.parquet"))])
+    dropped = pa.concat_tables([pq.read_table(f) for f in sorted((out / "dropped").glob("*/*.parquet"))])
+    return (sorted(zip(*(docs.column(c).to_pylist() for c in ("id", "text", "lang", "extractor", "meta")))),
+            sorted(zip(*(dropped.column(c).to_pylist() for c in ("id", "stage", "rule")))))
+
+
+def test_corrupt_inputs_are_counted_and_no_good_document_is_lost(data_root, tmp_path):
+    from actors.data.curate import run_curation
+
+    src = _corpus(data_root, tmp_path)
+    out = tmp_path / "out"
+    r = run_curation(_cfg(src), out, data_root)
+    rules = r["dropped_by_rule"]
+    assert r["read"] == r["kept"] + r["dropped"]
+    docs, dropped = _files(out)
+    texts = {i.rsplit("/", 1)[-1]: t for i, t, *_ in docs}
+    assert "creek" in texts["utf16_bom.txt"] and "stream" in texts["utf16_nobom.txt"]  # decoded, not dropped
+    assert rules["read:quarantine:binary"] >= 1 and rules["read:quarantine:invalid_utf8"] == 1
+    assert rules["read:quarantine:unreadable"] == 1 and rules["filters:max_chars"] == 1   # truncated gzip, 20 MB
+    assert rules["normalize:empty"] >= 1                                                # the empty file
+    blobs = [x for x in dropped if "/blobs/" in x[0] or x[0].startswith("blobs/")]
+    assert len(blobs) >= 0.95 * 200 and not any(i.startswith("blobs/") for i in texts)
+    kept_cut = [t for i, t in texts.items() if i.startswith("cut.jsonl.gz")]
+    assert 0 < len(kept_cut) < 50                                    # the lines before the damage survive
+    assert sum(i.startswith("c4.jsonl") for i in texts) == 40        # every good C4 document is kept
+    assert "<EMAIL>" in texts["c4.jsonl:4"] and "<PHONE_NUMBER>" in texts["c4.jsonl:4"]
+    assert r["counters"]["pii"]["email"] >= 1
+    assert texts["us_copyright_office_dmca.pdf"].startswith("U.S. Copyright Office Summary")
+    assert "風景やみんなといっしょに" in texts["jo_japanese.pdf"]
+    assert r["languages"]["en"] > 40 and r["languages"].get("ja", 0) >= 1
+
+
+@pytest.mark.ray
+def test_ray_data_executor_writes_what_the_local_one_does_and_resumes(ray_session, data_root, tmp_path):
+    from actors.data.curate import run_curation
+
+    src = _corpus(data_root, tmp_path)
+    local = run_curation(_cfg(src, "local"), tmp_path / "local", data_root)
+    on_ray = run_curation(_cfg(src, "ray"), tmp_path / "ray", data_root)
+    assert on_ray["run"]["executor"] == "ray" and on_ray["run"]["shards"] == local["run"]["shards"] > 2
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert {k: v for k, v in on_ray.items() if k != "run"} == {k: v for k, v in local.items() if k != "run"}
+
+    # a run killed after some shards: the complete ones are skipped, the rest redone, the output the same
+    out = tmp_path / "ray"
+    parts = sorted((out / "docs").glob("*.parquet"))
+    for p in parts[-2:]:
+        p.unlink()                                       # the last two shards never finished
+    (out / "docs" / ".part-00001.parquet.tmp-1").write_bytes(b"half-written")
+    again = run_curation(_cfg(src, "ray"), out, data_root)
+    assert again["run"]["skipped"] == len(parts) - 2
+    assert _files(out) == _files(tmp_path / "local")
+
+
+# ------------------------------------------------------------------------------------------ quality rules
+
+_VOCAB = ("river farmer market bridge council weather harvest village engineer teacher station garden "
+          "mountain library doctor winter summer morning evening journey letter window kitchen forest").split()
+
+
+def _sentence(rng, n=14):
+    ws = [rng.choice(_VOCAB) for _ in range(n)]
+    ws[0], ws[3], ws[6], ws[9] = "The", "of", "and", "with"
+    return " ".join(ws) + "."
+
+
+def _doc(lines=10, seed=0, per_line=2):
+    import random
+
+    rng = random.Random(seed)
+    return "\n".join(" ".join(_sentence(rng) for _ in range(per_line)) for _ in range(lines))
+
+
+def test_good_english_document_passes_every_rule_set():
+    from actors.data.quality import QualityConfig, apply_rules
+
+    rule, text = apply_rules(_doc(), "en", QualityConfig())
+    assert rule is None and text == _doc()
+
+
+@pytest.mark.parametrize("make, rule", [
+    (lambda d: "\n".join(d.split("\n")[:2])[:300], "gopher_short_doc"),
+    (lambda d: d + "\n" + "\n".join([d.split("\n")[0]] * 6), "dup_line_frac"),
+    (lambda d: d + "\n\n" + "\n\n".join([d] * 2), "dup_para_frac"),
+    (lambda d: d + " " + " ".join(["crop rotation"] * 200) + ".", "top_2_gram"),
+    (lambda d: d + "\n" + " ".join(f"#tag{i}" for i in range(60)) + ".", "gopher_too_many_hashes"),
+    (lambda d: "\n".join("- " + ln for ln in d.split("\n")), "gopher_too_many_bullets"),
+    (lambda d: d.replace(" of ", " ... ").replace(" with ", " ... "), "gopher_too_many_ellipsis"),
+    (lambda d: "\n".join(ln[:-1] + "..." for ln in d.split("\n")), "gopher_too_many_end_ellipsis"),
+    (lambda d: " ".join(w for w in d.split() if w not in ("The", "of", "and", "with")), "gopher_few_stop_words"),
+    (lambda d: d + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", "c4_lorem_ipsum"),
+    (lambda d: d + "\nThe config is {\"a\": 1} as shown in the manual.", "c4_curly_bracket"),
+    (lambda d: d.replace(".", ""), "c4_too_few_sentences"),
+])
+def test_each_rule_drops_its_document(make, rule):
+    from actors.data.quality import QualityConfig, apply_rules
+
+    assert apply_rules(make(_doc()), "en", QualityConfig())[0] == rule
+
+
+def test_c4_removes_lines_and_fineweb_rules():
+    from actors.data.quality import FineWebRules, QualityConfig, apply_rules, words
+
+    d = _doc()
+    noisy = d + "\nThis site uses cookies to improve your experience.\nPlease enable JavaScript to view the map.\nShare"
+    rule, text = apply_rules(noisy, "en", QualityConfig())
+    assert rule is None and text == d                     # cookie, javascript and short lines removed
+    fw = FineWebRules()
+    short = "\n".join([f"Menu item {i}" for i in range(30)] + [d])
+    assert fw(short, words(short)) == "fineweb_short_line_ratio"
+    no_punct = d.replace(".", ",")
+    assert fw(no_punct, words(no_punct)) == "fineweb_line_punct_ratio"
+    dup = d + "\n" + d.split("\n")[0]
+    assert fw(dup, words(dup)) == "fineweb_char_dup_ratio"
+    listy = "\n".join(f"{w * 6} {i}." for i, w in enumerate(_VOCAB * 2))   # lines of 2 words
+    assert fw(listy, words(listy)) == "fineweb_list_ratio"
+    assert apply_rules("word " * 300_000, "en", QualityConfig())[0] == "max_chars"
+
+
+def test_chinese_documents_get_cjk_rules(data_root):
+    import gzip
+    import json
+
+    from actors.data.quality import QualityConfig, apply_rules
+
+    rows = [json.loads(x) for x in gzip.open(data_root / "zh_classical" / "zh_classical.jsonl.gz")]
+    long = [r["text"] for r in rows if len(r["text"]) >= 200][:30]
+    cfg = QualityConfig()
+    assert sum(apply_rules(t, "zh", cfg)[0] is None for t in long) >= 0.9 * len(long)
+    assert apply_rules(long[0], "en", cfg)[0] == "gopher_short_doc"     # routed by language: words would fail
+    assert apply_rules("床前明月光，疑是地上霜。", "zh", cfg)[0] == "zh_short_doc"
+    assert apply_rules(long[0][:150] + " ABC123 " * 60, "zh", cfg)[0] == "zh_low_cjk_ratio"
