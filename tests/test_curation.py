@@ -85,6 +85,9 @@ def _corpus(data_root, tmp_path):
     rows = [json.loads(x) for x in (data_root / "pretrain_demo_llamafactory" / "c4_demo.jsonl").open()][:40]
     rows[3]["text"] += " Write to press@example.org or call +1 415 555 2671."
     (src / "c4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    words = rows[6]["text"].split()
+    near = " ".join(w if i % 40 else w.upper() + "s" for i, w in enumerate(words))   # a few words edited
+    (src / "c4_copy.jsonl").write_text(json.dumps(rows[5]) + "\n" + json.dumps({"text": near}) + "\n")
     good_en = ("The river rose through the night, and by morning the lower fields were under water. "
                "Farmers moved their animals to the hill pastures and waited for the rain to stop. ") * 3
     (src / "empty.txt").write_bytes(b"")
@@ -114,13 +117,16 @@ def _files(out):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    docs = pa.concat_tables([pq.read_table(f) for f in sorted((out / "docs").glob("*.parquet"))])
-    dropped = pa.concat_tables([pq.read_table(f) for f in sorted((out / "dropped").glob("*/*.parquet"))])
+    docs = pa.concat_tables([pq.read_table(f) for f in sorted((out / "dedup" / "docs").glob("*.parquet"))])
+    dropped = pa.concat_tables([pq.read_table(f, columns=["id", "stage", "rule"])
+                                for f in sorted((out / "dropped").glob("*/*.parquet"))])
     return (sorted(zip(*(docs.column(c).to_pylist() for c in ("id", "text", "lang", "extractor", "meta")))),
             sorted(zip(*(dropped.column(c).to_pylist() for c in ("id", "stage", "rule")))))
 
 
 def test_corrupt_inputs_are_counted_and_no_good_document_is_lost(data_root, tmp_path):
+    import json
+
     from actors.data.curate import run_curation
 
     src = _corpus(data_root, tmp_path)
@@ -139,11 +145,19 @@ def test_corrupt_inputs_are_counted_and_no_good_document_is_lost(data_root, tmp_
     kept_cut = [t for i, t in texts.items() if i.startswith("cut.jsonl.gz")]
     assert 0 < len(kept_cut) < 50                                    # the lines before the damage survive
     assert sum(i.startswith("c4.jsonl") for i in texts) == 40        # every good C4 document is kept
+    assert not any(i.startswith("c4_copy.jsonl") for i in texts)     # ... and its later copies are not
+    drops = {(i.rsplit("/", 1)[-1], stage, rule) for i, stage, rule in dropped}
+    assert ("c4_copy.jsonl:1", "dedup", "exact_duplicate") in drops
+    assert ("c4_copy.jsonl:2", "dedup", "near_duplicate") in drops
+    assert r["dedup"]["exact_duplicates"] >= 1 and r["dedup"]["clusters"] >= 2
     assert "<EMAIL>" in texts["c4.jsonl:4"] and "<PHONE_NUMBER>" in texts["c4.jsonl:4"]
     assert r["counters"]["pii"]["email"] >= 1
     assert texts["us_copyright_office_dmca.pdf"].startswith("U.S. Copyright Office Summary")
     assert "風景やみんなといっしょに" in texts["jo_japanese.pdf"]
     assert r["languages"]["en"] > 40 and r["languages"].get("ja", 0) >= 1
+    card = json.loads((out / "card.json").read_text())
+    assert card["reconciles"] and (out / "length_hist.png").stat().st_size > 1000
+    assert "near_duplicate" in (out / "card.md").read_text() and card["throughput"]["language"]["docs"] > 40
 
 
 @pytest.mark.ray
@@ -155,7 +169,9 @@ def test_ray_data_executor_writes_what_the_local_one_does_and_resumes(ray_sessio
     on_ray = run_curation(_cfg(src, "ray"), tmp_path / "ray", data_root)
     assert on_ray["run"]["executor"] == "ray" and on_ray["run"]["shards"] == local["run"]["shards"] > 2
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
-    assert {k: v for k, v in on_ray.items() if k != "run"} == {k: v for k, v in local.items() if k != "run"}
+    same = lambda r: {k: v for k, v in r.items() if k not in ("run", "throughput")}  # noqa: E731
+    assert same(on_ray) == same(local)
+    assert set(on_ray["throughput"]) == {"read", "normalize", "filters", "language", "pii"}
 
     # a run killed after some shards: the complete ones are skipped, the rest redone, the output the same
     out = tmp_path / "ray"
@@ -246,3 +262,90 @@ def test_chinese_documents_get_cjk_rules(data_root):
     assert apply_rules(long[0], "en", cfg)[0] == "gopher_short_doc"     # routed by language: words would fail
     assert apply_rules("床前明月光，疑是地上霜。", "zh", cfg)[0] == "zh_short_doc"
     assert apply_rules(long[0][:150] + " ABC123 " * 60, "zh", cfg)[0] == "zh_low_cjk_ratio"
+
+
+# ------------------------------------------------------------------------------------------ near-dedup
+
+def _random_graphs(n_graphs=12):
+    import random
+
+    for seed in range(n_graphs):
+        rng = random.Random(seed)
+        n = rng.randint(2, 200)
+        edges = [(rng.randrange(n), rng.randrange(n)) for _ in range(rng.randint(1, 250))]
+        edges += [(1000 + i, 1001 + i) for i in range(rng.randint(0, 40))]   # a long chain: many rounds
+        yield edges
+
+
+def test_star_components_equal_union_find():
+    from actors.data.minhash import star_components, union_find
+
+    for edges in _random_graphs(40):
+        want = union_find(edges)
+        got = star_components(edges)
+        assert {k: got[k] for k in want} == want
+
+
+@pytest.mark.ray
+def test_distributed_connected_components_equal_union_find(ray_session):
+    from actors.data.minhash import union_find
+    from actors.data.ray_executor import ray_connected_components
+
+    for i, edges in enumerate(_random_graphs(6)):
+        want = union_find(edges)
+        got = ray_connected_components(edges, parts=1 + i % 3)
+        assert {k: got[k] for k in want} == want
+
+
+def test_minhash_finds_near_duplicates_and_not_shared_boilerplate():
+    import random
+
+    from actors.data.minhash import MinHashConfig, MinHasher
+
+    rng = random.Random(0)
+    vocab = sorted({"".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(3000)})
+    # (letters only: normalisation maps every number to 0)
+    base = " ".join(rng.choice(vocab) for _ in range(300))
+    toks = base.split()
+    edited = " ".join(t if rng.random() > 0.01 else rng.choice(vocab) for t in toks)   # Jaccard ~0.9
+    other = " ".join(rng.choice(vocab) for _ in range(300))
+    boiler = " ".join(toks[:100]) + " " + " ".join(rng.choice(vocab) for _ in range(200))  # shares 1/3
+    mh = MinHasher(MinHashConfig())
+    keys = {k: set(enumerate(mh.band_keys(mh.signature(t)))) for k, t in
+            {"base": base, "edited": edited, "other": other, "boiler": boiler}.items()}
+    sh = {k: set(mh.shingles(t).tolist()) for k, t in (("base", base), ("edited", edited))}
+    assert len(sh["base"] & sh["edited"]) / len(sh["base"] | sh["edited"]) > 0.85
+    assert keys["base"] & keys["edited"]
+    assert not keys["base"] & keys["other"] and not keys["base"] & keys["boiler"]
+    assert mh.signature("too short") is None
+    assert 0.7 < MinHashConfig().threshold < 0.75
+
+
+def test_decontamination_catches_a_planted_benchmark_row(data_root, tmp_path):
+    import json
+
+    from actors.data.config import SourceConfig
+    from actors.data.curate import CurateConfig, StageSpec, run_curation
+    from actors.data.decontam import write_rows
+
+    arc = [json.loads(x) for x in (data_root / "arc" / "arc_easy_test_rows0-199.jsonl").open()][:50]
+    q = next(r["question"]["stem"] for r in arc if len(r["question"]["stem"].split()) >= 16)
+    rows = write_rows({"arc_easy": [json.dumps(r, ensure_ascii=False) for r in arc],
+                       "poems": ["床前明月光，疑是地上霜。举头望明月，低头思故乡。"]}, tmp_path / "rows.json")
+    src = tmp_path / "src"
+    src.mkdir()
+    clean = [json.loads(x)["text"] for x in (data_root / "pretrain_demo_llamafactory" / "c4_demo.jsonl").open()][:20]
+    planted = clean[0] + "\n" + f"Quiz time. {q} Think about it before you answer."
+    zh = "唐诗三百首中李白写道：床前明月光，疑是地上霜。举头望明月，低头思故乡。这首诗流传很广。"
+    (src / "docs.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                            for t in [planted, *clean[1:], zh]))
+    cfg = CurateConfig(inputs=[SourceConfig("d", str(src / "docs.jsonl"))], executor="local",
+                       stages=[StageSpec("normalize"), StageSpec("decontam", {"rows": str(rows)})])
+    r = run_curation(cfg, tmp_path / "out", data_root)
+    assert len(q.split()) >= 13
+    assert r["dropped_by_rule"] == {"decontam:contaminated": 2}
+    assert r["contamination"] == {"arc_easy": 1, "poems": 1} and r["kept"] == 19
+    flag = CurateConfig(inputs=cfg.inputs, executor="local",
+                        stages=[StageSpec("decontam", {"rows": str(rows), "mode": "flag"})])
+    r = run_curation(flag, tmp_path / "flag", data_root)
+    assert r["kept"] == 21 and r["contamination"] == {"arc_easy": 1, "poems": 1}

@@ -6,9 +6,11 @@ Paths in `sources` are relative to the shared data root (cluster.data_root()) un
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from actors.common.config import check
+from actors.data.dedup import DedupConfig
+from actors.data.pipeline import Resources
 
 Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf"]
 Split = Literal["document", "paragraphs", "lines"]
@@ -115,6 +117,39 @@ def default_sft_sources() -> list[SFTSourceConfig]:
 
 
 @dataclass
+class StageSpec:
+    stage: str
+    params: dict[str, Any] = field(default_factory=dict)
+    resources: Resources | None = None
+
+    def __post_init__(self):
+        check(bool(self.stage), "curate.stages[].stage", "names a stage, e.g. language (actors/data/curate.py)")
+
+
+def default_stages() -> list[StageSpec]:
+    return [StageSpec("normalize"), StageSpec("filters"), StageSpec("language"), StageSpec("pii")]
+
+
+@dataclass
+class CurateConfig:
+    inputs: list[SourceConfig] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=default_stages)
+    files_per_shard: int = 16
+    extract_timeout_s: float = 30.0
+    executor: str = "ray"            # ray | local
+    dedup: DedupConfig = field(default_factory=DedupConfig)   # exact and MinHash near-dedup over all shards
+
+    def __post_init__(self):
+        check(bool(self.inputs), "curate.inputs", "needs at least one input, e.g. [{name: web, path: 'docs/*'}]")
+        check(self.files_per_shard >= 1, "curate.files_per_shard", f"must be >= 1, got {self.files_per_shard}")
+        check(self.extract_timeout_s > 0, "curate.extract_timeout_s", "must be > 0 seconds, e.g. 30")
+        check(self.executor in ("ray", "local"), "curate.executor", f"{self.executor!r}: use ray or local")
+        names = [s.stage for s in self.stages]
+        check(len(set(names)) == len(names), "curate.stages", f"a stage appears twice: {names}")
+
+
+
+@dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=default_sources)
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -139,6 +174,11 @@ class DataConfig:
     num_workers: int = 2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     sft_sources: list[SFTSourceConfig] = field(default_factory=default_sft_sources)
+    # A curation run instead of the pretraining corpus (configs/data-web.yaml): inputs -> curated Parquet
+    # documents + data card under <run>/data/curated. decontam_tasks: eval tasks (names as in eval.tasks) whose
+    # rows no kept document may share a 13-gram with; the job driver hands their rows to the decontam stage.
+    curate: CurateConfig | None = None
+    decontam_tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         check(len(self.sources) > 0, "data.sources", "needs at least one source (see default_sources())")

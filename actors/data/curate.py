@@ -2,7 +2,10 @@
 run by either executor (actors.data.pipeline).
 
     read (extract + quarantine) -> normalize -> filters -> language ID -> quality rules -> PII
-(the default `stages`; `quality` is the web-text rule set and is added where the input is web text)
+    -> decontamination against eval rows                                                   per shard
+    -> exact + MinHash near-dedup (actors.data.dedup)                                         all shards
+(the default `stages`; `quality` is the web-text rule set and is added where the input is web text). The
+result is `<out>/dedup/docs/` (or `<out>/docs/` with dedup switched off).
 
 Each entry of `stages` names a stage of STAGES with its parameters, e.g.
 
@@ -18,16 +21,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
-from actors.common.config import check
+from actors.common.config import ConfigError, check
 from actors.data import extract
 from actors.data import transforms as T
-from actors.data.config import SourceConfig
+from actors.data.config import CurateConfig, SourceConfig, StageSpec
+from actors.data.decontam import DecontamStage
 from actors.data.pipeline import Resources, Stage, docs_table, set_drop
 
 QUARANTINE = "quarantine"
@@ -196,54 +198,23 @@ class PIIStage(Stage):
 
 
 STAGES: dict[str, type[Stage]] = {c.name: c for c in (NormalizeStage, FiltersStage, LanguageStage, QualityStage,
-                                                       PIIStage)}
+                                                       PIIStage, DecontamStage)}
 
 
-# ------------------------------------------------------------------------------------------------ config
-
-@dataclass
-class StageSpec:
-    stage: str
-    params: dict[str, Any] = field(default_factory=dict)
-    resources: Resources | None = None
-
-    def __post_init__(self):
-        check(self.stage in STAGES, "curate.stages[].stage", f"{self.stage!r}: use one of {sorted(STAGES)}")
-
-    def build(self) -> Stage:
-        try:
-            st = STAGES[self.stage](**self.params)
-        except TypeError as e:
-            raise ValueError(f"curate.stages[{self.stage}].params: {e}; see actors/data/curate.py "
-                             f"{STAGES[self.stage].__name__}") from None
-        if self.resources is not None:
-            st.resources = self.resources
-        return st
-
-
-def default_stages() -> list[StageSpec]:
-    return [StageSpec("normalize"), StageSpec("filters"), StageSpec("language"), StageSpec("pii")]
-
-
-@dataclass
-class CurateConfig:
-    inputs: list[SourceConfig] = field(default_factory=list)
-    stages: list[StageSpec] = field(default_factory=default_stages)
-    files_per_shard: int = 16
-    extract_timeout_s: float = 30.0
-    executor: str = "ray"            # ray | local
-
-    def __post_init__(self):
-        check(bool(self.inputs), "curate.inputs", "needs at least one input, e.g. [{name: web, path: 'docs/*'}]")
-        check(self.files_per_shard >= 1, "curate.files_per_shard", f"must be >= 1, got {self.files_per_shard}")
-        check(self.extract_timeout_s > 0, "curate.extract_timeout_s", "must be > 0 seconds, e.g. 30")
-        check(self.executor in ("ray", "local"), "curate.executor", f"{self.executor!r}: use ray or local")
-        names = [s.stage for s in self.stages]
-        check(len(set(names)) == len(names), "curate.stages", f"a stage appears twice: {names}")
+def build_stage(spec: StageSpec) -> Stage:
+    check(spec.stage in STAGES, "curate.stages[].stage", f"{spec.stage!r}: use one of {sorted(STAGES)}")
+    try:
+        st = STAGES[spec.stage](**spec.params)
+    except TypeError as e:
+        raise ConfigError(f"curate.stages[{spec.stage}].params: {e}; see {STAGES[spec.stage].__name__} in "
+                          "actors/data/curate.py") from None
+    if spec.resources is not None:
+        st.resources = spec.resources
+    return st
 
 
 def build_stages(cfg: CurateConfig) -> list[Stage]:
-    return [ReadStage()] + [s.build() for s in cfg.stages]
+    return [ReadStage()] + [build_stage(s) for s in cfg.stages]
 
 
 def run_curation(cfg: CurateConfig, out: str | Path, data_root: str | Path, executor=None) -> dict:
@@ -259,6 +230,21 @@ def run_curation(cfg: CurateConfig, out: str | Path, data_root: str | Path, exec
 
             executor = RayExecutor()
     report = executor.run(read_shard, shards, build_stages(cfg), out)
+    dedup = None
+    if cfg.dedup.exact or cfg.dedup.near:  # global: redone over every shard on each run
+        if executor.name == "ray":
+            from actors.data.ray_executor import dedup_ray
+
+            dedup = dedup_ray(out, cfg.dedup)
+        else:
+            from actors.data.dedup import dedup_local
+
+            dedup = dedup_local(out, cfg.dedup)
     counts = summarize(out)
     read = counts["kept"] + counts["dropped"]
-    return {"read": read, **counts, "run": report.to_dict()}
+    result = {"read": read, **counts, "dedup": dedup, "contamination": counts["counters"].get("decontam", {}),
+              "run": report.to_dict()}
+    from actors.data.card import write_card
+
+    write_card(out, result)
+    return result

@@ -38,6 +38,7 @@ SCHEMA = pa.schema([
     ("meta", pa.string()), ("shard", pa.int64()), ("drop", pa.string()),
 ])
 DROPPED_COLUMNS = ["id", "source", "shard", "stage", "rule", "preview"]
+TIMING = "_timing"   # a stage's documents in and seconds, per shard, beside its counters
 PREVIEW_CHARS = 160
 
 
@@ -132,14 +133,16 @@ def _one_shard(batch: pa.Table) -> int | None:
 def apply_stage(stage: Stage, batch: pa.Table, out: Path, shard: int) -> pa.Table:
     """`stage` on one shard's batch: its dropped rows and its counters written for that shard, kept returned."""
     before = Counter(stage.counters())
+    t0 = time.perf_counter()
     kept, dropped = split_dropped(stage.process_batch(batch), stage.name)
+    seconds = time.perf_counter() - t0
     _write_atomic(dropped, out / "dropped" / stage.name / f"part-{shard:05d}.parquet")
     delta = Counter(stage.counters())
     delta.subtract(before)
-    if +delta:
-        path = out / "counters" / stage.name / f"part-{shard:05d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(+delta), sort_keys=True))
+    path = out / "counters" / stage.name / f"part-{shard:05d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**dict(+delta), TIMING: {"docs": batch.num_rows, "seconds": seconds}},
+                               sort_keys=True))
     return kept
 
 
@@ -184,9 +187,10 @@ class LocalExecutor:
 
 
 def summarize(out: str | Path) -> dict:
-    """Counts from the written files: kept, dropped per stage and rule, languages."""
+    """Counts from the written files: kept (after dedup when it ran), dropped per stage and rule, languages."""
     out = Path(out)
-    kept_files = sorted((out / "docs").glob("part-*.parquet"))
+    final = out / "dedup" / "docs" if (out / "dedup" / "docs").is_dir() else out / "docs"
+    kept_files = sorted(final.glob("part-*.parquet"))
     kept = pa.concat_tables([pq.read_table(f, columns=["lang"]) for f in kept_files]) if kept_files else None
     by_rule: Counter = Counter()
     by_stage: Counter = Counter()
@@ -198,11 +202,22 @@ def summarize(out: str | Path) -> dict:
     langs = Counter(kept.column("lang").to_pylist()) if kept is not None else Counter()
     n_kept = kept.num_rows if kept is not None else 0
     counters: dict[str, Counter] = {}
+    timing: dict[str, list[float]] = {}
     for f in sorted((out / "counters").glob("*/part-*.json")):
-        counters.setdefault(f.parent.name, Counter()).update(json.loads(f.read_text()))
+        d = json.loads(f.read_text())
+        t = d.pop(TIMING, None)
+        if t:
+            acc = timing.setdefault(f.parent.name, [0, 0.0])
+            acc[0] += t["docs"]
+            acc[1] += t["seconds"]
+        if d:
+            counters.setdefault(f.parent.name, Counter()).update(d)
+    throughput = {k: {"docs": n, "seconds": round(sec, 3), "docs_per_s": round(n / sec, 1) if sec else None}
+                  for k, (n, sec) in timing.items()}
     return {"kept": n_kept, "dropped": sum(by_stage.values()), "dropped_by_stage": dict(by_stage),
             "dropped_by_rule": dict(sorted(by_rule.items())), "languages": dict(langs.most_common()),
-            "counters": {k: dict(sorted(v.items())) for k, v in sorted(counters.items())}}
+            "counters": {k: dict(sorted(v.items())) for k, v in sorted(counters.items())},
+            "throughput": throughput}
 
 
 def meta_json(d: dict) -> str:

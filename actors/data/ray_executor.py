@@ -92,3 +92,118 @@ class RayExecutor:
                     write_kept(out, i, empty_docs())
         rep.seconds = time.perf_counter() - t0
         return rep
+
+
+# ------------------------------------------------------------------------------ connected components on Ray
+
+@ray.remote
+def _route(edges: list[tuple[int, int]], parts: int, by_min: bool):
+    """Split edges by owning partition: both endpoints' owners (a star step needs every neighbour of a node),
+    or, for the canonical form between rounds, the owner of the smaller endpoint."""
+    out: list[list[tuple[int, int]]] = [[] for _ in range(parts)]
+    for u, v in edges:
+        if by_min:
+            a, b = (u, v) if u < v else (v, u)
+            out[a % parts].append((a, b))
+        else:
+            out[u % parts].append((u, v))
+            if v % parts != u % parts:
+                out[v % parts].append((u, v))
+    return tuple(out) if parts > 1 else out[0]
+
+
+@ray.remote
+def _star(chunks: list, part: int, parts: int, large: bool) -> list[tuple[int, int]]:
+    from actors.data.minhash import large_star, partition_adjacency, small_star
+
+    edges = [e for c in ray.get(chunks) for e in c]  # refs inside a list are not resolved by Ray
+    adj = partition_adjacency(edges, part, parts)
+    return large_star(adj) if large else small_star(adj)
+
+
+@ray.remote
+def _canonical(chunks: list) -> tuple[list[tuple[int, int]], int]:
+    edges = sorted({(min(u, v), max(u, v)) for c in ray.get(chunks) for u, v in c if u != v})
+    return edges, hash(tuple(edges))  # ints hash the same in every process
+
+
+def ray_connected_components(edges: list[tuple[int, int]], parts: int = 2, max_rounds: int = 100) -> dict[int, int]:
+    """node -> smallest node of its component, by large-star / small-star rounds over `parts` partitions of the
+    edge list (actors.data.minhash); each round is two all-to-all shuffles of object refs between Ray tasks."""
+    route = _route.options(num_returns=parts)
+
+    def shuffle(shards, by_min):
+        outs = [route.remote(s, parts, by_min) for s in shards]
+        outs = [o if isinstance(o, list) else [o] for o in outs]
+        return [[outs[i][j] for i in range(len(shards))] for j in range(parts)]
+
+    shards = [ray.put(edges[i::parts]) for i in range(parts)]
+    prev = None
+    for _ in range(max_rounds):
+        for large in (True, False):
+            cols = shuffle(shards, by_min=False)
+            shards = [_star.remote(cols[j], j, parts, large) for j in range(parts)]
+        canon = [_canonical.options(num_returns=2).remote(col) for col in shuffle(shards, by_min=True)]
+        shards = [c[0] for c in canon]
+        sig = ray.get([c[1] for c in canon])
+        if sig == prev:
+            break
+        prev = sig
+    else:
+        raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+    labels: dict[int, int] = {}
+    for part in ray.get(shards):
+        for u, v in part:  # converged: every edge joins a component's smallest node u to a member v
+            labels[v] = min(labels.get(v, u), u)
+            labels[u] = min(labels.get(u, u), u)
+    for u, v in edges:
+        labels.setdefault(u, u)
+        labels.setdefault(v, v)
+    return labels
+
+
+# ------------------------------------------------------------------------------ global dedup on Ray
+
+def _signature_rows(row: dict, cfg) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from actors.data.dedup import signature_rows
+    from actors.data.minhash import MinHasher
+
+    hasher = MinHasher(cfg.minhash) if cfg.near else None
+    return signature_rows(pq.read_table(row["path"], columns=["text"]), row["shard"], cfg, hasher)
+
+
+def _bucket_links(group: pa.Table) -> pa.Table:
+    from actors.data.minhash import bucket_edges
+
+    members = group.column("order").to_pylist()
+    band = group.column("band")[0].as_py()
+    e = bucket_edges(members) if len(set(members)) > 1 else []
+    return pa.table({"u": pa.array([a for a, _ in e], pa.int64()), "v": pa.array([b for _, b in e], pa.int64()),
+                     "exact": pa.array([band == -1] * len(e), pa.bool_())})
+
+
+@ray.remote
+def _filter_task(out: str, shard: int, path: str, labels: dict, exact: set) -> dict:
+    from actors.data.dedup import filter_write
+
+    return filter_write(Path(out), shard, Path(path), labels, exact)
+
+
+def dedup_ray(out: str | Path, cfg, parts: int = 2) -> dict:
+    """actors.data.dedup on Ray: signatures as Ray Data tasks, buckets as a Ray Data groupby (a shuffle by
+    (band, key)), clusters by distributed large-star/small-star rounds, the filter as one task per shard."""
+    from actors.data.dedup import shard_files, write_stats
+
+    out = Path(out)
+    files = shard_files(out)
+    ds = ray.data.from_items([{"shard": s, "path": str(p)} for s, p in files], override_num_blocks=max(1, len(files)))
+    links = (ds.flat_map(_signature_rows, fn_kwargs={"cfg": cfg})
+             .groupby(["band", "key"]).map_groups(_bucket_links, batch_format="pyarrow").take_all())
+    edges = [(r["u"], r["v"]) for r in links]
+    exact = {r["v"] for r in links if r["exact"]}  # a star's leaves: each has an identical earlier document
+    labels = ray_connected_components(edges, parts=parts)
+    lab, ex = ray.put(labels), ray.put(exact)
+    counts = ray.get([_filter_task.remote(str(out), s, str(p), lab, ex) for s, p in files])
+    return write_stats(out, labels, counts)
