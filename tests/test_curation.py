@@ -105,12 +105,12 @@ def _corpus(data_root, tmp_path):
     return src
 
 
-def _cfg(src, executor="local"):
+def _cfg(src, executor="local", files_per_shard=7):
     from actors.data.config import SourceConfig
     from actors.data.curate import CurateConfig
 
     return CurateConfig(inputs=[SourceConfig("top", str(src / "*.*")), SourceConfig("blobs", str(src / "blobs/*"))],
-                        files_per_shard=7, executor=executor)
+                        files_per_shard=files_per_shard, executor=executor)
 
 
 def _files(out):
@@ -165,8 +165,9 @@ def test_ray_data_executor_writes_what_the_local_one_does_and_resumes(ray_sessio
     from actors.data.curate import run_curation
 
     src = _corpus(data_root, tmp_path)
-    local = run_curation(_cfg(src, "local"), tmp_path / "local", data_root)
-    on_ray = run_curation(_cfg(src, "ray"), tmp_path / "ray", data_root)
+    # 60 files a shard: 5 shards (each Ray Data block costs a task per operator, ~1 s on 2 cores)
+    local = run_curation(_cfg(src, "local", 60), tmp_path / "local", data_root)
+    on_ray = run_curation(_cfg(src, "ray", 60), tmp_path / "ray", data_root)
     assert on_ray["run"]["executor"] == "ray" and on_ray["run"]["shards"] == local["run"]["shards"] > 2
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
     same = lambda r: {k: v for k, v in r.items() if k not in ("run", "throughput")}  # noqa: E731
@@ -179,7 +180,7 @@ def test_ray_data_executor_writes_what_the_local_one_does_and_resumes(ray_sessio
     for p in parts[-2:]:
         p.unlink()                                       # the last two shards never finished
     (out / "docs" / ".part-00001.parquet.tmp-1").write_bytes(b"half-written")
-    again = run_curation(_cfg(src, "ray"), out, data_root)
+    again = run_curation(_cfg(src, "ray", 60), out, data_root)
     assert again["run"]["skipped"] == len(parts) - 2
     assert _files(out) == _files(tmp_path / "local")
 

@@ -175,13 +175,14 @@ def _signature_rows(row: dict, cfg) -> list[dict]:
 
 
 def _bucket_links(group: pa.Table) -> pa.Table:
-    from actors.data.minhash import bucket_edges
+    """One band's rows (every document's key in that band): the links of each bucket of 2+ documents."""
+    from actors.data.dedup import edges_from_buckets
 
-    members = group.column("order").to_pylist()
-    band = group.column("band")[0].as_py()
-    e = bucket_edges(members) if len(set(members)) > 1 else []
+    rows = group.to_pylist()
+    e, _ = edges_from_buckets(rows)
+    exact = rows[0]["band"] == -1
     return pa.table({"u": pa.array([a for a, _ in e], pa.int64()), "v": pa.array([b for _, b in e], pa.int64()),
-                     "exact": pa.array([band == -1] * len(e), pa.bool_())})
+                     "exact": pa.array([exact] * len(e), pa.bool_())})
 
 
 @ray.remote
@@ -192,15 +193,18 @@ def _filter_task(out: str, shard: int, path: str, labels: dict, exact: set) -> d
 
 
 def dedup_ray(out: str | Path, cfg, parts: int = 2) -> dict:
-    """actors.data.dedup on Ray: signatures as Ray Data tasks, buckets as a Ray Data groupby (a shuffle by
-    (band, key)), clusters by distributed large-star/small-star rounds, the filter as one task per shard."""
+    """actors.data.dedup on Ray: signatures as Ray Data tasks, buckets as a Ray Data groupby by band (a
+    shuffle), clusters by distributed large-star/small-star rounds, the filter as one task per shard."""
     from actors.data.dedup import shard_files, write_stats
 
     out = Path(out)
     files = shard_files(out)
     ds = ray.data.from_items([{"shard": s, "path": str(p)} for s, p in files], override_num_blocks=max(1, len(files)))
+    # grouped by band (15 groups with the exact-text band), each group's buckets found inside it; `parts`
+    # shuffle partitions, not Ray Data's default 200 (each a task: minutes on 2 cores)
     links = (ds.flat_map(_signature_rows, fn_kwargs={"cfg": cfg})
-             .groupby(["band", "key"]).map_groups(_bucket_links, batch_format="pyarrow").take_all())
+             .groupby("band", num_partitions=parts)
+             .map_groups(_bucket_links, batch_format="pyarrow").take_all())
     edges = [(r["u"], r["v"]) for r in links]
     exact = {r["v"] for r in links if r["exact"]}  # a star's leaves: each has an identical earlier document
     labels = ray_connected_components(edges, parts=parts)
