@@ -49,6 +49,8 @@ def test_language_id_offline(data_root):
     assert lid.model_path().name == "lid.176.ftz"
     assert lid.detect("The committee will publish its findings on the river survey next week.")[0] == "en"
     assert lid.detect("")[1] == 0.0
+    assert lid.detect("みんなのおのおののなかのすべてですから")[0] == "ja"     # kana: Japanese
+    assert lid.detect("子曰學而時習之不亦說乎有朋自遠方來不亦樂乎")[0] == "zh"  # Han only: never Japanese
     rows = [json.loads(x) for x in gzip.open(data_root / "zh_classical" / "zh_classical.jsonl.gz")]
     long = [r["text"] for r in rows if len(r["text"]) >= 200][:40]
     assert sum(lid.detect(t)[0] == "zh" for t in long) >= 0.95 * len(long)

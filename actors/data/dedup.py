@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors.data.minhash import MinHashConfig, MinHasher, bucket_edges, union_find
-from actors.data.pipeline import PREVIEW_CHARS
+from actors.data.pipeline import PREVIEW_CHARS, write_atomic
 
 ORDER_BITS = 32
 
@@ -96,19 +95,12 @@ def filter_shard(table: pa.Table, shard: int, labels: dict[int, int], exact: set
     return kept, dropped
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def filter_write(out: Path, shard: int, path: Path, labels: dict[int, int], exact: set[int]) -> dict:
     """The filter step for one shard; its counts."""
     table = pq.read_table(path)
     kept, dropped = filter_shard(table, shard, labels, exact)
-    _write(dropped, out / "dropped" / "dedup" / f"part-{shard:05d}.parquet")
-    _write(kept, out / "dedup" / "docs" / f"part-{shard:05d}.parquet")
+    write_atomic(dropped, out / "dropped" / "dedup" / f"part-{shard:05d}.parquet")
+    write_atomic(kept, out / "dedup" / "docs" / f"part-{shard:05d}.parquet")
     n_exact = sum(r == "exact_duplicate" for r in dropped.column("rule").to_pylist())
     return {"documents": table.num_rows, "exact": n_exact, "near": dropped.num_rows - n_exact}
 

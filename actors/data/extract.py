@@ -126,10 +126,8 @@ def _read_task(task: dict) -> Iterator[dict]:
         yield from _read_json(task, data)
     elif fmt == "text":
         yield from _read_text(task, data)
-    elif fmt == "html":
-        yield from _read_html(task, data)
-    elif fmt == "pdf":
-        yield from _read_pdf(task, data)
+    elif fmt in ("html", "pdf"):
+        yield from _read_extracted(task, data, fmt)
     elif fmt == "markdown":
         text, err = _decode(data)
         if err:
@@ -232,45 +230,24 @@ def _utf8_quarantine(task: dict, doc_id: str, where: str, err: str, b: bytes, of
                              f"{where}: {err.replace(f'offset {pos}', f'offset {off + pos}')}", b[max(0, pos - 40):])
 
 
-def _extracted(task: dict, rel: str, fn, arg, failed_kind: str) -> tuple[object | None, dict | None]:
-    """(result, None) or (None, quarantine record): `fn(arg)` in this worker's sandbox, under the time limit."""
+def _read_extracted(task: dict, data: bytes, fmt: str) -> Iterator[dict]:
+    """HTML (trafilatura on the raw bytes: it reads the page's declared charset itself) or PDF, in this worker's
+    sandbox under the time limit; a failure is one quarantine record."""
+    from actors.data.html import extract_html
+    from actors.data.pdf import extract_pdf
     from actors.data.sandbox import ExtractCrash, ExtractTimeout, sandbox
 
+    rel = task["rel"]
+    fn, failed = (extract_html, "bad_html") if fmt == "html" else (extract_pdf, "bad_pdf")
     try:
-        return sandbox(task.get("timeout_s", 30.0))(fn, arg), None
-    except ExtractTimeout as e:
-        return None, quarantine_record(task, rel, "extract_timeout", f"{rel}: {e}")
-    except ExtractCrash as e:
-        return None, quarantine_record(task, rel, "extract_crash", f"{rel}: {e}")
-    except ValueError as e:
-        return None, quarantine_record(task, rel, failed_kind, f"{rel}: {e}")
-
-
-def _read_html(task: dict, data: bytes) -> Iterator[dict]:
-    """trafilatura (actors.data.html) on the raw bytes: it reads the page's declared charset itself."""
-    from actors.data.html import extract_html
-
-    rel = task["rel"]
-    doc, bad = _extracted(task, rel, extract_html, data, "bad_html")
-    if bad is not None:
-        bad["raw_preview"] = data[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
-        yield bad
+        doc = sandbox(task.get("timeout_s", 30.0))(fn, data)
+    except (ExtractTimeout, ExtractCrash, ValueError) as e:
+        kind = {ExtractTimeout: "extract_timeout", ExtractCrash: "extract_crash"}.get(type(e), failed)
+        yield quarantine_record(task, rel, kind, f"{rel}: {e}", data)
         return
-    yield from _split_docs(task, rel, doc.text, title=doc.title, url=doc.url, extractor=doc.extractor,
-                           meta=doc.meta)
-
-
-def _read_pdf(task: dict, data: bytes) -> Iterator[dict]:
-    from actors.data.pdf import extract_pdf
-
-    rel = task["rel"]
-    doc, bad = _extracted(task, rel, extract_pdf, data, "bad_pdf")
-    if bad is not None:
-        bad["raw_preview"] = data[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
-        yield bad
-        return
-    yield from _split_docs(task, rel, doc.text, title=doc.title, extractor=doc.extractor,
-                           meta={**doc.meta, "pages": doc.pages})
+    meta = {**doc.meta, "pages": doc.pages} if fmt == "pdf" else doc.meta
+    yield from _split_docs(task, rel, doc.text, title=doc.title, url=getattr(doc, "url", ""),
+                           extractor=doc.extractor, meta=meta)
 
 
 def _split_docs(task: dict, doc_id: str, text: str, **fields) -> Iterator[dict]:

@@ -31,13 +31,24 @@ def _model():
     return fasttext.load_model(str(model_path()))
 
 
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
 def detect(text: str) -> tuple[str, float]:
-    """(ISO 639 code such as 'en', 'zh', 'ja', probability); ('', 0.0) for text with nothing to go on."""
+    """(ISO 639 code such as 'en', 'zh', 'ja', probability); ('', 0.0) for text with nothing to go on.
+
+    One correction by script: lid.176 calls some classical Chinese Japanese (4% of 240-character snippets of
+    the shared zh_classical set), but Japanese text without a single kana character among mostly Han
+    characters does not occur in practice, so that becomes 'zh'."""
     flat = _NL.sub(" ", text[:MAX_CHARS]).strip()
     if not flat:
         return "", 0.0
     labels, probs = _model().predict(flat, k=1)
-    return labels[0].removeprefix("__label__"), float(min(1.0, probs[0]))
+    lang, p = labels[0].removeprefix("__label__"), float(min(1.0, probs[0]))
+    if lang == "ja" and not _KANA.search(flat) and len(_HAN.findall(flat)) >= 0.5 * len(flat.replace(" ", "")):
+        return "zh", p
+    return lang, p
 
 
 def detect_batch(texts: list[str]) -> list[tuple[str, float]]:

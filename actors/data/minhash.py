@@ -168,10 +168,17 @@ def star_components(edges: list[tuple[int, int]], max_rounds: int = 100) -> dict
         cur = nxt
     else:
         raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
-    labels = {}
-    for u, v in cur:  # converged: every edge joins a node to its component's smallest node
-        labels[u] = min(labels.get(u, u), u)
-        labels[v] = min(labels.get(v, u), u)
+    return star_labels(cur, edges)
+
+
+def star_labels(stars: list[tuple[int, int]], edges: list[tuple[int, int]]) -> dict[int, int]:
+    """Labels from converged large/small-star edges (each joins a component's smallest node to a member), every
+    node of `edges` included."""
+    labels: dict[int, int] = {}
+    for u, v in stars:
+        a, b = min(u, v), max(u, v)
+        labels[b] = min(labels.get(b, a), a)
+        labels.setdefault(a, a)
     for u, v in edges:
         labels.setdefault(u, u)
         labels.setdefault(v, v)

@@ -110,7 +110,7 @@ def split_dropped(batch: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
     return kept, dropped
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
+def write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
@@ -136,7 +136,7 @@ def apply_stage(stage: Stage, batch: pa.Table, out: Path, shard: int) -> pa.Tabl
     t0 = time.perf_counter()
     kept, dropped = split_dropped(stage.process_batch(batch), stage.name)
     seconds = time.perf_counter() - t0
-    _write_atomic(dropped, out / "dropped" / stage.name / f"part-{shard:05d}.parquet")
+    write_atomic(dropped, out / "dropped" / stage.name / f"part-{shard:05d}.parquet")
     delta = Counter(stage.counters())
     delta.subtract(before)
     path = out / "counters" / stage.name / f"part-{shard:05d}.json"
@@ -148,7 +148,7 @@ def apply_stage(stage: Stage, batch: pa.Table, out: Path, shard: int) -> pa.Tabl
 
 def write_kept(out: Path, shard: int, kept: pa.Table) -> None:
     """Last write of a shard: its presence marks the shard complete."""
-    _write_atomic(kept, out / "docs" / f"part-{shard:05d}.parquet")
+    write_atomic(kept, out / "docs" / f"part-{shard:05d}.parquet")
 
 
 @dataclass
@@ -163,6 +163,12 @@ class RunReport:
                 "seconds": round(self.seconds, 2)}
 
 
+def start_run(executor: str, shards: list, out: Path) -> tuple[RunReport, list[int]]:
+    """The report and the shards left to do (a complete shard is skipped: the run resumes)."""
+    todo = [i for i in range(len(shards)) if not shard_done(out, i)]
+    return RunReport(executor, len(shards), len(shards) - len(todo)), todo
+
+
 class LocalExecutor:
     """Shards one after another in this process: each stage set up once, then every shard through all."""
 
@@ -171,10 +177,8 @@ class LocalExecutor:
     def run(self, read_shard, shards: list, stages: list[Stage], out: str | Path) -> RunReport:
         """`read_shard(shard, index) -> docs table` (SCHEMA, `shard` = index)."""
         out = Path(out)
-        rep = RunReport(self.name, len(shards))
+        rep, todo = start_run(self.name, shards, out)
         t0 = time.perf_counter()
-        todo = [i for i in range(len(shards)) if not shard_done(out, i)]
-        rep.skipped = len(shards) - len(todo)
         for st in stages:
             st.setup()
         for i in todo:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from actors.data.pipeline import RunReport, Stage, _one_shard, apply_stage, empty_docs, shard_done, write_kept
+from actors.data.pipeline import RunReport, Stage, _one_shard, apply_stage, empty_docs, start_run, write_kept
 
 
 def _read(batch: pa.Table, read_shard) -> pa.Table:
@@ -59,10 +59,8 @@ class RayExecutor:
 
     def run(self, read_shard, shards: list, stages: list[Stage], out: str | Path) -> RunReport:
         out = Path(out)
-        rep = RunReport(self.name, len(shards))
+        rep, todo = start_run(self.name, shards, out)
         t0 = time.perf_counter()
-        todo = [i for i in range(len(shards)) if not shard_done(out, i)]
-        rep.skipped = len(shards) - len(todo)
         if todo:
             ctx = ray.data.DataContext.get_current()
             old = ctx.target_max_block_size
@@ -151,15 +149,9 @@ def ray_connected_components(edges: list[tuple[int, int]], parts: int = 2, max_r
         prev = sig
     else:
         raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
-    labels: dict[int, int] = {}
-    for part in ray.get(shards):
-        for u, v in part:  # converged: every edge joins a component's smallest node u to a member v
-            labels[v] = min(labels.get(v, u), u)
-            labels[u] = min(labels.get(u, u), u)
-    for u, v in edges:
-        labels.setdefault(u, u)
-        labels.setdefault(v, v)
-    return labels
+    from actors.data.minhash import star_labels
+
+    return star_labels([e for part in ray.get(shards) for e in part], edges)
 
 
 # ------------------------------------------------------------------------------ global dedup on Ray
