@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/data_throughput"))
     ap.add_argument("--executor", choices=["ray", "local"], default="ray")
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # the sources' paths must not resolve against the data root
     root = Path(cluster.data_root())
     import shutil
 
