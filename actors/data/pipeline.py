@@ -223,6 +223,3 @@ def summarize(out: str | Path) -> dict:
             "counters": {k: dict(sorted(v.items())) for k, v in sorted(counters.items())},
             "throughput": throughput}
 
-
-def meta_json(d: dict) -> str:
-    return json.dumps(d, ensure_ascii=False, sort_keys=True)

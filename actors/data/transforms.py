@@ -127,23 +127,19 @@ def clean_rows(rows: list[dict], filters, val_fraction: float, seed: int) -> lis
     """Normalize + filter + hash + split one batch of reader rows (see extract.py for the row schema).
 
     Adds: status "kept" | "dropped" | "quarantined" (quarantined rows pass through untouched),
-    reason_kind = the failing rule for drops, hash, split, n_chars, lang and lang_score (actors.data.lid).
+    reason_kind = the failing rule for drops, hash, split, n_chars.
     """
-    from actors.data.lid import detect
-
     out = []
     for r in rows:
         r = dict(r)
         if r["status"] == "quarantined":
-            r.update(hash="", split="", n_chars=0, lang="", lang_score=0.0)
+            r.update(hash="", split="", n_chars=0)
             out.append(r)
             continue
         text = normalize(r["text"])
         rule = first_failing_rule(text, filters)
         h = content_hash(text)
-        lang, score = detect(text)
-        r.update(text=text, hash=h, split=split_of(h, val_fraction, seed), n_chars=len(text), lang=lang,
-                 lang_score=score)
+        r.update(text=text, hash=h, split=split_of(h, val_fraction, seed), n_chars=len(text))
         if rule is None:
             r.update(status="kept")
         else:
