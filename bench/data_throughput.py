@@ -1,6 +1,6 @@
 """Curation throughput and quality on a corpus built from the shared data.
 
-    python -m bench.data_throughput [--out DIR] [--executor ray|local]
+    python -m bench.data_throughput [--out DIR] [--venv DIR] [--executor ray|local] [--skip-datatrove]
 
 The corpus (>= 5,000 documents, written under DIR/corpus): C4 and Wikipedia demo documents, classical Chinese,
 tinyshakespeare cut into scenes of 20 speeches, the HTML pages (readability's and the article-extraction set),
@@ -10,15 +10,18 @@ the Alpaca SFT texts (EN and ZH), plus seeded near-duplicates of 200 English doc
 - hard negatives: the source's first third (shared boilerplate) followed by the rest of its words shuffled (the
   same topic and vocabulary), kept only when the Jaccard is <= 0.5.
 
-Our pipeline runs end to end on it (Ray start-up included): extraction -> language filter -> Gopher + C4 ->
-MinHash dedup, 2 workers. Then:
+Both pipelines run end to end on it, on the same 2 cores, one after the other:
+- ours (Ray start-up included): extraction -> language filter (English, score >= 0.65) -> Gopher repetition,
+  Gopher quality, C4 -> MinHash dedup, 2 workers;
+- datatrove 0.10.1's LocalPipelineExecutor (tasks=2, workers=2) with its own blocks for the same steps
+  (bench/datatrove_pipeline.py), in a venv the bench creates under --venv and reuses (datatrove[processing] pins
+  trafilatura < 1.12, so it never enters the project's environment); its LID model is our offline lid.176.ftz,
+  its Trafilatura our options, its MinHash our n-gram, bands and rows.
+ratio = datatrove's seconds / ours; kept_jaccard compares the ids each keeps. Then:
 - dedup_precision / dedup_recall over pairs, on the seeded documents (sources, positives, negatives) run through
   our MinHash clustering alone (the same code the pipeline's dedup uses), so quality rules do not decide which
   pairs are left to find;
 - lid_accuracy on >= 200-character snippets labelled by their source's known language (en, zh, ja).
-
-The comparison against datatrove's LocalPipelineExecutor with its own blocks (datatrove[processing] in a venv the
-bench creates) is not in this version: its fields are null with the reason.
 Last line: JSON {"ours_docs_s", "datatrove_docs_s", "ratio", "kept_jaccard", "dedup_precision", "dedup_recall",
 "lid_accuracy", "docs", "dtype", "cpu_capability", ...}.
 """
@@ -29,12 +32,14 @@ import gzip
 import re
 import itertools
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 
+PARTS = 16  # JSONL parts of each kind in the corpus
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -91,18 +96,38 @@ def build_corpus(root: Path, out: Path, seed: int = 0) -> dict:
         negatives.append((sid, nid))
         seeded_texts.update({sid: text, pid: pos, nid: neg})
     rng.shuffle(docs)
-    with open(out / "docs.jsonl", "w") as f:
-        for i, t in docs:
-            f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
-    # HTML pages as files (extraction runs on them)
-    n_html = 0
-    for p in sorted((root / "doc_extraction" / "html").glob("*__source.html")):
-        (out / p.name).write_bytes(p.read_bytes())
-        n_html += 1
-    for p in sorted((root / "article_extraction" / "html").glob("*.html.gz")):
-        (out / p.name.removesuffix(".gz")).write_bytes(gzip.decompress(p.read_bytes()))
-        n_html += 1
-    return {"docs": len(docs) + n_html, "seeded": seeded, "negatives": negatives, "seeded_texts": seeded_texts}
+    # the same documents for both pipelines, in parts so either can spread them over its workers: text as
+    # JSONL parts; HTML as files for ours (extraction reads files) and as JSONL records {"id": file name, "text":
+    # markup} for datatrove (its readers take records, and its Trafilatura block extracts the record's text)
+    ids = {}  # (part file name, 1-based line) -> corpus id: how our reader names a JSONL record
+    (out / "docs").mkdir()
+    for k in range(PARTS):
+        name = f"part-{k:02d}.jsonl"
+        with open(out / "docs" / name, "w") as f:
+            for line, (i, t) in enumerate(docs[k::PARTS], start=1):
+                f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
+                ids[(name, line)] = i
+    pages = [(p.name, p.read_bytes()) for p in sorted((root / "doc_extraction" / "html").glob("*__source.html"))]
+    pages += [(p.name.removesuffix(".gz"), gzip.decompress(p.read_bytes()))
+              for p in sorted((root / "article_extraction" / "html").glob("*.html.gz"))]
+    (out / "html").mkdir()
+    (out / "html_jsonl").mkdir()
+    for name, b in pages:
+        (out / "html" / name).write_bytes(b)
+    for k in range(PARTS):
+        with open(out / "html_jsonl" / f"part-{k:02d}.jsonl", "w") as f:
+            for name, b in pages[k::PARTS]:
+                f.write(json.dumps({"id": name, "text": b.decode("utf-8", "replace")}, ensure_ascii=False) + "\n")
+    return {"docs": len(docs) + len(pages), "seeded": seeded, "negatives": negatives,
+            "seeded_texts": seeded_texts, "ids": ids}
+
+
+def corpus_id(doc_id: str, ids: dict) -> str:
+    """Our document id ("<path>:<line>" for a JSONL record, the path for an HTML file) as the corpus id."""
+    path, _, line = doc_id.rpartition(":")
+    if path.endswith(".jsonl") and line.isdigit():
+        return ids[(Path(path).name, int(line))]
+    return Path(doc_id).name
 
 
 def dedup_quality(seeded: list, negatives: list, texts: dict) -> dict:
@@ -163,7 +188,63 @@ def lid_accuracy(root: Path, per_lang: int = 120, seed: int = 0) -> dict:
     return {"lid_accuracy": round(hits / len(labelled), 4), "lid_snippets": by}
 
 
+DATATROVE_PINS = ("datatrove[processing]==0.10.1", "spacy==3.8.18", "lxml_html_clean==0.4.6", "orjson==3.13.0")
+
+
+def datatrove_python(venv: Path) -> Path:
+    """The venv's interpreter, creating the venv with DATATROVE_PINS on first use (~1 min from the package
+    registry); datatrove's [processing] extras pin trafilatura < 1.12, which would move ours, so it never goes
+    into the project's environment. spaCy is its English word tokenizer; lxml_html_clean is what trafilatura
+    1.11's jusText import needs with lxml 6."""
+    import subprocess
+
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", "import datatrove, spacy, lxml_html_clean, fasttext, orjson"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    print(f"creating {venv} with {' '.join(DATATROVE_PINS)}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *DATATROVE_PINS], check=True)
+    subprocess.run(probe, check=True)
+    return py
+
+
+def run_datatrove(py: Path, corpus: Path, work: Path, minhash, timeout_s: float) -> dict:
+    """datatrove's pipeline (bench/datatrove_pipeline.py) in its venv; the wall time includes the interpreter's
+    start and imports, as ours includes Ray's start-up."""
+    import subprocess
+
+    from actors.data.lid import model_path
+
+    work.mkdir(parents=True)
+    spec = {"html": str(corpus / "html_jsonl"), "docs": str(corpus / "docs"), "out": str(work),
+            "lid_model": str(model_path()), "tasks": 2, "workers": 2, "languages": ["en"],
+            "language_threshold": LANG_MIN_SCORE,
+            # our options (actors/data/html.py); its block always passes include_comments=False, as we do
+            "trafilatura": {"favour_precision": True, "deduplicate": False, "timeout": timeout_s},
+            "minhash": {"n_grams": minhash.n_grams, "bands": minhash.bands, "rows": minhash.rows,
+                        "seed": minhash.seed}}
+    (work / "spec.json").write_text(json.dumps(spec))
+    # its LID model is copied into an HF assets cache of its own; nothing may be fetched
+    env = {**os.environ, "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(py), str(Path(__file__).with_name("datatrove_pipeline.py")), str(work / "spec.json")],
+                          capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    (work / "stderr.log").write_text(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"datatrove's pipeline failed (rc {proc.returncode}); the end of its log:\n"
+                           f"{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**res, "wall_s": seconds}
+
+
+LANG_MIN_SCORE = 0.65  # datatrove's LanguageFilter default
+
+
 def main(argv: list[str] | None = None) -> dict:
+    import shutil
+
     import torch
 
     import cluster
@@ -172,35 +253,53 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(prog="python -m bench.data_throughput", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench/data_throughput"))
+    ap.add_argument("--venv", type=Path, default=Path("runs/bench/venv-datatrove"),
+                    help="datatrove's venv: created on first use, then reused")
     ap.add_argument("--executor", choices=["ray", "local"], default="ray")
+    ap.add_argument("--skip-datatrove", action="store_true", help="only our pipeline and the quality figures")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()  # the sources' paths must not resolve against the data root
     root = Path(cluster.data_root())
-    import shutil
-
     shutil.rmtree(args.out, ignore_errors=True)
     corpus = build_corpus(root, args.out / "corpus")
     print(f"corpus: {corpus['docs']} documents, {len(corpus['seeded'])} seeded near-duplicate pairs",
           file=sys.stderr)
+    # the same steps as datatrove's side: extraction -> English at score >= 0.65 -> Gopher repetition, Gopher
+    # quality, C4 -> exact + MinHash dedup (datatrove's exact dedup is a separate block: left out of both)
     cfg = CurateConfig(
-        inputs=[SourceConfig("docs", str(args.out / "corpus" / "docs.jsonl")),
-                SourceConfig("html", str(args.out / "corpus" / "*.html"))],
-        stages=[StageSpec("normalize"), StageSpec("language", {"min_score": 0.65}),
+        inputs=[SourceConfig("html", str(args.out / "corpus" / "html" / "*.html")),
+                SourceConfig("docs", str(args.out / "corpus" / "docs" / "*.jsonl"))],
+        stages=[StageSpec("language", {"keep": ["en"], "min_score": LANG_MIN_SCORE}),
                 StageSpec("quality", {"fineweb": False, "chinese": False})],
-        files_per_shard=16, executor=args.executor)
+        files_per_shard=8, shard_mb=1.0, executor=args.executor)
+    cfg.dedup.exact = False
     t0 = time.perf_counter()
     if args.executor == "ray":
         cluster.connect()  # Ray start-up counts: it is part of our end-to-end time
     res = run_curation(cfg, args.out / "ours", root)
     ours_s = time.perf_counter() - t0
+    import pyarrow.parquet as pq
+
+    ours_kept = {corpus_id(d, corpus["ids"]) for p in sorted((args.out / "ours" / "dedup" / "docs").glob("*.parquet"))
+                 for d in pq.read_table(p, columns=["id"]).column("id").to_pylist()}
     out = {"docs": corpus["docs"], "ours_s": round(ours_s, 1), "ours_docs_s": round(corpus["docs"] / ours_s, 1),
-           "ours_kept": res["kept"], "ours_dropped_by_rule": res["dropped_by_rule"],
-           "datatrove_docs_s": None, "ratio": None, "kept_jaccard": None,
-           "datatrove": "not run: the datatrove side (its own venv, spaCy tokenizer, offline LID model) is not "
-                        "built yet",
-           **dedup_quality(corpus["seeded"], corpus["negatives"], corpus["seeded_texts"]),
-           **lid_accuracy(root), "executor": args.executor, "dtype": "n/a (no tensors)",
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+           "ours_kept": len(ours_kept), "ours_dropped_by_rule": res["dropped_by_rule"],
+           "datatrove_docs_s": None, "ratio": None, "kept_jaccard": None}
+    if not args.skip_datatrove:
+        py = datatrove_python(args.venv.resolve())
+        dt = run_datatrove(py, args.out / "corpus", args.out / "datatrove", cfg.dedup.minhash,
+                           cfg.extract_timeout_s)
+        dt_kept = set(dt["kept_ids"])
+        out.update(datatrove_s=round(dt["wall_s"], 1), datatrove_docs_s=round(corpus["docs"] / dt["wall_s"], 1),
+                   ratio=round(dt["wall_s"] / ours_s, 3), datatrove_kept=len(dt_kept),
+                   kept_jaccard=round(len(ours_kept & dt_kept) / max(1, len(ours_kept | dt_kept)), 4),
+                   kept_only_ours=len(ours_kept - dt_kept), kept_only_datatrove=len(dt_kept - ours_kept))
+        (args.out / "kept_diff.json").write_text(json.dumps(
+            {"only_ours": sorted(ours_kept - dt_kept), "only_datatrove": sorted(dt_kept - ours_kept)}, indent=1))
+    torch_caps = {"dtype": "n/a (no tensors)", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                  "threads": torch.get_num_threads()}
+    out.update(**dedup_quality(corpus["seeded"], corpus["negatives"], corpus["seeded_texts"]), **lid_accuracy(root),
+               executor=args.executor, workers=2, **torch_caps)
     print(json.dumps(out, ensure_ascii=False))
     return out
 

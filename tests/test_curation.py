@@ -360,3 +360,18 @@ def test_decontamination_catches_a_planted_benchmark_row(data_root, tmp_path):
                         stages=[StageSpec("decontam", {"rows": str(rows), "mode": "flag"})])
     r = run_curation(flag, tmp_path / "flag", data_root)
     assert r["kept"] == 21 and r["contamination"] == {"arc_easy": 1, "poems": 1}
+
+
+def test_shards_close_at_file_count_or_input_size(tmp_path):
+    from actors.common.config import ConfigError
+    from actors.data.config import CurateConfig, SourceConfig
+    from actors.data.curate import plan_shards
+
+    for i, kb in enumerate([600, 600, 100, 100, 100, 2000]):
+        (tmp_path / f"f{i}.txt").write_bytes(b"a" * kb * 1024)
+    src = [SourceConfig("t", str(tmp_path / "*.txt"), "text")]
+    sizes = [len(s) for s in plan_shards(src, tmp_path, files_per_shard=3, timeout_s=5, shard_mb=1.0)]
+    assert sizes == [1, 3, 1, 1]  # 600 | 600+100+100 (3 files) | 100 | 2000 kB alone (past the first file)
+    assert [len(s) for s in plan_shards(src, tmp_path, 4, 5)] == [4, 2]
+    with pytest.raises(ConfigError, match="curate.shard_mb"):
+        CurateConfig(inputs=src, shard_mb=0)

@@ -135,6 +135,8 @@ class CurateConfig:
     inputs: list[SourceConfig] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=default_stages)
     files_per_shard: int = 16
+    shard_mb: float = 64.0           # a shard also closes at this much input, so one big file is not one
+                                     # worker's whole job while small files share shards
     extract_timeout_s: float = 30.0
     executor: str = "ray"            # ray | local
     dedup: DedupConfig = field(default_factory=DedupConfig)   # exact and MinHash near-dedup over all shards
@@ -142,6 +144,7 @@ class CurateConfig:
     def __post_init__(self):
         check(bool(self.inputs), "curate.inputs", "needs at least one input, e.g. [{name: web, path: 'docs/*'}]")
         check(self.files_per_shard >= 1, "curate.files_per_shard", f"must be >= 1, got {self.files_per_shard}")
+        check(self.shard_mb > 0, "curate.shard_mb", f"must be > 0 (MB of input per shard), got {self.shard_mb}")
         check(self.extract_timeout_s > 0, "curate.extract_timeout_s", "must be > 0 seconds, e.g. 30")
         check(self.executor in ("ray", "local"), "curate.executor", f"{self.executor!r}: use ray or local")
         names = [s.stage for s in self.stages]

@@ -20,6 +20,7 @@ Each entry of `stages` names a stage of STAGES with its parameters, e.g.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -55,14 +56,20 @@ def read_shard(tasks: list[dict], index: int) -> pa.Table:
 
 
 def plan_shards(sources: list[SourceConfig], data_root: str | Path, files_per_shard: int,
-                timeout_s: float) -> list[list[dict]]:
-    """File tasks in a fixed order, `files_per_shard` a shard; a source's files may share a shard with the
-    next source's."""
-    tasks = []
+                timeout_s: float, shard_mb: float = float("inf")) -> list[list[dict]]:
+    """File tasks in a fixed order, cut into shards of at most `files_per_shard` files and, past the first
+    file, `shard_mb` MB of input; a source's files may share a shard with the next source's."""
+    shards: list[list[dict]] = []
+    size = 0.0
     for s in sources:
         for t in extract.expand_source(s, data_root):
-            tasks.append({**t, "timeout_s": timeout_s})
-    return [tasks[i:i + files_per_shard] for i in range(0, len(tasks), files_per_shard)]
+            mb = os.path.getsize(t["path"]) / 2**20 if os.path.isfile(t["path"]) else 0.0
+            if not shards or len(shards[-1]) >= files_per_shard or (shards[-1] and size + mb > shard_mb):
+                shards.append([])
+                size = 0.0
+            shards[-1].append({**t, "timeout_s": timeout_s})
+            size += mb
+    return shards
 
 
 class ReadStage(Stage):
@@ -221,7 +228,7 @@ def run_curation(cfg: CurateConfig, out: str | Path, data_root: str | Path, exec
     """Run the pipeline over cfg.inputs into `out` (resuming complete shards); returns the counts."""
     from actors.data.pipeline import LocalExecutor, summarize
 
-    shards = plan_shards(cfg.inputs, data_root, cfg.files_per_shard, cfg.extract_timeout_s)
+    shards = plan_shards(cfg.inputs, data_root, cfg.files_per_shard, cfg.extract_timeout_s, cfg.shard_mb)
     if executor is None:
         if cfg.executor == "local":
             executor = LocalExecutor()
