@@ -40,6 +40,7 @@ from pathlib import Path
 
 
 PARTS = 16  # JSONL parts of each kind in the corpus
+LANG_MIN_SCORE = 0.65  # datatrove's LanguageFilter default
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -239,17 +240,17 @@ def run_datatrove(py: Path, corpus: Path, work: Path, minhash, timeout_s: float)
     return {**res, "wall_s": seconds}
 
 
-LANG_MIN_SCORE = 0.65  # datatrove's LanguageFilter default
-
-
 def main(argv: list[str] | None = None) -> dict:
     import shutil
 
     import torch
 
     import cluster
+    import pyarrow.parquet as pq
+
     from actors.data.config import CurateConfig, SourceConfig, StageSpec
     from actors.data.curate import run_curation
+    from actors.data.dedup import DedupConfig
 
     ap = argparse.ArgumentParser(prog="python -m bench.data_throughput", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench/data_throughput"))
@@ -265,21 +266,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"corpus: {corpus['docs']} documents, {len(corpus['seeded'])} seeded near-duplicate pairs",
           file=sys.stderr)
     # the same steps as datatrove's side: extraction -> English at score >= 0.65 -> Gopher repetition, Gopher
-    # quality, C4 -> exact + MinHash dedup (datatrove's exact dedup is a separate block: left out of both)
+    # quality, C4 -> MinHash dedup (exact dedup is a separate block in datatrove: left out of both)
     cfg = CurateConfig(
         inputs=[SourceConfig("html", str(args.out / "corpus" / "html" / "*.html")),
                 SourceConfig("docs", str(args.out / "corpus" / "docs" / "*.jsonl"))],
         stages=[StageSpec("language", {"keep": ["en"], "min_score": LANG_MIN_SCORE}),
                 StageSpec("quality", {"fineweb": False, "chinese": False})],
-        files_per_shard=8, shard_mb=1.0, executor=args.executor)
-    cfg.dedup.exact = False
+        files_per_shard=8, shard_mb=1.0, executor=args.executor, dedup=DedupConfig(exact=False))
     t0 = time.perf_counter()
     if args.executor == "ray":
         cluster.connect()  # Ray start-up counts: it is part of our end-to-end time
     res = run_curation(cfg, args.out / "ours", root)
     ours_s = time.perf_counter() - t0
-    import pyarrow.parquet as pq
-
     ours_kept = {corpus_id(d, corpus["ids"]) for p in sorted((args.out / "ours" / "dedup" / "docs").glob("*.parquet"))
                  for d in pq.read_table(p, columns=["id"]).column("id").to_pylist()}
     out = {"docs": corpus["docs"], "ours_s": round(ours_s, 1), "ours_docs_s": round(corpus["docs"] / ours_s, 1),

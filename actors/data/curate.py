@@ -63,7 +63,7 @@ def plan_shards(sources: list[SourceConfig], data_root: str | Path, files_per_sh
     size = 0.0
     for s in sources:
         for t in extract.expand_source(s, data_root):
-            mb = os.path.getsize(t["path"]) / 2**20 if os.path.isfile(t["path"]) else 0.0
+            mb = os.path.getsize(t["path"]) / 2**20
             if not shards or len(shards[-1]) >= files_per_shard or (shards[-1] and size + mb > shard_mb):
                 shards.append([])
                 size = 0.0
