@@ -16,7 +16,7 @@ def run(ctx: StageContext) -> dict:
     heldout = ctx.inputs("data")["synthetic_heldout"]
     with open(heldout) as f:
         records = [json.loads(line) for line in f if line.strip()][: cfg.n_eval]
-    tools = start_tools(cfg.tools)
+    tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers)
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
     agent = Agent.from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)

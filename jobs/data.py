@@ -1,5 +1,6 @@
 """`python -m jobs.data`: raw docs -> quarantine-checked, deduped, tokenized, packed Parquet shards; or, with a
-`data.curate` section (configs/data-web.yaml), a curation run: documents -> curated Parquet + data card."""
+`data.curate` section (configs/data-web.yaml), a curation run: documents -> curated Parquet + data card, and with
+`data.pack` the curated documents then tokenized and packed the same way, for a pretrain stage to read."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,21 +31,30 @@ def eval_rows(tasks: list[str], eval_cfg) -> dict[str, list[str]]:
 
 def run(ctx: StageContext) -> dict:
     data = ctx.cfg.data
-    if data.curate is not None:
-        from actors.data.config import StageSpec
-        from actors.data.curate import run_curation
-        from actors.data.decontam import write_rows
+    if data.curate is None:
+        return _pack(ctx, data)
+    from actors.data.config import SourceConfig, StageSpec
+    from actors.data.curate import run_curation
+    from actors.data.decontam import write_rows
 
-        cfg = data.curate
-        if data.decontam_tasks:
-            rows = write_rows(eval_rows(data.decontam_tasks, ctx.cfg.eval), ctx.dir / "decontam_rows.json")
-            cfg = dataclasses.replace(cfg, stages=[*cfg.stages, StageSpec("decontam", {"rows": str(rows)})])
-        out = ctx.dir / "curated"
-        res = run_curation(cfg, out, cluster.data_root())
-        docs = out / ("dedup/docs" if res.get("dedup") else "docs")
-        print(f"[data] read {res['read']} = kept {res['kept']} + dropped {res['dropped']}; card: {out / 'card.md'}")
-        return {"outputs": {"curated_dir": str(docs), "card": str(out / "card.md")}, "metrics": res}
+    cfg = data.curate
+    if data.decontam_tasks:
+        rows = write_rows(eval_rows(data.decontam_tasks, ctx.cfg.eval), ctx.dir / "decontam_rows.json")
+        cfg = dataclasses.replace(cfg, stages=[*cfg.stages, StageSpec("decontam", {"rows": str(rows)})])
+    out = ctx.dir / "curated"
+    res = run_curation(cfg, out, cluster.data_root())
+    docs = out / ("dedup/docs" if res.get("dedup") else "docs")
+    print(f"[data] read {res['read']} = kept {res['kept']} + dropped {res['dropped']}; card: {out / 'card.md'}")
+    outputs = {"curated_dir": str(docs), "card": str(out / "card.md")}
+    if not data.pack:
+        return {"outputs": outputs, "metrics": res}
+    # the curated documents, as Parquet, are the corpus the tokenizer and the packed shards are made of
+    packed = _pack(ctx, dataclasses.replace(data, sources=[SourceConfig("curated", str(docs / "part-*.parquet"))]))
+    return {"outputs": {**packed["outputs"], **outputs}, "metrics": {**packed["metrics"], "curation": res}}
 
+
+def _pack(ctx: StageContext, data) -> dict:
+    """Documents of data.sources -> tokenizer + packed train/val shards (actors.data.stage)."""
     from actors.data.stage import run_data_stage
 
     base = None

@@ -33,10 +33,16 @@ def build_summary(manifest: Manifest) -> str:
 
     d = st.get("data", {}).get("metrics", {})
     if d:
-        lines += ["", "## Data", "",
-                  f"read {d.get('read')} = kept {d.get('kept')} + dropped {sum((d.get('dropped') or {}).values())} "
-                  f"{d.get('dropped')} + quarantined {sum((d.get('quarantined') or {}).values())} "
-                  f"{d.get('quarantined')}; train tokens {d.get('train_tokens')}, val tokens {d.get('val_tokens')}"]
+        lines += ["", "## Data", ""]
+        c = d.get("curation") or (d if "dropped_by_rule" in d else None)   # a curation run (data.curate)
+        if c:
+            lines.append(f"curation: read {c.get('read')} = kept {c.get('kept')} + dropped {c.get('dropped')} "
+                         f"(per rule in `{st['data'].get('outputs', {}).get('card', 'card.md')}`)")
+        if "train_tokens" in d:
+            lines.append(f"read {d.get('read')} = kept {d.get('kept')} + dropped "
+                         f"{sum((d.get('dropped') or {}).values())} {d.get('dropped')} + quarantined "
+                         f"{sum((d.get('quarantined') or {}).values())} {d.get('quarantined')}; train tokens "
+                         f"{d.get('train_tokens')}, val tokens {d.get('val_tokens')}")
     p = st.get("pretrain", {}).get("metrics", {})
     if p:
         base = p.get("unigram_baseline")

@@ -11,8 +11,7 @@ import random
 import pytest
 
 from actors.agent.config import AgentConfig
-from actors.agent.tools import (Calculator, PythonEval, ToolArgumentError, ToolResult, make_tool,
-                                validate_arguments)
+from actors.agent.tools import Calculator, SandboxPython, ToolArgumentError, ToolResult, make_tool, validate_arguments
 from actors.common.config import ConfigError, from_dict
 from actors.data import synthetic
 
@@ -47,12 +46,36 @@ UNSAFE = [
 
 
 # ------------------------------------------------------------------------------------------ tools (no Ray)
-@pytest.mark.parametrize("expr,expected", ARITHMETIC)
-def test_tools_compute_arithmetic(expr, expected):
-    for tool, key in ((Calculator(), "expression"), (PythonEval(), "code")):
-        res = tool.call({key: expr})
-        assert res.ok and res.error is None, res
-        assert res.content == str(expected)
+@pytest.fixture(scope="module")
+def python_tool():
+    tool = SandboxPython({"wall_s": 20})
+    yield tool
+    tool.close()
+
+
+def _run_python(code: str) -> str:
+    """What the arithmetic python evaluator of the tool contract returns (eval's reference, actors.tooltask)."""
+    from actors.tooltask import run_tool
+
+    return run_tool("python", code)
+
+
+def test_tools_compute_arithmetic(python_tool):
+    for expr, expected in ARITHMETIC:
+        for tool, key in ((Calculator(), "expression"), (python_tool, "code")):
+            res = tool.call({key: expr})
+            assert res.ok and res.error is None, res
+            assert res.content == str(expected)
+
+
+def test_python_tool_runs_real_python_with_state_in_its_sandbox(python_tool):
+    assert python_tool.call({"code": "6 / 3"}).content == "2"           # numbers as the calculator prints them
+    assert python_tool.call({"code": "vals = [3, 1, 2]\nsorted(vals)"}).content == "[1, 2, 3]"
+    assert python_tool.call({"code": "import numpy as np\nprint(np.mean(vals))"}).content == "2.0"
+    res = python_tool.call({"code": "open('/etc/shadow').read()"})
+    assert not res.ok and "FileNotFoundError" in res.error
+    res = python_tool.call({"code": "import os\nos.system('id')\nos.fork()"})
+    assert not res.ok and "PermissionError" in res.error
 
 
 def test_integer_results_print_without_decimal_point():
@@ -62,11 +85,9 @@ def test_integer_results_print_without_decimal_point():
     assert c.call({"expression": "2 ** -2"}).content == "0.25"
 
 
-def test_python_tool_functions():
-    p = PythonEval()
-    assert p.call({"code": "max(3, 7) ** 2"}).content == str(max(3, 7) ** 2)
-    assert p.call({"code": "abs(-12) + min(4, 2, 9)"}).content == str(abs(-12) + min(4, 2, 9))
-    assert p.call({"code": "round(2.567, 2)"}).content == str(round(2.567, 2))
+def test_python_tool_functions(python_tool):
+    for code in ("max(3, 7) ** 2", "abs(-12) + min(4, 2, 9)", "round(2.567, 2)"):
+        assert python_tool.call({"code": code}).content == _run_python(code) == str(eval(code))
     # the calculator has no functions at all
     res = Calculator().call({"expression": "abs(-3)"})
     assert not res.ok and "not allowed" in res.error
@@ -74,19 +95,22 @@ def test_python_tool_functions():
 
 @pytest.mark.parametrize("expr", UNSAFE)
 def test_tools_reject_unsafe_expressions(expr):
-    for tool, key in ((Calculator(), "expression"), (PythonEval(), "code")):
-        res = tool.call({key: expr})
-        assert isinstance(res, ToolResult)
-        assert not res.ok and res.content == "" and res.error, (tool.name, expr, res)
+    from actors.tooltask import ToolError
+
+    res = Calculator().call({"expression": expr})
+    assert isinstance(res, ToolResult)
+    assert not res.ok and res.content == "" and res.error, (expr, res)
+    with pytest.raises(ToolError):   # eval's reference evaluator of the python tool refuses them too
+        _run_python(expr)
 
 
 def test_rejection_messages_name_the_problem():
-    p = PythonEval()
-    assert "names are not allowed" in p.call({"code": "x + 1"}).error
-    assert "attribute" in p.call({"code": "a.b"}).error
-    assert "string" in p.call({"code": "'s'"}).error
-    assert "lambda" in p.call({"code": "lambda: 1"}).error
-    assert "__import__" in p.call({"code": "__import__('os').system('x')"}).error
+    from actors.tooltask import ToolError
+
+    for code, why in (("x + 1", "names are not allowed"), ("a.b", "attribute"), ("'s'", "string"),
+                      ("lambda: 1", "lambda"), ("__import__('os').system('x')", "__import__")):
+        with pytest.raises(ToolError, match=why):
+            _run_python(code)
 
 
 def test_huge_results_rejected_before_computing(monkeypatch):

@@ -62,3 +62,55 @@ def test_concurrent_agent_eval_keeps_each_records_own_result(served, tool_actors
         assert (a["first_tool_call_valid"], a["tool_calls"], a["tool_errors"]) == \
             (b["first_tool_call_valid"], b["tool_calls"], b["tool_errors"])
     assert many["n"] == 6 and many["valid_tool_call_rate"] == one["valid_tool_call_rate"] == 1.0
+
+
+MCP_SERVER = '''
+import sys
+sys.path.insert(0, {repo!r})
+from mcp.server.mcpserver import MCPServer
+from actors.tooltask import CALCULATOR_SPEC, PYTHON_SPEC, run_tool
+
+server = MCPServer("arithmetic")
+
+
+@server.tool(name="calculator", description=CALCULATOR_SPEC["function"]["description"])
+def calculator(expression: str) -> str:
+    return run_tool("calculator", expression)
+
+
+@server.tool(name="python", description=PYTHON_SPEC["function"]["description"])
+def python(code: str) -> str:
+    return run_tool("python", code)
+
+
+server.run()
+'''
+
+
+def test_the_agent_uses_a_calculator_that_exists_only_on_an_outside_mcp_server(served, tmp_path):
+    """agent.tools is empty: the tools come from an MCP server (written here, spoken to over stdio by the
+    official SDK inside a ToolActor); the model's call reaches it and its answer comes back."""
+    import sys
+
+    import ray
+
+    from actors.agent.actor import start_tools
+    from actors.agent.config import AgentConfig
+    from actors.agent.loop import Agent, make_client
+    from conftest import REPO
+
+    script = tmp_path / "arith_mcp.py"
+    script.write_text(MCP_SERVER.format(repo=str(REPO)))
+    cfg = AgentConfig(tools=[], mcp_servers=[[sys.executable, str(script)]], max_steps=2, max_tokens=48)
+    tools = start_tools(cfg.tools, cfg.mcp_servers)
+    try:
+        base_url, tiny = served
+        agent = Agent.from_config(cfg, make_client(base_url), "tiny", tools)
+        assert [s["function"]["name"] for s in agent.specs] == ["calculator", "python"]
+        transcript = agent.run(tiny.prompt_messages)
+        first = transcript.tool_calls[0]
+        assert first.name == "calculator" and first.ok, transcript.to_text()
+        assert first.result == tiny.record["answer"]
+    finally:
+        for a in tools.values():
+            ray.kill(a)

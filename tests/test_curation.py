@@ -1,6 +1,8 @@
 """Data curation logic without Ray: PII redaction, language ID, extraction bench scoring."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from actors.data import pii
@@ -275,6 +277,44 @@ def test_chinese_documents_get_cjk_rules(data_root):
     assert apply_rules(long[0][:150] + " ABC123 " * 60, "zh", cfg)[0] == "zh_low_cjk_ratio"
 
 
+def test_chinese_rules_each_on_a_made_document(data_root):
+    import gzip
+    import json
+    import random
+
+    from actors.common.config import ConfigError
+    from actors.data.quality import ChineseRules, QualityConfig, apply_rules
+
+    rows = [json.loads(x) for x in gzip.open(data_root / "zh_classical" / "zh_classical.jsonl.gz")]
+    good = next(r["text"] for r in rows if 300 <= len(r["text"]) <= 600 and ChineseRules()(r["text"]) is None)
+    rng = random.Random(0)
+    mojibake = "中文网页内容".encode("utf-8").decode("cp1252")       # UTF-8 read as Windows-1252
+    lottery = "\n".join("双色球开奖号码：" + " ".join(f"{rng.randrange(100):02d}" for _ in range(6)) + "。"
+                        for _ in range(40))
+    menu = "\n".join(f"栏目{i}" for i in range(4 * len(good.splitlines())))   # 80% of the lines
+    ad = "欢迎光临本站最新优惠活动火热进行中" * 20
+    made = {
+        "zh_garbled": good + "锟斤拷" * 4,
+        "zh_special_chars": good + "★☆♥◆" * 60,
+        "zh_digit_ratio": good[:80] + "\n" + lottery,
+        "zh_short_line_ratio": good + "\n" + menu,
+        "zh_dup_line_char_frac": good + ("\n" + good.split("\n")[0]) * 4,
+        "zh_dup_char_ngrams": good[:100] + "\n" + ad + "。",
+        "zh_blocklist": good + "\n百家乐、六合彩、娱乐城，注册即送彩金。",
+    }
+    cfg = QualityConfig()
+    assert apply_rules(good, "zh", cfg)[0] is None
+    assert apply_rules(good + mojibake * 2, "zh", cfg)[0] == "zh_garbled"
+    for rule, doc in made.items():
+        assert apply_rules(doc, "zh", cfg)[0] == rule, rule
+    assert apply_rules(good + "\n警方破获一起网上博彩案。", "zh", cfg)[0] is None   # one phrase: news, kept
+    # thresholds come from config: a stricter blocklist drops the news story, a looser digit rule keeps the table
+    assert ChineseRules(max_blocklist_hits=1)(good + "\n警方破获一起网上博彩案。") == "zh_blocklist"
+    assert ChineseRules(max_digit_ratio=0.9)(made["zh_digit_ratio"]) != "zh_digit_ratio"
+    with pytest.raises(ConfigError, match="quality.chinese.max_digit_ratio"):
+        ChineseRules(max_digit_ratio=40)
+
+
 # ------------------------------------------------------------------------------------------ near-dedup
 
 def _random_graphs(n_graphs=12):
@@ -375,3 +415,52 @@ def test_shards_close_at_file_count_or_input_size(tmp_path):
     assert [len(s) for s in plan_shards(src, tmp_path, 4, 5)] == [4, 2]
     with pytest.raises(ConfigError, match="curate.shard_mb"):
         CurateConfig(inputs=src, shard_mb=0)
+
+
+@pytest.mark.ray
+def test_curated_documents_are_packed_into_pretraining_shards(ray_session, data_root, tmp_path):
+    """data.pack: the curation run's documents (Parquet) are then tokenized and packed as the demo's corpus is,
+    and the packed rows decode back to curated text."""
+    import pyarrow.parquet as pq
+
+    from actors.data.transforms import load_fast_tokenizer
+    from actors.model.tokenizer import document_end_id
+    from jobs.config import load_config
+    from jobs.runner import run_stages
+
+    yaml = tmp_path / "web.yaml"
+    yaml.write_text("""
+run: {name: web, stages: [data]}
+pretrain: {seq_len: 64}
+data:
+  pack: true
+  vocab_size: 400
+  seq_len: 64
+  val_fraction: 0.1
+  synthetic: {n_train: 4, n_heldout: 2}
+  sft_sources: []
+  curate:
+    executor: local
+    inputs:
+      - {name: c4, path: pretrain_demo_llamafactory/c4_demo.jsonl}
+      - {name: markdown, path: "doc_extraction/markdown/*.md"}
+    stages: [{stage: normalize}, {stage: language}, {stage: quality}]
+""")
+    st = run_stages(load_config(str(yaml)), tmp_path / "run", stages=["data"]).stage("data")
+    m, o = st["metrics"], st["outputs"]
+    cur = m["curation"]
+    assert cur["read"] == cur["kept"] + cur["dropped"] and 0 < cur["kept"] < cur["read"]
+    # every curated document is read back by the packing pass, none quarantined
+    assert m["read"] == cur["kept"] and not m["quarantined"]
+    assert m["read"] == m["kept"] + sum(m["dropped"].values())
+    assert m["train_tokens"] > 0 and m["train_sequences"] > 0
+    curated = " ".join(t for f in sorted(Path(o["curated_dir"]).glob("*.parquet"))
+                       for t in pq.read_table(f).column("text").to_pylist())
+    tok = load_fast_tokenizer(o["tokenizer_dir"])
+    row = pq.read_table(sorted(Path(o["train_dir"]).glob("*.parquet"))[0]).column("input_ids")[0].as_py()
+    eos = document_end_id(tok)
+    pieces = [[]]
+    for t in row:  # the row's documents, split at their end tokens
+        pieces[-1].append(t) if t != eos else pieces.append([])
+    words = tok.decode(max(pieces, key=len)).split()[1:-1]   # a piece may start or end mid-word
+    assert len(words) >= 3 and " ".join(words) in " ".join(curated.split())

@@ -1,12 +1,12 @@
 """Agent stage: an agent loop over the OpenAI chat API whose tools are Ray actors (Lagent/AgentLego shaped).
 
-Ray-free: `tools` (tool protocol, safe arithmetic tools), `config`, `report`. Ray: `actor.ToolActor`,
+Ray-free: `tools` (tool protocol, calculator, sandboxed python), `sandbox`, `config`, `report`. Ray: `actor.ToolActor`,
 and `loop.Agent` which calls tool actor handles. Nothing here imports the model or torch.
 """
 from actors.agent.config import AgentConfig
-from actors.agent.tools import Calculator, PythonEval, Tool, ToolArgumentError, ToolResult, make_tool
+from actors.agent.tools import Calculator, SandboxPython, Tool, ToolArgumentError, ToolResult, make_tool
 
-__all__ = ["AgentConfig", "Calculator", "PythonEval", "Tool", "ToolArgumentError", "ToolResult", "make_tool",
+__all__ = ["AgentConfig", "Calculator", "SandboxPython", "Tool", "ToolArgumentError", "ToolResult", "make_tool",
            "Agent", "Transcript", "make_client", "ToolActor", "start_tools", "evaluate_agent"]
 
 _LAZY = {"Agent": "actors.agent.loop", "Transcript": "actors.agent.loop", "make_client": "actors.agent.loop",

@@ -24,10 +24,23 @@ class AgentConfig:
     # conversations run at once: the server batches their requests (continuous batching), so a CPU decode
     # step serves 8 conversations for about the price of one
     concurrency: int = 8
+    # outside tool servers whose every tool the agent may call too: MCP servers by URL (streamable HTTP) or by
+    # command (a list: the server speaks MCP on its stdin/stdout), OpenAPI tool servers by base URL
+    mcp_servers: list = field(default_factory=list)
+    openapi_servers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        check(isinstance(self.tools, (list, tuple)) and len(self.tools) > 0, "agent.tools",
-              f"must be a non-empty list of tool names from {list(KNOWN_TOOLS)}, got {self.tools!r}")
+        check(isinstance(self.tools, (list, tuple)) and (len(self.tools) > 0 or self.mcp_servers
+                                                         or self.openapi_servers), "agent.tools",
+              f"must list tool names from {list(KNOWN_TOOLS)} (or give agent.mcp_servers / "
+              f"agent.openapi_servers), got {self.tools!r}")
+        for i, s in enumerate(self.mcp_servers):
+            check(isinstance(s, str) and s.startswith("http") or isinstance(s, list) and s
+                  and all(isinstance(a, str) for a in s), f"agent.mcp_servers[{i}]",
+                  f"is an http(s) URL or a command as a list of strings, got {s!r}")
+        for i, s in enumerate(self.openapi_servers):
+            check(isinstance(s, str) and s.startswith("http"), f"agent.openapi_servers[{i}]",
+                  f"is the http(s) base URL of an OpenAPI tool server, got {s!r}")
         self.tools = list(self.tools)
         for i, t in enumerate(self.tools):
             check(t in KNOWN_TOOLS, f"agent.tools[{i}]",

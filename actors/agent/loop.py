@@ -118,11 +118,12 @@ class Agent:
 
     @classmethod
     def from_config(cls, cfg, client: openai.OpenAI, model: str, tools: dict[str, Any]) -> "Agent":
-        """Build from an AgentConfig; `tools` must hold a handle for every name in cfg.tools."""
+        """Build from an AgentConfig and the handles `start_tools(cfg.tools, cfg.mcp_servers,
+        cfg.openapi_servers)` started: every name in cfg.tools, then the servers' tools."""
         missing = [t for t in cfg.tools if t not in tools]
         if missing:
             raise ValueError(f"agent.tools lists {missing} but no ToolActor was started for them")
-        return cls(client, model, {t: tools[t] for t in cfg.tools}, max_steps=cfg.max_steps,
+        return cls(client, model, tools, max_steps=cfg.max_steps,
                    temperature=cfg.temperature, max_tokens=cfg.max_tokens, tool_timeout_s=cfg.tool_timeout_s)
 
     # ------------------------------------------------------------------ tool dispatch (no LLM needed)

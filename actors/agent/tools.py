@@ -1,21 +1,21 @@
-"""Tool protocol and the two arithmetic tools (Ray-free; `actor.py` wraps them in Ray actors).
+"""Tool protocol, the calculator and the sandboxed python tool (Ray-free; `actor.py` wraps them in Ray actors).
 
 A tool is a name, a description and a JSON-schema of its arguments (`spec()` is the OpenAI tool dict),
 `validate(args)` and `call(args) -> ToolResult`. `call` never raises: a model's bad arguments or an
 expression the evaluator refuses come back as `ToolResult(ok=False, error=...)`, so the agent loop can
 hand the error to the model as a `tool` message instead of crashing a whole evaluation.
 
-The evaluators (`actors.tooltask.SafeArithmetic`, shared with eval) walk the `ast` of the expression and only interpret a whitelist of nodes; nothing is ever
-passed to eval()/exec(). Sizes are bounded *before* computing (`9**9**9` is refused at once, not after
-minutes of bignum work).
+The calculator's evaluator (`actors.tooltask.SafeArithmetic`, shared with eval) walks the `ast` of the expression
+and only interprets a whitelist of nodes; nothing is passed to eval()/exec(), and sizes are bounded *before*
+computing (`9**9**9` is refused at once, not after minutes of bignum work). The python tool runs real Python,
+in the sandbox of `actors.agent.sandbox` (namespaces, seccomp, rlimits), never in this process.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from actors.tooltask import (CALCULATOR_SPEC, PYTHON_SPEC, SAFE_FUNCTIONS, SafeArithmetic, ToolError,
-                             format_number)
+from actors.tooltask import CALCULATOR_SPEC, PYTHON_SPEC, SafeArithmetic, ToolError, format_number
 
 
 class ToolArgumentError(ValueError):
@@ -122,21 +122,35 @@ class Calculator(Tool):
         return format_number(self.evaluator.evaluate(expression))
 
 
-class PythonEval(Tool):
-    """Python expression evaluator limited to safe arithmetic (the calculator plus abs/min/max/round)."""
+class SandboxPython(Tool):
+    """The python tool: the code runs in a sandboxed, stateful Python kernel (actors.agent.sandbox), so a
+    model may write any Python, numpy included; variables persist between calls of one tool instance. A final
+    expression's value is returned as the arithmetic tools format numbers (the contract the model was
+    fine-tuned on: `6 / 3` -> 2), anything else as the printed output. Refuses to start where the sandbox
+    cannot be built; it never runs code unsandboxed."""
 
     name = PYTHON_SPEC["function"]["name"]
     description = PYTHON_SPEC["function"]["description"]
     parameters = PYTHON_SPEC["function"]["parameters"]
 
-    def __init__(self, max_bits: int = 4096, max_length: int = 500):
-        self.evaluator = SafeArithmetic(functions=SAFE_FUNCTIONS, max_bits=max_bits, max_length=max_length)
+    def __init__(self, sandbox: dict | None = None):
+        from actors.agent.sandbox import PythonKernel, SandboxConfig
+
+        self.kernel = PythonKernel(SandboxConfig(**(sandbox or {})))
 
     def run(self, code: str) -> str:
-        return format_number(self.evaluator.evaluate(code))
+        r = self.kernel.run(code)
+        if not r.ok:
+            raise ToolError(r.text())
+        if r.number is not None and r.stdout.strip() == repr(r.number) and not r.restarted:
+            return format_number(r.number)
+        return r.text().rstrip("\n") or "(no output)"
+
+    def close(self) -> None:
+        self.kernel.close()
 
 
-TOOL_CLASSES: dict[str, type[Tool]] = {"calculator": Calculator, "python": PythonEval}
+TOOL_CLASSES: dict[str, type[Tool]] = {"calculator": Calculator, "python": SandboxPython}
 
 
 def make_tool(name: str, **kw: Any) -> Tool:
@@ -145,5 +159,5 @@ def make_tool(name: str, **kw: Any) -> Tool:
     return TOOL_CLASSES[name](**kw)
 
 
-__all__ = ["Tool", "ToolResult", "ToolArgumentError", "ToolError", "Calculator", "PythonEval", "SafeArithmetic",
+__all__ = ["Tool", "ToolResult", "ToolArgumentError", "ToolError", "Calculator", "SandboxPython", "SafeArithmetic",
            "TOOL_CLASSES", "make_tool", "validate_arguments", "format_number"]

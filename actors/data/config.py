@@ -12,9 +12,9 @@ from actors.common.config import check
 from actors.data.dedup import DedupConfig
 from actors.data.pipeline import Resources
 
-Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf"]
+Format = Literal["auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf", "parquet"]
 Split = Literal["document", "paragraphs", "lines"]
-FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf")
+FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "json", "html", "markdown", "pdf", "parquet")
 SPLITS = ("document", "paragraphs", "lines")
 
 
@@ -24,7 +24,7 @@ class SourceConfig:
 
     name: str
     path: str                       # relative to the data root, or absolute; may hold * ? [..] globs
-    format: Format = "auto"         # auto: from the extension (.txt .jsonl .jsonl.gz .json .html .md .pdf)
+    format: Format = "auto"         # auto: from the extension (.txt .jsonl(.gz) .json .html .md .pdf .parquet)
     text_field: str = "text"        # jsonl / json: the key holding the document text
     split: Split = "document"       # how one file/record becomes documents
     exclude: str = ""               # glob of file names to leave out (e.g. "*__expected.html")
@@ -182,6 +182,9 @@ class DataConfig:
     # rows no kept document may share a 13-gram with; the job driver hands their rows to the decontam stage.
     curate: CurateConfig | None = None
     decontam_tasks: list[str] = field(default_factory=list)
+    # With `curate`: the curated documents then become the pretraining corpus as `sources` do without it
+    # (tokenizer, packed train/val shards, the SFT and synthetic sets), so a `pretrain` stage can follow.
+    pack: bool = False
 
     def __post_init__(self):
         check(len(self.sources) > 0, "data.sources", "needs at least one source (see default_sources())")
@@ -206,6 +209,9 @@ class DataConfig:
         check(self.extract_timeout_s > 0, "data.extract_timeout_s",
               f"must be > 0 seconds, e.g. 30, got {self.extract_timeout_s}")
         check(self.pack_batch_docs > 0, "data.pack_batch_docs", f"must be > 0, got {self.pack_batch_docs}")
+        check(not self.pack or self.curate is not None, "data.pack",
+              "packs the curated documents, so it needs a data.curate section; without one the sources are "
+              "always packed: remove data.pack")
         sft_names = [s.name for s in self.sft_sources]
         check(len(set(sft_names)) == len(sft_names), "data.sft_sources",
               f"names must be unique (they name the output files), got {sft_names}")

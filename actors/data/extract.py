@@ -6,7 +6,8 @@ Every reader yields uniform rows (one Arrow schema for Ray Data):
     quarantine: {... "text": "", "status": "quarantined", "reason_kind": one of QUARANTINE_KINDS,
                  "reason": precise message (byte offset, line number, JSON error), "raw_preview": first bytes}
 `doc_id` is globally unique: "<file relative to the data root><locator>", e.g. "c4/x.jsonl:12" (line 12),
-"tinyshakespeare/input.txt#p3" (paragraph 3), "wiki.txt#L7" (line 7), "a.json[4]" (element 4).
+"tinyshakespeare/input.txt#p3" (paragraph 3), "wiki.txt#L7" (line 7), "a.json[4]" (element 4), "d.parquet:9"
+(row 9 of a Parquet table of documents, such as the curation pipeline's `docs/part-*.parquet`).
 
 Text is decoded as strict UTF-8 so mojibake never reaches the tokenizer: an undecodable unit (a line of a
 JSONL file, a paragraph/line of a text file, or the whole file for split="document") is quarantined with the
@@ -31,7 +32,7 @@ PREVIEW_BYTES = 160
 _EXT_FORMATS = [  # longest suffix first
     (".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
     (".json", "json"), (".txt", "text"), (".text", "text"), (".html", "html"), (".htm", "html"),
-    (".markdown", "markdown"), (".md", "markdown"), (".pdf", "pdf"),
+    (".markdown", "markdown"), (".md", "markdown"), (".pdf", "pdf"), (".parquet", "parquet"),
 ]
 
 
@@ -109,6 +110,9 @@ def _read_task(task: dict) -> Iterator[dict]:
         return
     if fmt == "jsonl.gz":
         yield from _read_jsonl(task, gz=True)
+        return
+    if fmt == "parquet":
+        yield from _read_parquet(task)
         return
     try:
         data = Path(task["path"]).read_bytes()
@@ -314,6 +318,49 @@ def _read_jsonl(task: dict, gz: bool) -> Iterator[dict]:
         what = "corrupt or truncated gzip" if gz else "read error"
         yield quarantine_record(task, f"{rel}:{n + 1}", "unreadable",
                                 f"{rel}: {what} after {n} lines (uncompressed byte {off}): {type(e).__name__}: {e}")
+
+
+def _read_parquet(task: dict) -> Iterator[dict]:
+    """A Parquet table of documents, one per row, streamed a batch at a time: the `text_field` column is the
+    text, and `title` / `url` / `meta` go along where the table has them (the curation pipeline's schema), with
+    the row's own `id` kept in meta as `source_id`.
+    A row whose text is null is quarantined; a file that is not Parquet, or breaks midway, keeps the rows
+    before the damage and is quarantined from there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rel, field = task["rel"], task["text_field"]
+    n = 0
+    try:
+        pf = pq.ParquetFile(task["path"])
+        names = pf.schema_arrow.names
+        if field not in names:
+            yield quarantine_record(task, rel, "missing_field", f"{rel}: no {field!r} column (columns: "
+                                    f"{names[:8]}); set data.sources[].text_field to the text column")
+            return
+        cols = [c for c in (field, "id", "title", "url", "meta") if c in names]
+        for batch in pf.iter_batches(batch_size=1024, columns=cols):
+            d = batch.to_pydict()
+            for i, text in enumerate(d[field]):
+                doc_id = f"{rel}:{n}"
+                n += 1
+                if not isinstance(text, str):
+                    yield quarantine_record(task, doc_id, "missing_field",
+                                            f"{doc_id}: {field!r} is {type(text).__name__}, not a string")
+                    continue
+                row = {k: d[k][i] for k in cols[1:]}
+                try:
+                    meta = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else {}
+                except json.JSONDecodeError:
+                    meta = {"meta": row["meta"]}
+                meta = meta if isinstance(meta, dict) else {"meta": meta}
+                if row.get("id") is not None:
+                    meta["source_id"] = row["id"]
+                yield from _split_docs(task, doc_id, text, title=row.get("title") or "", url=row.get("url") or "",
+                                       meta=meta)
+    except (pa.ArrowException, OSError) as e:
+        yield quarantine_record(task, f"{rel}:{n}", "unreadable",
+                                f"{rel}: not readable as Parquet after {n} rows: {type(e).__name__}: {e}")
 
 
 def _read_json(task: dict, data: bytes) -> Iterator[dict]:

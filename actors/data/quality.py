@@ -243,14 +243,61 @@ class FineWebRules:
         return None
 
 
+# Mojibake of Chinese text: GBK bytes of U+FFFD read back as GBK (锟斤拷), uninitialised MSVC stack/heap
+# memory printed as GBK (烫烫烫 / 屯屯屯), and UTF-8 read as Latin-1/cp1252 (the lead bytes Ã Â å æ ç è é ä
+# followed by one or two continuation bytes shown as Latin-1/cp1252 symbols, e.g. "ä¸­æ–‡" for 中文).
+_GARBLED = re.compile(r"\ufffd+|(?:锟斤拷)+|烫{3,}|屯{3,}|[\ue000-\uf8ff]+"
+                      r"|(?:[ÃÂåæçèéäï][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192"
+                      r"\u02c6\u02dc\u2013-\u2026\u2030\u2039\u203a\u20ac\u2122]{1,2}){2,}")
+_DIGIT = re.compile(r"[0-9０-９]")
+_ZH_PUNCT = set("，。、；：？！“”‘’（）《》【】「」『』〈〉…—·～")
+# Gambling, pornography and spam phrases, as the keyword lists of WanJuan's safety step; a document is dropped
+# only when several distinct ones appear (a news story on lottery fraud names one or two).
+ZH_BLOCKLIST = ("博彩", "赌场", "百家乐", "六合彩", "时时彩", "北京赛车", "娱乐城", "真人荷官", "彩金", "网上赌",
+                "下注", "充值返利", "色情", "成人视频", "裸聊", "一夜情", "约炮", "AV女优", "无码", "代开发票",
+                "办证", "刷单", "网赚", "日赚", "加微信", "加QQ", "扫码领取", "免费领取", "点击进入", "棋牌")
+
+
 @dataclass
 class ChineseRules:
-    """WanJuan-CC style rules for Chinese/Japanese: counts in CJK characters, not words."""
+    """Rules for Chinese and Japanese in the manner of WanJuan / InternLM's Chinese web data: every count is
+    in characters, since the text has no spaces between words. In order:
+
+    - length: at least `min_cjk_chars` CJK characters, and a CJK share of at least `min_cjk_ratio`;
+    - garbled text: mojibake (锟斤拷, 烫烫烫, UTF-8 read as Latin-1, U+FFFD, private-use characters) at most
+      `max_garbled_ratio` of the characters;
+    - punctuation and symbols: lines ending in sentence punctuation, at least `min_terminal_lines_ratio` of the
+      lines; symbols other than letters and punctuation, at most `max_special_ratio`; digits, at most
+      `max_digit_ratio` (lottery tables, price lists);
+    - page furniture: lines of at most `short_line_chars` characters that do not end a sentence, at most
+      `max_short_line_ratio` of the lines (menus, tag clouds; a poem's short lines end in 。);
+    - repetition: characters in repeated lines at most `max_dup_line_char_frac`; characters covered by
+      repeated `dup_char_ngram`-character n-grams at most `max_dup_char_ngram_frac` (Gopher's duplicated-n-gram
+      rule on characters: spam that repeats a phrase within lines);
+    - safety: at most `max_blocklist_hits - 1` distinct phrases of `blocklist` (gambling, pornography, spam).
+    """
     min_cjk_chars: int = 50
-    min_cjk_ratio: float = 0.3            # CJK characters / non-space characters
-    min_terminal_lines_ratio: float = 0.1 # lines ending in 。！？ (or ASCII . ! ?)
+    min_cjk_ratio: float = 0.3
+    max_garbled_ratio: float = 0.01
+    min_terminal_lines_ratio: float = 0.1
+    max_special_ratio: float = 0.25
+    max_digit_ratio: float = 0.4          # worked arithmetic in prose reaches 0.3; lottery tables 0.6+
+    short_line_chars: int = 8
+    max_short_line_ratio: float = 0.67
     max_dup_line_char_frac: float = 0.2
-    max_special_ratio: float = 0.25       # symbols other than punctuation and letters
+    dup_char_ngram: int = 10
+    max_dup_char_ngram_frac: float = 0.5    # Shijing refrains reach 0.41, a repeated ad line 0.89
+    blocklist: list[str] = field(default_factory=lambda: list(ZH_BLOCKLIST))
+    max_blocklist_hits: int = 3
+
+    def __post_init__(self):
+        for name in ("min_cjk_ratio", "max_garbled_ratio", "min_terminal_lines_ratio", "max_special_ratio",
+                     "max_digit_ratio", "max_short_line_ratio", "max_dup_line_char_frac", "max_dup_char_ngram_frac"):
+            v = getattr(self, name)
+            check(0.0 <= v <= 1.0, f"quality.chinese.{name}", f"is a fraction in [0, 1], got {v}")
+        check(self.dup_char_ngram >= 2, "quality.chinese.dup_char_ngram", f"must be >= 2, got {self.dup_char_ngram}")
+        check(self.max_blocklist_hits >= 1, "quality.chinese.max_blocklist_hits",
+              f"must be >= 1 (1 drops a document with any listed phrase), got {self.max_blocklist_hits}")
 
     def __call__(self, text: str) -> str | None:
         non_space = len(text) - sum(c.isspace() for c in text)
@@ -259,18 +306,43 @@ class ChineseRules:
             return "zh_short_doc"
         if cjk / max(1, non_space) < self.min_cjk_ratio:
             return "zh_low_cjk_ratio"
+        if sum(map(len, _GARBLED.findall(text))) / max(1, non_space) > self.max_garbled_ratio:
+            return "zh_garbled"
         lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-        if sum(ln.endswith(TERMINAL + ("”", "」", "』", "）")) for ln in lines) / len(lines) \
-                < self.min_terminal_lines_ratio:
+        ends = TERMINAL + ("”", "」", "』", "）")
+        if sum(ln.endswith(ends) for ln in lines) / len(lines) < self.min_terminal_lines_ratio:
             return "zh_line_punct_ratio"
+        special = sum(1 for c in text if not (c.isalnum() or c.isspace() or c in PUNCTUATION or c in _ZH_PUNCT))
+        if special / max(1, non_space) > self.max_special_ratio:
+            return "zh_special_chars"
+        if len(_DIGIT.findall(text)) / max(1, non_space) > self.max_digit_ratio:
+            return "zh_digit_ratio"
+        if sum(len(ln) <= self.short_line_chars and not ln.endswith(ends) for ln in lines) / len(lines) \
+                > self.max_short_line_ratio:
+            return "zh_short_line_ratio"
         _, chars = _dups(lines)
         if chars / max(1, len(text)) > self.max_dup_line_char_frac:
             return "zh_dup_line_char_frac"
-        special = sum(1 for c in text if not (c.isalnum() or c.isspace() or c in PUNCTUATION
-                                              or _CJK.match(c) or c in "，。、；：？！“”‘’（）《》【】"))
-        if special / max(1, non_space) > self.max_special_ratio:
-            return "zh_special_chars"
+        if self._dup_ngram_frac(text) > self.max_dup_char_ngram_frac:
+            return "zh_dup_char_ngrams"
+        if self.blocklist and sum(w in text for w in self.blocklist) >= self.max_blocklist_hits:
+            return "zh_blocklist"
         return None
+
+    def _dup_ngram_frac(self, text: str) -> float:
+        """Share of the non-space characters inside an n-gram seen earlier (counted once, no overlap)."""
+        chars = "".join(text.split())
+        n = self.dup_char_ngram
+        seen, covered, i, m = set(), 0, 0, len(chars) - n + 1
+        while i < m:
+            g = chars[i:i + n]
+            if g in seen:
+                covered += n
+                i += n
+            else:
+                seen.add(g)
+                i += 1
+        return covered / max(1, len(chars))
 
 
 @dataclass
