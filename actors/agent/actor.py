@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.agent.tools import TOOL_CLASSES, make_tool
+from actors.agent.tools import TOOL_CLASSES, Tool, ToolError, make_tool
 
 # Tools are pure CPU micro-work; a fraction of a CPU lets them coexist with trainer/serve actors on 2 cores.
 TOOL_NUM_CPUS = 0.1
@@ -32,9 +32,11 @@ def remote_tool(source: dict, name: str):
 
 @ray.remote(num_cpus=TOOL_NUM_CPUS)
 class ToolActor:
-    def __init__(self, tool_name: str, source: dict | None = None, **kw: Any):
+    def __init__(self, tool_name: str, source: dict | None = None, tool: Tool | None = None, **kw: Any):
         self._conn = None
-        if source is None:
+        if tool is not None:      # a tool built by the caller (a planner's Delegate)
+            self.tool = tool
+        elif source is None:
             self.tool = make_tool(tool_name, **kw)
         else:
             self.tool, self._conn = remote_tool(source, tool_name)
@@ -78,4 +80,54 @@ def start_tools(names: list[str], mcp_servers: list = (), openapi_servers: list[
     return actors
 
 
-__all__ = ["ToolActor", "start_tools", "server_tools", "TOOL_NUM_CPUS"]
+
+
+@ray.remote(num_cpus=TOOL_NUM_CPUS)
+class AgentSession:
+    """One agent conversation as an actor: its memory (the messages so far) lives here between `ask` calls.
+    `client` is an OpenAI client (or anything with its chat.completions.create) or the server's base URL."""
+
+    def __init__(self, style: str, client: Any, model: str, tools: dict[str, Any], **kw: Any):
+        from actors.agent.loop import make_client
+        from actors.agent.styles import STYLES
+
+        client = make_client(client) if isinstance(client, str) else client
+        self.agent = STYLES[style](client, model, tools, **kw)
+        self.history: list[dict] = []
+        self.transcripts: list[dict] = []
+
+    def ask(self, prompt: str) -> dict:
+        tr = self.agent.run(prompt, history=self.history)
+        self.history = tr.messages
+        self.transcripts.append(tr.to_dict())
+        return {"answer": tr.final_answer, "stopped_reason": tr.stopped_reason, "steps": tr.n_steps,
+                "markdown": tr.to_markdown()}
+
+    def transcript(self) -> list[dict]:
+        return self.transcripts
+
+
+class Delegate(Tool):
+    """A planner's tool: hand a sub-task to one of its worker agents (AgentSession actors) and return its answer.
+    Multi-agent by composition: the planner is any agent whose tools include this one (in a ToolActor:
+    `ToolActor.remote("delegate", tool=Delegate(workers))`)."""
+
+    name = "delegate"
+    description = "Hand a self-contained sub-task to a worker agent; returns its answer."
+
+    def __init__(self, workers: dict[str, Any], timeout_s: float = 600.0):
+        self.workers, self.timeout_s = dict(workers), timeout_s
+        self.parameters = {"type": "object", "required": ["worker", "task"], "properties": {
+            "worker": {"type": "string", "enum": list(self.workers), "description": "which worker"},
+            "task": {"type": "string", "description": "the sub-task, with every number it needs"}}}
+
+    def run(self, worker: str, task: str) -> str:
+        if worker not in self.workers:
+            raise ToolError(f"no worker {worker!r}; workers: {list(self.workers)}")
+        out = ray.get(self.workers[worker].ask.remote(task), timeout=self.timeout_s)
+        if out["stopped_reason"] != "answer":
+            raise ToolError(f"worker {worker!r} stopped without an answer ({out['stopped_reason']})")
+        return str(out["answer"])
+
+
+__all__ = ["AgentSession", "Delegate", "ToolActor", "start_tools", "server_tools", "TOOL_NUM_CPUS"]

@@ -7,6 +7,7 @@ from actors.common.config import check
 
 # Must match actors.agent.tools.TOOL_CLASSES (kept literal here so the config imports nothing heavy).
 KNOWN_TOOLS = ("calculator", "python")
+STYLES = ("function_calling", "react", "code")   # = actors.agent.styles.STYLES
 
 
 @dataclass
@@ -28,6 +29,9 @@ class AgentConfig:
     # command (a list: the server speaks MCP on its stdin/stdout), OpenAPI tool servers by base URL
     mcp_servers: list = field(default_factory=list)
     openapi_servers: list[str] = field(default_factory=list)
+    # function_calling (OpenAI tools), react (plain-text Thought/Action/Observation) or code (Python actions in
+    # the sandbox; actors/agent/styles.py)
+    style: str = "function_calling"
 
     def __post_init__(self):
         check(isinstance(self.tools, (list, tuple)) and (len(self.tools) > 0 or self.mcp_servers
@@ -41,6 +45,7 @@ class AgentConfig:
         for i, s in enumerate(self.openapi_servers):
             check(isinstance(s, str) and s.startswith("http"), f"agent.openapi_servers[{i}]",
                   f"is the http(s) base URL of an OpenAPI tool server, got {s!r}")
+        check(self.style in STYLES, "agent.style", f"{self.style!r}: use one of {list(STYLES)}")
         self.tools = list(self.tools)
         for i, t in enumerate(self.tools):
             check(t in KNOWN_TOOLS, f"agent.tools[{i}]",

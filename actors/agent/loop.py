@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -83,6 +84,24 @@ class Transcript:
 
     __str__ = to_text
 
+    def to_markdown(self) -> str:
+        """The conversation as Markdown: a line per turn, tool calls and results as code."""
+        out: list[str] = []
+        for m in self.messages:
+            role = m.get("role", "?")
+            text = str(m.get("content") or "").strip()
+            if role == "tool":
+                out.append(f"- **tool `{m.get('name', '?')}`** → `{text}`")
+                continue
+            if text:
+                block = f"\n\n```\n{text}\n```" if "\n" in text or "```" in text else f" {text}"
+                out.append(f"- **{role}**:{block}")
+            for tc in m.get("tool_calls") or []:
+                fn = tc.get("function", {})
+                out.append(f"- **{role}** calls `{fn.get('name')}({fn.get('arguments')})`")
+        out.append(f"\n_{self.n_steps} step(s), stopped: {self.stopped_reason}_")
+        return "\n".join(out)
+
 
 def _tool_call_fields(tc: Any, fallback_id: str) -> tuple[str, str, str, Any]:
     """(id, type, name, arguments) from an OpenAI tool-call object or a plain dict of the same shape."""
@@ -98,8 +117,17 @@ def make_client(base_url: str, timeout_s: float = 60.0, api_key: str = "EMPTY") 
 
 
 class Agent:
+    """Native function calling: the tools go to the server as OpenAI `tools`, their calls come back as
+    `tool_calls`. Subclasses (actors.agent.styles: ReAct, code) change how a reply is asked for and acted on
+    (`complete`, `act`); the loop, the dispatch of calls to tool actors, memory and hooks are shared.
+
+    Memory: `run(prompt, history=messages)` continues an earlier conversation (its transcript's `messages`).
+    Hooks: callables `hook(event, payload)` called on "reply" (each model reply), "tool_call" (each call's
+    record, after it ran) and "stop" (the transcript, at the end)."""
+
     def __init__(self, client: openai.OpenAI, model: str, tools: dict[str, Any], max_steps: int = 4,
-                 temperature: float = 0.0, max_tokens: int = 64, tool_timeout_s: float = 10.0):
+                 temperature: float = 0.0, max_tokens: int = 64, tool_timeout_s: float = 10.0,
+                 hooks: list[Callable[[str, Any], None]] | None = None):
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         if not tools:
@@ -108,6 +136,7 @@ class Agent:
         self.tools = dict(tools)
         self.max_steps, self.temperature, self.max_tokens = max_steps, temperature, max_tokens
         self.tool_timeout_s = tool_timeout_s
+        self.hooks = list(hooks or [])
         # Specs come from the actors themselves (one round trip), in the order of `tools`.
         specs = ray.get([h.spec.remote() for h in self.tools.values()], timeout=60)
         for name, spec in zip(self.tools, specs):
@@ -117,14 +146,18 @@ class Agent:
         self._params = {s["function"]["name"]: s["function"]["parameters"] for s in specs}
 
     @classmethod
-    def from_config(cls, cfg, client: openai.OpenAI, model: str, tools: dict[str, Any]) -> "Agent":
+    def from_config(cls, cfg, client: openai.OpenAI, model: str, tools: dict[str, Any], **kw) -> "Agent":
         """Build from an AgentConfig and the handles `start_tools(cfg.tools, cfg.mcp_servers,
         cfg.openapi_servers)` started: every name in cfg.tools, then the servers' tools."""
         missing = [t for t in cfg.tools if t not in tools]
         if missing:
             raise ValueError(f"agent.tools lists {missing} but no ToolActor was started for them")
         return cls(client, model, tools, max_steps=cfg.max_steps,
-                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, tool_timeout_s=cfg.tool_timeout_s)
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens, tool_timeout_s=cfg.tool_timeout_s, **kw)
+
+    def emit(self, event: str, payload: Any) -> None:
+        for hook in self.hooks:
+            hook(event, payload)
 
     # ------------------------------------------------------------------ tool dispatch (no LLM needed)
     def dispatch(self, tool_calls: list[Any], step: int = 0) -> list[ToolCallRecord]:
@@ -172,43 +205,74 @@ class Agent:
                 rec.error = f"tool {rec.name!r} failed: {type(e).__name__}: {str(e).splitlines()[0]}"
                 continue
             rec.ok, rec.result, rec.error = res.ok, res.content, res.error
+        for rec in records:
+            self.emit("tool_call", rec)
         return records
 
     def execute_tool_calls(self, tool_calls: list[Any]) -> list[dict]:
         """The `tool` messages answering one assistant reply's tool calls (one per call, in order)."""
         return [r.tool_message() for r in self.dispatch(tool_calls)]
 
+    # ------------------------------------------------------------------ one style: native function calling
+    def complete(self, messages: list[dict]) -> tuple[str, list, str | None]:
+        """(reply text, its tool calls, finish reason) for the conversation so far."""
+        resp = self.client.chat.completions.create(
+            model=self.model, messages=messages, tools=self.specs, tool_choice="auto",
+            temperature=self.temperature, max_tokens=self.max_tokens)
+        if not resp.choices:
+            raise NoReply("the server returned no choices")
+        choice = resp.choices[0]
+        return choice.message.content or "", list(choice.message.tool_calls or []), choice.finish_reason
+
+    def act(self, messages: list[dict], rec: StepRecord, calls: list, session: dict) -> str | None:
+        """Carry out one reply: append it and what it caused to `messages`; the final answer, or None to go on."""
+        if not calls:
+            messages.append({"role": "assistant", "content": rec.content})
+            return rec.content
+        rec.tool_calls = self.dispatch(calls, rec.index)
+        messages.append({"role": "assistant", "content": rec.content, "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in rec.tool_calls]})
+        messages.extend(c.tool_message() for c in rec.tool_calls)
+        return None
+
+    def open_session(self) -> dict:
+        """Per-conversation state (the code agent's kernel); closed by `close_session` when the run ends."""
+        return {}
+
+    def close_session(self, session: dict) -> None:
+        """Release what `open_session` made."""
+
     # ------------------------------------------------------------------ the loop
-    def run(self, prompt: str | list[dict]) -> Transcript:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    def run(self, prompt: str | list[dict], history: list[dict] | None = None) -> Transcript:
+        new = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        messages = [dict(m) for m in (history or [])] + new
         tr = Transcript(messages=messages)
-        for step in range(self.max_steps):
-            try:
-                resp = self.client.chat.completions.create(
-                    model=self.model, messages=messages, tools=self.specs, tool_choice="auto",
-                    temperature=self.temperature, max_tokens=self.max_tokens)
-            except openai.OpenAIError as e:
-                tr.stopped_reason = f"error: {type(e).__name__}: {e}"
-                return tr
-            if not resp.choices:
-                tr.stopped_reason = "error: the server returned no choices"
-                return tr
-            choice = resp.choices[0]
-            msg = choice.message
-            content = msg.content or ""
-            rec = StepRecord(index=step, content=content, finish_reason=choice.finish_reason)
-            tr.steps.append(rec)
-            if not msg.tool_calls:
-                messages.append({"role": "assistant", "content": content})
-                tr.final_answer, tr.stopped_reason = content, "answer"
-                return tr
-            rec.tool_calls = self.dispatch(msg.tool_calls, step)
-            messages.append({"role": "assistant", "content": content, "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in rec.tool_calls]})
-            messages.extend(c.tool_message() for c in rec.tool_calls)
-        tr.stopped_reason = "max_steps"
+        session = self.open_session()
+        try:
+            for step in range(self.max_steps):
+                try:
+                    content, calls, finish = self.complete(messages)
+                except (openai.OpenAIError, NoReply) as e:
+                    tr.stopped_reason = f"error: {type(e).__name__}: {e}"
+                    break
+                rec = StepRecord(index=step, content=content, finish_reason=finish)
+                tr.steps.append(rec)
+                self.emit("reply", rec)
+                answer = self.act(messages, rec, calls, session)
+                if answer is not None:
+                    tr.final_answer, tr.stopped_reason = answer, "answer"
+                    break
+            else:
+                tr.stopped_reason = "max_steps"
+        finally:
+            self.close_session(session)
+        self.emit("stop", tr)
         return tr
 
 
-__all__ = ["Agent", "Transcript", "StepRecord", "ToolCallRecord", "make_client"]
+class NoReply(RuntimeError):
+    """The server answered without a reply to act on."""
+
+
+__all__ = ["Agent", "NoReply", "Transcript", "StepRecord", "ToolCallRecord", "make_client"]

@@ -78,6 +78,8 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
         "tool_transcript": tool_text,
         "zh_transcript": zh_text,
         "records": rows,
+        "transcripts_md": [tr.to_markdown() for tr in transcripts[:n_transcripts]],
+        "transcript_dicts": [tr.to_dict() for tr in transcripts],   # every run, for transcripts.jsonl
     }
 
 

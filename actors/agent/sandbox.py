@@ -70,6 +70,7 @@ class ExecResult:
     timed_out: bool = False
     restarted: bool = False       # this call ran in a fresh kernel: variables of earlier calls are gone
     number: int | float | None = None   # the final expression's value when it is a number (printed as well)
+    final: str | None = None      # what the code passed to final_answer(...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,18 +170,30 @@ class _Cgroup:
 
 # Runs inside the sandbox: reads one JSON request a line on stdin, answers one JSON line on the original stdout.
 # The code's own prints go to a buffer; fd 1 itself goes to /dev/null so raw writes cannot break the framing.
+# `__tool__(name, args)` asks the host to run a tool (a request line out, the result line back in: the only way
+# out of the sandbox, and the host decides what it runs); `final_answer(x)` ends the code with an answer.
 _KERNEL = r'''
 import ast, io, json, os, sys, traceback
 proto = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
-ns = {"__name__": "__main__"}
+class _Final(BaseException):
+    pass
+def __tool__(name, args):
+    proto.write(json.dumps({"tool": name, "args": args}) + "\n")
+    r = json.loads(sys.stdin.readline() or "{}")
+    if not r.get("ok"):
+        raise RuntimeError(f"{name}: {r.get('error')}")
+    return r.get("content")
+def final_answer(value):
+    raise _Final(value)
+ns = {"__name__": "__main__", "__tool__": __tool__, "final_answer": final_answer}
 def answer(**kw):
     proto.write(json.dumps(kw) + "\n")
 for line in sys.stdin:
     req = json.loads(line)
     buf = io.StringIO()
     sys.stdout = sys.stderr = buf
-    ok, err, number = True, "", None
+    ok, err, number, final = True, "", None, None
     try:
         tree = ast.parse(req["code"], "<code>")
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
@@ -191,6 +204,8 @@ for line in sys.stdin:
                 print(repr(value))
             if type(value) in (int, float) and value == value and abs(value) != float("inf"):
                 number = value
+    except _Final as f:
+        final = str(f.args[0]) if f.args else ""
     except BaseException as e:
         ok = False
         tb = traceback.format_exception(type(e), e, e.__traceback__)
@@ -199,7 +214,7 @@ for line in sys.stdin:
             err = f"{type(e).__name__}: {e}"
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    answer(ok=ok, stdout=buf.getvalue(), error=err.strip(), number=number)
+    answer(ok=ok, stdout=buf.getvalue(), error=err.strip(), number=number, final=final)
 '''
 
 _PROBE = r'''
@@ -256,6 +271,7 @@ class PythonKernel:
     def __init__(self, cfg: SandboxConfig | None = None):
         self.cfg = cfg or SandboxConfig()
         self.proc: subprocess.Popen | None = None
+        self._pending = b""
         self._cgroup: _Cgroup | None = None
         self._bwrap = bwrap_binary()
         self._dir = Path(tempfile.mkdtemp(prefix="fullchain-sandbox-"))
@@ -300,6 +316,7 @@ class PythonKernel:
 
     def start(self) -> None:
         self.close_process()
+        self._pending = b""
         self.proc = self._spawn(["-c", _KERNEL])
         self.starts += 1
 
@@ -339,9 +356,10 @@ class PythonKernel:
         self.close()
 
     # -- calls
-    def run(self, code: str, wall_s: float | None = None) -> ExecResult:
+    def run(self, code: str, wall_s: float | None = None, tools=None, max_tool_calls: int = 50) -> ExecResult:
         """Execute `code` in the session's namespace; the value of a final expression is printed (as in a
-        notebook). Never raises for anything the code does."""
+        notebook). `tools(name, args) -> {"ok", "content", "error"}` answers the code's `__tool__` calls (at
+        most `max_tool_calls`; without `tools` each is refused). Never raises for anything the code does."""
         restarted = self.proc is None and self.starts > 0
         if self.proc is None or self.proc.poll() is not None:
             restarted = restarted or self.proc is not None
@@ -352,7 +370,33 @@ class PythonKernel:
             self.proc.stdin.flush()
         except BrokenPipeError:
             return self._died(restarted)
-        line = self._read_line(wall)
+        deadline = time.monotonic() + wall
+        calls, reply = 0, None
+        while True:
+            line = self._read_line(deadline - time.monotonic())
+            if line is None:
+                break
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                reply = None
+                break
+            if not isinstance(reply, dict) or "tool" not in reply:
+                break
+            calls += 1
+            if tools is None or calls > max_tool_calls:
+                res = {"ok": False, "error": "no tools here" if tools is None else
+                       f"more than {max_tool_calls} tool calls in one run"}
+            else:
+                try:
+                    res = tools(str(reply["tool"]), reply.get("args"))
+                except Exception as e:  # noqa: BLE001 - the host's tool failed: the code gets the error
+                    res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            try:
+                self.proc.stdin.write((json.dumps(res) + "\n").encode())
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                return self._died(restarted)
         if line is None:
             timed_out = self.proc.poll() is None
             if timed_out:
@@ -360,9 +404,7 @@ class PythonKernel:
                 return ExecResult(False, error=f"timed out after {wall:g} s of wall clock; the kernel was "
                                                 f"restarted", timed_out=True, restarted=restarted)
             return self._died(restarted)
-        try:
-            reply = json.loads(line)
-        except json.JSONDecodeError:
+        if not isinstance(reply, dict) or "ok" not in reply:
             self.close_process()
             return ExecResult(False, error="the kernel's reply was not readable; the kernel was restarted",
                               restarted=restarted)
@@ -370,14 +412,15 @@ class PythonKernel:
         out = str(reply.get("stdout", ""))
         if len(out) > n:
             out = out[:n] + f"\n... ({len(out) - n} more characters)"
-        number = reply.get("number")
+        number, final = reply.get("number"), reply.get("final")
         return ExecResult(bool(reply.get("ok")), out, str(reply.get("error", ""))[:n], restarted=restarted,
-                          number=number if type(number) in (int, float) else None)
+                          number=number if type(number) in (int, float) else None,
+                          final=str(final)[:n] if final is not None else None)
 
     def _read_line(self, wall: float) -> bytes | None:
         """One reply line within `wall` seconds (None: none came), read without blocking past the deadline."""
         fd = self.proc.stdout.fileno()
-        buf = b""
+        buf = self._pending
         deadline = time.monotonic() + wall
         limit = 4 * self.cfg.max_output_chars + 65536     # JSON escapes, bounded: the reply is untrusted
         while b"\n" not in buf:
@@ -391,7 +434,8 @@ class PythonKernel:
             if not chunk:
                 return None
             buf += chunk
-        return buf.split(b"\n", 1)[0]
+        line, self._pending = buf.split(b"\n", 1)
+        return line
 
     def _died(self, restarted: bool) -> ExecResult:
         code = self.proc.poll()

@@ -72,6 +72,9 @@ def validate_arguments(tool: str, parameters: dict, args: Any) -> dict:
     for key, value in args.items():
         if key not in props:
             raise ToolArgumentError(tool, key, f"unknown argument {key!r}; expected arguments: {sorted(props)}")
+        allowed = props[key].get("enum")
+        if allowed is not None and value not in allowed:
+            raise ToolArgumentError(tool, key, f"argument {key!r} must be one of {allowed}, got {value!r}")
         want = props[key].get("type")
         if want is None:
             continue
