@@ -17,7 +17,7 @@ def run(ctx: StageContext) -> dict:
     heldout = ctx.inputs("data")["synthetic_heldout"]
     with open(heldout) as f:
         records = [json.loads(line) for line in f if line.strip()][: cfg.n_eval]
-    tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers)
+    tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers, cfg.tool_options)
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
     agent = STYLES[cfg.style].from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)
@@ -31,7 +31,8 @@ def run(ctx: StageContext) -> dict:
     (ctx.dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report.pop("transcripts_md")))
     metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
-                                      "stopped_reasons", "accuracy_by_phrasing", "n_by_phrasing", "accuracy_by_lang")}
+                                      "stopped_reasons", "accuracy_by_phrasing", "n_by_phrasing", "accuracy_by_lang",
+                                      "per_tool")}
     return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
                         "transcripts_jsonl": str(ctx.dir / "transcripts.jsonl"),
                         "first_transcript": report["tool_transcript"] or

@@ -5,7 +5,8 @@
     python -m jobs.tools mcp --http --port 8765           an MCP server over streamable HTTP, 127.0.0.1:8765/mcp
     python -m jobs.tools openapi --port 8766              an OpenAPI tool server, 127.0.0.1:8766/openapi.json
 
-`--tools calculator,python` picks the tools (default: all). Servers listen on 127.0.0.1 only.
+`--tools calculator,python` picks the tools; `--index DIR` adds search_docs over a retrieval index. Servers listen
+on 127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -14,26 +15,30 @@ import json
 import sys
 
 
-def build_registry(names: list[str] | None = None):
+def build_registry(names: list[str] | None = None, index: str = ""):
     from actors.agent.registry import ToolRegistry
     from actors.agent.tools import TOOL_CLASSES, make_tool
 
-    names = names or list(TOOL_CLASSES)
+    names = names or ["calculator", "python"] + (["search_docs"] if index else [])
     unknown = [n for n in names if n not in TOOL_CLASSES]
     if unknown:
         raise SystemExit(f"--tools: unknown {unknown}; available: {sorted(TOOL_CLASSES)}")
-    return ToolRegistry(make_tool(n) for n in names)
+    if "search_docs" in names and not index:
+        raise SystemExit("--tools search_docs needs --index DIR (python -m jobs.index builds one)")
+    return ToolRegistry(make_tool(n, **({"index": index} if n == "search_docs" else {})) for n in names)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m jobs.tools", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["list", "mcp", "openapi"])
-    ap.add_argument("--tools", default="", help="comma-separated tool names (default: all)")
+    ap.add_argument("--tools", default="", help="comma-separated tool names (default: calculator, python, and "
+                                                  "search_docs with --index)")
+    ap.add_argument("--index", default="", help="a retrieval index folder for search_docs (python -m jobs.index)")
     ap.add_argument("--http", action="store_true", help="mcp: streamable HTTP instead of stdio")
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args(argv)
-    registry = build_registry([t for t in args.tools.split(",") if t])
+    registry = build_registry([t for t in args.tools.split(",") if t], args.index)
     if args.what == "list":
         print(json.dumps(registry.openai_tools(), indent=2, ensure_ascii=False))
         return

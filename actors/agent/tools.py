@@ -153,7 +153,13 @@ class SandboxPython(Tool):
         self.kernel.close()
 
 
-TOOL_CLASSES: dict[str, type[Tool]] = {"calculator": Calculator, "python": SandboxPython}
+def _retrieval_tool(index: str, **kw: Any) -> Tool:
+    from actors.agent.retrieval import RetrievalTool
+
+    return RetrievalTool(index, **kw)
+
+
+TOOL_CLASSES: dict[str, Any] = {"calculator": Calculator, "python": SandboxPython, "search_docs": _retrieval_tool}
 
 
 def make_tool(name: str, **kw: Any) -> Tool:

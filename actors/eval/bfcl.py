@@ -1,4 +1,5 @@
-"""BFCL (Berkeley Function Calling Leaderboard) `simple_python`: data loading, tool specs, and the AST checker.
+"""BFCL (Berkeley Function Calling Leaderboard) AST categories (simple, multiple, parallel, parallel_multiple,
+irrelevance, live_simple): data loading, tool specs, and the AST checker.
 
 Stdlib only. Rules follow gorilla `berkeley-function-call-leaderboard/bfcl_eval/eval_checker/ast_eval/
 ast_checker.py` (`ast_checker` for a non-parallel, non-multiple category -> `simple_function_checker`,
@@ -81,12 +82,29 @@ def load_bfcl(path: str | Path, limit: int | None = None) -> list[dict]:
     return docs
 
 
+def _concrete(value: Any) -> Any:
+    """A ground-truth value as a model would write it: a dict's keys hold lists of acceptable values, of which
+    the first that is not the "" (omitted) marker is taken; the key is left out when there is none."""
+    if isinstance(value, dict):
+        out = {}
+        for k, vals in value.items():
+            vals = vals if isinstance(vals, list) else [vals]
+            keep = [v for v in vals if v != ""]
+            if keep:
+                out[k] = _concrete(keep[0])
+        return out
+    if isinstance(value, list):
+        return [_concrete(v) for v in value]
+    return value
+
+
 def reference_call(ground_truth: list[dict] | dict) -> dict:
-    """The ground truth as one call `{name, arguments}`: first acceptable value per parameter, leaving out
-    parameters whose first acceptable value is "" (omitted)."""
+    """The ground truth as one call `{name, arguments}`: first acceptable value per parameter (nested dicts made
+    concrete the same way), leaving out parameters whose first acceptable value is "" (omitted)."""
     gt = ground_truth[0] if isinstance(ground_truth, list) else ground_truth
     (name, params), = gt.items()
-    return {"name": name, "arguments": {p: vals[0] for p, vals in params.items() if vals and vals[0] != ""}}
+    return {"name": name, "arguments": {p: _concrete(vals[0]) for p, vals in params.items()
+                                        if vals and vals[0] != ""}}
 
 
 # ---- tool specs ---------------------------------------------------------------------------------------
@@ -271,17 +289,21 @@ def _find_function(functions: list[dict], name: str) -> dict:
     raise ValueError(f"ground-truth function {name!r} not among the function docs")
 
 
-def ast_match(calls: list[dict], functions: list[dict], ground_truth: list[dict] | dict) -> tuple[bool, str]:
-    """BFCL simple-category AST check of parsed tool calls (`[{"name", "arguments"}]`) against the ground
-    truth (`[{func_name: {param: [acceptable values]}}]`). Returns (True, "") or (False, reason)."""
-    gts = ground_truth if isinstance(ground_truth, list) else [ground_truth]
-    if len(gts) != 1 or len(gts[0]) != 1:
-        raise ValueError(f"simple category expects one ground-truth function, got {gts!r}")
-    (gt_name, answers), = gts[0].items()
-    if len(calls) != 1:
-        return False, f"wrong number of function calls: expected 1, got {len(calls)}"
+CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
 
-    call = calls[0]
+
+def category_of(doc_id: str) -> str:
+    """The BFCL category of a row from its id ("parallel_multiple_7" -> parallel_multiple, "simple_python_3"
+    and "simple_3" -> simple)."""
+    for c in ("live_simple", "parallel_multiple", "parallel", "multiple", "irrelevance", "simple"):
+        if doc_id.startswith(c):
+            return c
+    raise ValueError(f"BFCL row id {doc_id!r}: no category of {CATEGORIES} starts it")
+
+
+def _check_call(call: dict, functions: list[dict], gt: dict) -> tuple[bool, str]:
+    """BFCL's `simple_function_checker`: one parsed call against one ground-truth function's acceptable values."""
+    (gt_name, answers), = gt.items()
     name = call.get("name")
     if name not in (gt_name, gt_name.replace(".", "_")):
         return False, f"wrong function name: expected {gt_name!r}, got {name!r}"
@@ -310,4 +332,47 @@ def ast_match(calls: list[dict], functions: list[dict], ground_truth: list[dict]
     for p, acceptable in answers.items():
         if p not in args and "" not in acceptable:
             return False, f"parameter {p!r} omitted but it is not optional here; expected one of {acceptable!r}"
+    return True, ""
+
+
+def ast_match(calls: list[dict], functions: list[dict], ground_truth: list[dict] | dict,
+              category: str = "simple") -> tuple[bool, str]:
+    """BFCL's AST check of parsed tool calls (`[{"name", "arguments"}]`) against the ground truth
+    (`[{func_name: {param: [acceptable values]}}]`), by category as BFCL's `ast_checker`:
+
+    - simple, live_simple, multiple: exactly one call, matching the one ground-truth function (for multiple the
+      function doc is the one the ground truth names, among several offered);
+    - parallel, parallel_multiple: as many calls as ground-truth functions, matched in any order, each call used
+      once (BFCL's `parallel_function_checker_no_order`);
+    - irrelevance: correct when the model calls nothing (none of the offered functions fits the question).
+    Returns (True, "") or (False, reason)."""
+    if category not in CATEGORIES:
+        raise ValueError(f"BFCL category {category!r}: use one of {CATEGORIES}")
+    if category == "irrelevance":
+        return (True, "") if not calls else (False, f"called {[c.get('name') for c in calls]} but no offered "
+                                                    "function fits the question")
+    gts = ground_truth if isinstance(ground_truth, list) else [ground_truth]
+    if any(len(g) != 1 for g in gts) or not gts:
+        raise ValueError(f"ground truth must be one-function dicts, got {gts!r}")
+    if category in ("simple", "live_simple", "multiple"):
+        if len(gts) != 1:
+            raise ValueError(f"{category} category expects one ground-truth function, got {gts!r}")
+        if len(calls) != 1:
+            return False, f"wrong number of function calls: expected 1, got {len(calls)}"
+        return _check_call(calls[0], functions, gts[0])
+    if len(calls) != len(gts):
+        return False, f"wrong number of function calls: expected {len(gts)}, got {len(calls)}"
+    used: set[int] = set()
+    for gt in gts:
+        reasons = []
+        for i, call in enumerate(calls):
+            if i in used:
+                continue
+            ok, why = _check_call(call, functions, gt)
+            if ok:
+                used.add(i)
+                break
+            reasons.append(why)
+        else:
+            return False, f"no call matches {next(iter(gt))!r}: " + "; ".join(reasons[:3])
     return True, ""

@@ -509,9 +509,9 @@ def score_record(record: dict, st: dict) -> dict[str, float]:
 
 # ---- BFCL: one function call from the function docs, scored by AST match --------------------------------
 class BFCLTask(Task):
-    """Berkeley Function Calling Leaderboard, AST categories (simple_python): the tools are rendered with the
-    model's chat template exactly as the server renders them, the output is parsed with the server's
-    parser (actors.tooltask.parse_tool_calls), and the call is matched by BFCL's rules (actors.eval.bfcl)."""
+    """Berkeley Function Calling Leaderboard, AST categories (each row's from its id): the tools are rendered
+    with the model's chat template exactly as the server renders them, the output is parsed with the server's
+    parser (actors.tooltask.parse_tool_calls), and the calls are matched by BFCL's rules (actors.eval.bfcl)."""
 
     kind = "generate"
     metric_keys = ["ast_accuracy", "valid_tool_call_rate"]
@@ -538,11 +538,11 @@ class BFCLTask(Task):
                                 max_new_tokens=self.max_new_tokens)]
 
     def process(self, doc: dict, results: list) -> tuple[dict, dict]:
-        from actors.eval.bfcl import ast_match
+        from actors.eval.bfcl import ast_match, category_of
 
         text = results[0]
         _, calls, errors = parse_tool_calls(text)
-        ok, why = ast_match(calls, doc["functions"], doc["ground_truth"])
+        ok, why = ast_match(calls, doc["functions"], doc["ground_truth"], category_of(doc["id"]))
         m = {"ast_accuracy": float(ok), "valid_tool_call_rate": float(bool(calls))}
         return m, {"doc_id": doc["id"], "output": text, "calls": calls, "parse_errors": errors, "correct": ok,
                    "reason": why, **m}
