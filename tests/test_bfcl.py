@@ -265,3 +265,17 @@ def test_multiple_needs_the_right_function_among_several():
     assert not ok and "wrong function name" in why
     with pytest.raises(ValueError, match="category"):
         ast_match([], fns, GT, "multi_turn")
+
+
+def test_bench_reads_one_file_per_category_and_parallel_is_not_parallel_multiple(data_root, tmp_path):
+    import shutil
+
+    from bench.agent_bfcl import category_rows
+
+    for f in (data_root / "bfcl").glob("BFCL_v4_*.jsonl"):   # as a --data-dir of the same layout
+        shutil.copy(f, tmp_path / f.name.replace("rows0-49", "heldout"))
+    rows = category_rows(tmp_path, 3)
+    assert {c: {d["id"].rsplit("_", 1)[0] for d in docs} for c, docs in rows.items() if c != "live_simple"} == {
+        "simple": {"simple_python"}, "multiple": {"multiple"}, "parallel": {"parallel"},
+        "parallel_multiple": {"parallel_multiple"}, "irrelevance": {"irrelevance"}}
+    assert all(len(d) == 3 for d in rows.values()) and rows["live_simple"][0]["id"].startswith("live_simple")
