@@ -112,7 +112,6 @@ def test_ctypes_system_and_signals_do_not_escape(kernel, tmp_path):
     assert not marker.exists()
     r = kernel.run("import os\nos.kill(1, 9)\nos.kill(-1, 9)")   # the namespace's init, then everything it may
     assert r.ok or "PermissionError" in r.error or "ProcessLookupError" in r.error
-    assert os.getpid() > 0
     _still_works(kernel)
 
 
