@@ -19,8 +19,9 @@ The tools block, appended to the system text after a blank line (or as the whole
     # Tools
     You may call these functions:
     calculator(expression: string) - Evaluate an arithmetic expression with + - * / and parentheses.
-    python(code: string) - Evaluate a Python arithmetic expression.
-    Call one as <tool_call>{"name": ..., "arguments": {...}}</tool_call>
+    python(code: string) - Run Python code (the standard library and numpy); returns the last expression's value.
+    Call each as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, one line per call; answer without a
+    call when no function fits.
 
 Each tool is one signature line `name(arg: type, opt?: type) - description` (enums as `"a"|"b"`), as Functionary
 renders TypeScript-like signatures: two tools take ~250 characters instead of ~700 for their JSON schemas.
@@ -54,15 +55,38 @@ PYTHON_SPEC = {
     "type": "function",
     "function": {
         "name": "python",
-        "description": "Evaluate a Python arithmetic expression.",
+        "description": "Run Python code (the standard library and numpy); returns the last expression's value.",
         "parameters": {
             "type": "object",
-            "properties": {"code": {"type": "string", "description": "e.g. max(3, 7) ** 2"}},
+            "properties": {"code": {"type": "string", "description": "e.g. sum(i ** 2 for i in range(10))"}},
             "required": ["code"],
         },
     },
 }
 TOOLS = [CALCULATOR_SPEC, PYTHON_SPEC]
+SEARCH_DOCS_SPEC = {
+    "type": "function",
+    "function": {
+        "name": "search_docs",
+        "description": "Search the document collection; returns passages, each with [doc id] to cite.",
+        "parameters": {"type": "object", "required": ["query"], "properties": {
+            "query": {"type": "string", "description": "what to look for"},
+            "k": {"type": "integer", "description": "how many passages (default 3)"}}},
+    },
+}
+
+
+PASSAGE_CHARS = 240   # of each passage search_docs shows: 3 passages then fit a 512-token training row
+
+
+def format_passages(hits: list[tuple[str, str]], max_chars: int = PASSAGE_CHARS) -> str:
+    """search_docs' result text: each (doc_id, passage) as "[doc_id] passage", blank-line separated."""
+    return "\n\n".join(f"[{doc_id}] {text[:max_chars]}" for doc_id, text in hits) or "no passage matches"
+
+
+def cites(answer: str | None, doc_id: str) -> bool:
+    """Whether an answer cites `doc_id` as search_docs shows it ("[doc_id]")."""
+    return f"[{doc_id}]" in (answer or "")
 TOOL_ARGUMENT = {"calculator": "expression", "python": "code"}   # the argument holding the expression
 
 
@@ -359,7 +383,8 @@ def tool_signature(tool: dict) -> str:
 
 def tools_block(tools: list[dict]) -> str:
     lines = ["# Tools", "You may call these functions:", *(tool_signature(t) for t in tools),
-             f'Call one as {TOOL_CALL_OPEN}{{"name": ..., "arguments": {{...}}}}{TOOL_CALL_CLOSE}']
+             f'Call each as {TOOL_CALL_OPEN}{{"name": ..., "arguments": {{...}}}}{TOOL_CALL_CLOSE}, one line per '
+             f'call; answer without a call when no function fits.']
     return "\n".join(lines)
 
 
@@ -418,6 +443,46 @@ def fold_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # Prompts and answers
 # ---------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------
+# Prompts of the text agent styles (actors.agent.styles), shared with the fine-tuning rows that teach them
+# ---------------------------------------------------------------------------------------------------------
+REACT_PROMPT = """Answer the question. You can use these tools:
+{tools}
+
+Use this format:
+Thought: what to do next
+Action: the tool's name
+Action Input: the tool's arguments as a JSON object
+(several Action / Action Input pairs may follow one Thought; they run together)
+Observation: the tool's result (written for you)
+... (Thought / Action / Observation can repeat)
+Thought: I know the answer
+Final Answer: the answer"""
+
+CODE_PROMPT = """Solve the task by writing Python. Reply with a short thought, then one block:
+```python
+# code
+```
+It runs in a Python session that keeps its variables between blocks; print() what you need to see. These tools
+are Python functions there (they return text):
+{tools}
+When you have the answer, call final_answer(answer)."""
+
+
+def python_identifier(name: str) -> str:
+    return re.sub(r"\W", "_", name) if not name.isidentifier() else name
+
+
+def code_tool_lines(specs: list[dict]) -> str:
+    """The tools as the code agent's prompt lists them: Python-callable names with their signatures."""
+    return "\n".join(f"{python_identifier(s['function']['name'])}{tool_signature(s)[len(s['function']['name']):]}"
+                     for s in specs)
+
+
+def react_tool_lines(specs: list[dict]) -> str:
+    return "\n".join(tool_signature(s) for s in specs)
+
+
 def prompt_messages(record: dict) -> list[dict]:
     """The messages a model sees before its first (tool-calling) turn."""
     msgs = record["messages"]

@@ -14,10 +14,15 @@ def run(ctx: StageContext) -> dict:
 
     cfg = ctx.cfg.agent
     serve = ctx.inputs("serve")
-    heldout = ctx.inputs("data")["synthetic_heldout"]
-    with open(heldout) as f:
-        records = [json.loads(line) for line in f if line.strip()][: cfg.n_eval]
-    tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers, cfg.tool_options)
+    data = ctx.inputs("data")
+    records = _jsonl(data["synthetic_heldout"])[: cfg.n_eval]
+    if data.get("tools_heldout"):   # python and retrieval questions, when the data stage made them
+        records += [r for r in _jsonl(data["tools_heldout"])
+                    if {"python": "python", "retrieval": "search_docs"}[r["kind"]] in cfg.tools]
+    options = dict(cfg.tool_options)
+    if "search_docs" in cfg.tools and not options.get("search_docs", {}).get("index"):
+        options["search_docs"] = {**options.get("search_docs", {}), "index": docs_index(ctx, data)}
+    tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers, options)
     client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
     agent = STYLES[cfg.style].from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)
@@ -32,13 +37,33 @@ def run(ctx: StageContext) -> dict:
     (ctx.dir / "transcripts.md").write_text("\n\n---\n\n".join(report.pop("transcripts_md")))
     metrics = {k: report[k] for k in ("n", "valid_tool_call_rate", "tool_call_rate", "accuracy", "mean_steps",
                                       "stopped_reasons", "accuracy_by_phrasing", "n_by_phrasing", "accuracy_by_lang",
-                                      "per_tool")}
+                                      "accuracy_by_kind", "n_by_kind", "per_tool")}
     return {"outputs": {"report": str(ctx.dir / "report.json"), "transcripts": str(ctx.dir / "transcripts.md"),
                         "transcripts_jsonl": str(ctx.dir / "transcripts.jsonl"),
                         "first_transcript": report["tool_transcript"] or
                                             (report["transcripts"][0] if report["transcripts"] else ""),
                         "zh_transcript": report["zh_transcript"], "demo": demo},
             "metrics": metrics}
+
+
+def _jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def docs_index(ctx: StageContext, data: dict) -> str:
+    """search_docs' index over the data stage's documents (data.docs_sources), built once per run."""
+    from jobs.index import build_index
+
+    if not data.get("docs"):
+        raise ValueError("agent.tools has search_docs but no index: set agent.tool_options.search_docs.index "
+                         "(python -m jobs.index --docs DIR --out DIR) or data.docs_sources, whose documents the "
+                         "data stage keeps for indexing")
+    out = ctx.dir / "index"
+    if not (out / "passages.jsonl").exists():
+        res = build_index(data["docs"], str(out), id_field="doc_id")
+        print(f"[agent] index: {res}", flush=True)
+    return str(out)
 
 
 if __name__ == "__main__":

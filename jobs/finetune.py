@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from jobs.runner import StageContext, main_for
 
@@ -28,7 +29,12 @@ def run(ctx: StageContext) -> dict:
     if cfg.synthetic_max_rows + cfg.sft_max_rows > 0:  # the pipeline's own SFT sets, from the data stage
         data = ctx.inputs("data")
         sources = [(data["synthetic_train"], cfg.synthetic_max_rows)]
-        sources += [(p, cfg.sft_max_rows) for p in data.get("sft", [])]
+        sources += [(p, cfg.sft_rows.get(Path(p).stem, cfg.sft_max_rows)) for p in data.get("sft", [])]
+        if cfg.sft_rows:   # a name that matches no set is a typo, not a silent default
+            unknown = set(cfg.sft_rows) - {Path(p).stem for p in data.get("sft", [])}
+            if unknown:
+                raise ValueError(f"finetune.sft_rows names {sorted(unknown)}, which the data stage did not make; "
+                                 f"its SFT sets: {[Path(p).stem for p in data.get('sft', [])]}")
     res = run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "base", "spec": cfg.base, "hf": base}],
                        data_root=cluster.data_root())
     res["outputs"].update(base=cfg.base, base_hf=str(base))

@@ -80,6 +80,11 @@ def build_summary(manifest: Manifest) -> str:
         if m.get("accuracy_by_phrasing"):
             lines += ["", f"accuracy by phrasing {m.get('accuracy_by_phrasing')} (n {m.get('n_by_phrasing')}), "
                       f"by language {m.get('accuracy_by_lang')}"]
+        if m.get("accuracy_by_kind"):
+            lines += ["", f"accuracy by kind {m.get('accuracy_by_kind')} (n {m.get('n_by_kind')})"]
+        if m.get("per_tool"):
+            lines += ["", "| tool | calls | valid | answered |", "|---|---|---|---|"]
+            lines += [f"| {t} | {c['calls']} | {c['valid']} | {c['ok']} |" for t, c in m["per_tool"].items()]
         demo = a.get("outputs", {}).get("demo")
         if demo:
             lines += ["", "Demo question through the agent:", "", "```", demo.get("transcript", "").strip(), "```"]
@@ -147,6 +152,8 @@ def build_headline(manifest: Manifest) -> dict:
         "agent_n": am.get("n"),
         "agent_accuracy_unseen_phrasing": (am.get("accuracy_by_phrasing") or {}).get("unseen"),
         "agent_n_unseen_phrasing": (am.get("n_by_phrasing") or {}).get("unseen"),
+        "agent_accuracy_by_kind": am.get("accuracy_by_kind"),
+        "agent_tool_calls_answered": {t: c["ok"] for t, c in (am.get("per_tool") or {}).items()},
         "arc_easy_acc_norm_base": _metric(results, base, "arc_easy", "acc_norm"),
         "arc_easy_acc_norm_finetuned": _metric(results, "finetune", "arc_easy", "acc_norm"),
         "arc_easy_acc_norm_pretrain": _metric(results, "pretrain", "arc_easy", "acc_norm") if base == "base" else None,

@@ -179,11 +179,19 @@ def test_search_docs_tool_cites_documents_and_the_report_counts_each_tool(ray_se
                       tool_options={"search_docs": {"index": str(tmp_path / "idx")}})
     tools = start_tools(cfg.tools, options=cfg.tool_options)
     try:
-        model = _script(("", [("search_docs", {"query": "how long does the Moon take to orbit", "k": 1}),
-                              ("calculator", {"expression": "27.3 * 2"})]), "Two orbits take 54.6 days [moon].")
+        reply = ("", [("search_docs", {"query": "how long does the Moon take to orbit", "k": 1}),
+                      ("calculator", {"expression": "27.3 * 2"})])
+        model = _script(reply, "Two orbits take 54.6 days [moon].", reply, "Two orbits take 54.6 days [moon].",
+                        reply, "Two orbits take 54.6 days [tea].")
         agent = Agent.from_config(cfg, model, "m", tools)
         record = {"id": "r0", "answer": "54.6", "messages": [{"role": "user", "content": "two lunar orbits?"}]}
-        rep = evaluate_agent(agent, [record])
+        # a retrieval record is right when the answer cites its document, whatever numbers it holds
+        cited = {"id": "r1", "kind": "retrieval", "answer": "moon", "messages": record["messages"]}
+        rep = evaluate_agent(agent, [record, cited, {**cited, "id": "r2"}])
+        assert [r["correct"] for r in rep["records"]] == [True, True, False]
+        assert rep["accuracy_by_kind"] == {"arith": 1.0, "retrieval": 0.5}
+        rep = evaluate_agent(Agent.from_config(cfg, _script(reply, "Two orbits take 54.6 days [moon]."), "m", tools),
+                             [record])
         search = rep["records"][0]
         assert search["correct"] and rep["per_tool"] == {"calculator": {"calls": 1, "valid": 1, "ok": 1},
                                                          "search_docs": {"calls": 1, "valid": 1, "ok": 1}}
@@ -192,5 +200,8 @@ def test_search_docs_tool_cites_documents_and_the_report_counts_each_tool(ray_se
     finally:
         for a in tools.values():
             ray.kill(a)
-    with pytest.raises(Exception, match="search_docs needs an index"):
-        AgentConfig(tools=["search_docs"])
+    from jobs.agent import docs_index
+
+    AgentConfig(tools=["search_docs"])   # the agent stage builds the index over the data stage's documents
+    with pytest.raises(ValueError, match="search_docs but no index: set agent.tool_options.search_docs.index"):
+        docs_index(None, {"synthetic_heldout": "x"})

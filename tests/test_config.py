@@ -37,6 +37,9 @@ def test_set_overrides_nested_values():
     ("pretrain.model=gpt5", "pretrain.model: unknown model"),
     ("finetune.lora.target_modules=[qkv]", "finetune.lora.target_modules"),
     ("finetune.lora.layers_to_transform=[-1]", "finetune.lora.layers_to_transform"),
+    ("finetune.sft_rows.toolmix=-5", "finetune.sft_rows.toolmix: must be a row count"),
+    ("data.tool_mix.paralel=3", "unknown config key 'data.tool_mix.paralel'"),   # inside an optional section
+    ("data.docs_sources=[nope]", "data.docs_sources: 'nope' is not a data.sources name"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -15,7 +15,8 @@ import pytest
 from actors.common.config import ConfigError, from_dict
 from actors.data import extract
 from actors.data import transforms as T
-from actors.data.config import DataConfig, FilterConfig, SFTSourceConfig, SourceConfig, SyntheticConfig
+from actors.data.config import (DataConfig, FilterConfig, SFTSourceConfig, SourceConfig, SyntheticConfig,
+                                ToolMixConfig)
 from actors.data.extract import markdown_to_text
 from actors.data.html import extract_html, html_to_text
 from actors.data.pdf import extract_pdf
@@ -364,6 +365,122 @@ def test_sharegpt_tool_call_converter(tmp_path, data_root):
         assert c == {"read": 300, "kept": 300 - quarantined, "quarantined": quarantined}
 
 
+def test_lf_v1_content_parts_converter(tmp_path, data_root):
+    """LLaMA-Factory v1 rows: text parts join, tool_call parts become parallel tool_calls, reasoning is dropped,
+    a tool turn holding a JSON list of results answers each call by id."""
+    from actors.common.formats import convert_sft_file, messages_to_record
+
+    row = {"messages": [
+        {"role": "user", "content": [{"type": "text", "value": "areas for r=1 and r=2"}]},
+        {"role": "assistant", "content": [{"type": "reasoning", "value": "two calls"},
+                                          {"type": "tool_call", "value": '{"name": "area", "arguments": {"r": 1}}'},
+                                          {"type": "tool_call", "value": '{"name": "area", "arguments": {"r": 2}}'}]},
+        {"role": "tool", "content": [{"type": "text", "value": json.dumps(
+            [{"tool_call_id": "x", "name": "area", "content": "3.14"}, {"name": "area", "content": {"a": 12.6}}])}]},
+        {"role": "assistant", "content": [{"type": "text", "value": "3.14 and 12.6"}]}],
+        "tools": json.dumps([{"name": "area", "parameters": {"type": "dict", "properties": {"r": {"type": "float"}}}}])}
+    rec, err = messages_to_record(row, "v1-0")
+    assert err is None
+    m = rec["messages"]
+    assert [x["role"] for x in m] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert m[1]["content"] == "" and [json.loads(c["function"]["arguments"]) for c in m[1]["tool_calls"]] == \
+        [{"r": 1}, {"r": 2}]
+    assert [x["tool_call_id"] for x in m[2:4]] == [c["id"] for c in m[1]["tool_calls"]]
+    assert json.loads(m[3]["content"]) == {"a": 12.6} and m[4]["content"] == "3.14 and 12.6"
+    bad, why = messages_to_record({"messages": [{"role": "user", "content": [{"type": "image", "value": "x"}]}]}, "b")
+    assert bad is None and why.startswith("wrong_type: messages[0].content[0]")
+    _, why = messages_to_record({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [
+        {"type": "tool_call", "value": "{oops"}]}]}, "b")
+    assert why.startswith("bad_call: messages[1].content[0]")
+    recs, _, counts = convert_sft_file(data_root / "toolcall_sft_demo" / "reason_tool_use_demo_50.jsonl", "r")
+    assert counts == {"read": 50, "kept": 50, "quarantined": 0}
+    assert sum(len(x.get("tool_calls") or []) > 1 for r in recs for x in r["messages"]) == 12
+
+
+def test_tool_mix_composes_bfcl_shapes(data_root):
+    """Glaive single calls -> multiple / parallel / parallel_multiple, plus parallel calculator calls and python
+    rows: each record is a valid conversation of its shape, held-out expressions stay out, python answers hold."""
+    from actors.common.formats import convert_sft_file, messages_to_record
+    from actors.data import toolmix
+    from actors.tooltask import run_tool
+
+    from actors.agent.styles import parse_react
+
+    recs = convert_sft_file(data_root / "toolcall_sft_demo" / "glaive_toolcall_en_demo.json", "g")[0]
+    wiki = (data_root / "pretrain_demo_llamafactory" / "wiki_demo.txt").read_text().split("\n")
+    docs = [{"id": f"wiki:{i}", "text": t} for i, t in enumerate(wiki[:6]) if t.strip()]
+    held = {"12 + 34"}
+    counts = {"multiple": 6, "parallel": 8, "parallel_multiple": 6, "irrelevance": 5, "parallel_arith": 6,
+              "python": 6, "chain": 4, "retrieval": 6, "code": 8, "react": 6}
+    held_counts = {"python": 5, "retrieval": 5}
+    rows = toolmix.compose(recs, counts, 3, held, docs, held_counts)
+    assert Counter(r["kind"] for r in rows) == counts
+    assert toolmix.compose(recs, counts, 3, held, docs, held_counts) == rows   # seeded
+    heldout = toolmix.heldout(held_counts, docs, 3)
+    assert Counter(r["kind"] for r in heldout) == held_counts
+    train_text = json.dumps(rows)
+    for h in heldout:   # a held-out question never appears in training, nor a retrieval one's sentence phrase
+        assert h["messages"][0]["content"] not in train_text
+        if h["kind"] == "retrieval":
+            assert h["phrase"] not in train_text and h["answer"] in {d["id"] for d in docs}
+    assert any("." in t["function"]["name"] for r in rows for t in r.get("tools") or [])   # some dotted names
+    for r in rows:
+        assert messages_to_record(r, r["id"])[1] is None
+        if r["kind"] == "irrelevance":   # offered tools share no name word with the request's own function
+            assert len(r["messages"]) == 2 and "none of the available functions" in r["messages"][1]["content"]
+            continue
+        if r["kind"] == "code":   # the block runs: tools as functions, final_answer gives the answer
+            code = re.search(r"```python\n(.*?)```", r["messages"][-1]["content"], re.S).group(1)
+            got = []
+            exec(code, {"calculator": lambda e: run_tool("calculator", e), "final_answer": got.append})
+            assert str(got[0]) == r["answer"] and "final_answer(answer)" in r["messages"][0]["content"]
+            continue
+        if r["kind"] == "react":
+            replies = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
+            for reply, obs in zip(replies, [m for m in r["messages"][2:] if m["role"] == "user"]):
+                [call] = parse_react(reply)[0]
+                tool, arg = call["function"]["name"], json.loads(call["function"]["arguments"])
+                if tool == "calculator":
+                    assert obs["content"] == f"Observation: {run_tool('calculator', arg['expression'])}"
+            assert parse_react(replies[-1]) == ([], r["answer"])
+            continue
+        if r["kind"] == "chain":   # two turns: the second call computes on the first one's result
+            tool_msgs = [m for m in r["messages"] if m["role"] == "tool"]
+            first, second = (r["messages"][k]["tool_calls"][0] for k in (1, 3))
+            assert [m["tool_call_id"] for m in tool_msgs] == [first["id"], second["id"]]
+            expr = json.loads(first["function"]["arguments"])["expression"]
+            assert json.loads(second["function"]["arguments"])["expression"].startswith(run_tool("calculator", expr))
+            assert tool_msgs[1]["content"] in r["messages"][-1]["content"]
+            continue
+        calls = r["messages"][1]["tool_calls"]
+        names = [c["function"]["name"] for c in calls]
+        offered = [t["function"]["name"] for t in r["tools"]]
+        assert set(names) <= set(offered) and len(set(offered)) == len(offered)
+        tool_msgs = [m for m in r["messages"] if m["role"] == "tool"]
+        assert [m["tool_call_id"] for m in tool_msgs] == [c["id"] for c in calls]
+        if r["kind"] == "multiple":
+            assert len(calls) == 1 and len(offered) >= 2
+        elif r["kind"] == "parallel":   # one function, 2-3 calls differing in values, one request
+            args = [json.loads(c["function"]["arguments"]) for c in calls]
+            assert len(calls) in (2, 3) and len(set(names)) == 1 and all(a.keys() == args[0].keys() for a in args)
+            assert len({json.dumps(a, sort_keys=True) for a in args}) == len(args)
+            assert not re.search(r"Also, (hi|hello|hey)\b", r["messages"][0]["content"], re.I)
+            if "Also," not in r["messages"][0]["content"]:   # the inline kind (EN here) spells every value
+                diff = [k for k in args[0] if len({json.dumps(a[k]) for a in args}) > 1]
+                assert len(diff) == 1 and all(str(a[diff[0]]) in r["messages"][0]["content"] for a in args)
+        elif r["kind"] == "parallel_multiple":
+            assert len(calls) == 2 and names[0] != names[1]
+        elif r["kind"] == "parallel_arith":
+            exprs = [json.loads(c["function"]["arguments"])["expression"] for c in calls]
+            assert len(calls) in (2, 3) and not held & set(exprs)
+            assert [m["content"] for m in tool_msgs] == [run_tool("calculator", e) for e in exprs]
+        elif r["kind"] == "retrieval":
+            assert names == ["search_docs"] and f"[{r['answer']}]" in tool_msgs[0]["content"]
+            assert r["messages"][-1]["content"].startswith(f"According to [{r['answer']}]")
+        else:
+            assert names == ["python"] and tool_msgs[0]["content"] in r["messages"][-1]["content"]
+
+
 def test_config_errors_name_key_and_fix():
     with pytest.raises(ConfigError, match=r"data.seq_len.*>= 2"):
         DataConfig(seq_len=1)
@@ -447,7 +564,9 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
         ("empty", "empty.txt", "document")]]
     cfg = DataConfig(sources=sources, vocab_size=512, seq_len=64, val_fraction=0.2, rows_per_shard=16,
                      synthetic=SyntheticConfig(n_train=20, n_heldout=5),
-                     sft_sources=[SFTSourceConfig("alpaca", str(src / "alpaca.json"))])
+                     sft_sources=[SFTSourceConfig("alpaca", str(src / "alpaca.json"))],
+                     docs_sources=["good", "docs"],
+                     tool_mix=ToolMixConfig(from_sources=["alpaca"], retrieval=4, code=2, heldout_retrieval=1))
     out = tmp_path / "out"
     # inside an actor: the config travels as a plain dict and is re-validated, Ray Data runs from a worker
     worker = DataWorker.remote()
@@ -479,6 +598,17 @@ def test_stage_quarantines_bad_input_and_reconciles(ray_session, data_root, tmp_
     sft_bad = [r for r in q if r["stage"] == "sft"]
     assert sorted(r["reason_kind"] for r in sft_bad) == ["empty_field", "missing_field"]
     assert m["sft"]["alpaca"] == {"read": 3, "kept": 1, "quarantined": 2}
+
+    # the kept documents of docs_sources, for retrieval; the tool mix quotes them, held-out questions apart
+    docs = pq.read_table(Path(o["docs"]) / "docs.parquet").to_pylist()
+    assert {d["source"] for d in docs} == {"good", "docs"} and len(docs) == 60 + 3
+    # (verse lines are short: only the two prose documents have quotable sentences, one held out; fewer rows than
+    # asked, counted in stats)
+    assert 1 <= m["sft"]["toolmix"]["retrieval"] <= 4 and m["sft"]["toolmix"]["code"] == 2
+    held = [json.loads(x) for x in Path(o["tools_heldout"]).read_text().splitlines()]
+    assert [h["kind"] for h in held] == ["retrieval"]
+    assert {h["answer"] for h in held} <= {d["doc_id"] for d in docs}
+    assert Path(o["sft"][-1]).name == "toolmix.jsonl"
 
     # packed parquet: int32 rows of exactly seq_len; token counts reconcile with the tail
     rows = {}

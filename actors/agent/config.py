@@ -32,7 +32,8 @@ class AgentConfig:
     # function_calling (OpenAI tools), react (plain-text Thought/Action/Observation) or code (Python actions in
     # the sandbox; actors/agent/styles.py)
     style: str = "function_calling"
-    # per-tool constructor options, e.g. {search_docs: {index: runs/x/index}, python: {sandbox: {wall_s: 10}}}
+    # per-tool constructor options, e.g. {search_docs: {index: runs/x/index}, python: {sandbox: {wall_s: 10}}};
+    # search_docs without an index gets one built over the data stage's documents (data.docs_sources)
     tool_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -50,9 +51,6 @@ class AgentConfig:
         check(self.style in STYLES, "agent.style", f"{self.style!r}: use one of {list(STYLES)}")
         for name in self.tool_options:
             check(name in self.tools, f"agent.tool_options.{name}", f"is not in agent.tools {self.tools}")
-        if "search_docs" in self.tools:
-            check(bool(self.tool_options.get("search_docs", {}).get("index")), "agent.tool_options.search_docs.index",
-                  "search_docs needs an index folder: build one with python -m jobs.index --docs DIR --out DIR")
         self.tools = list(self.tools)
         for i, t in enumerate(self.tools):
             check(t in KNOWN_TOOLS, f"agent.tools[{i}]",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from actors.tooltask import last_number, prompt_messages, same_number
+from actors.tooltask import cites, last_number, prompt_messages, same_number
 
 
 def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurrency: int = 1) -> dict:
@@ -17,8 +17,9 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
 
     valid_tool_call_rate: fraction whose FIRST reply had >= 1 tool call to a known tool with valid args;
     tool_call_rate: fraction whose first reply had any tool call; accuracy: last number of the final
-    answer equals record["answer"]; mean_steps: model calls per record. Records carrying `phrasing`
-    ("seen" | "unseen": was the question's wording in training?) and `lang` are also scored per group.
+    answer equals record["answer"] (a record of kind "retrieval": the answer cites "[answer]"); mean_steps:
+    model calls per record. Records carrying `phrasing` ("seen" | "unseen": was the question's wording in
+    training?), `lang` and `kind` are also scored per group.
     """
     if not records:
         raise ValueError("evaluate_agent needs at least one held-out record")
@@ -29,16 +30,19 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
     for r, tr in zip(records, transcripts):
         first = tr.steps[0] if tr.steps else None
         calls = first.tool_calls if first else []
-        predicted = last_number(tr.final_answer) if tr.stopped_reason == "answer" else None
+        kind = r.get("kind", "arith")
+        final = tr.final_answer if tr.stopped_reason == "answer" else None
+        predicted = last_number(final) if kind != "retrieval" else (r["answer"] if cites(final, r["answer"]) else None)
         row = {
             "id": r.get("id"),
+            "kind": kind,
             "expression": r.get("expression"),
             "phrasing": r.get("phrasing"),
             "lang": r.get("lang"),
             "answer": str(r["answer"]),
             "final_answer": tr.final_answer,
             "predicted": predicted,
-            "correct": same_number(predicted, str(r["answer"])),
+            "correct": cites(final, r["answer"]) if kind == "retrieval" else same_number(predicted, str(r["answer"])),
             "first_tool_call": bool(calls),
             "first_tool_call_valid": any(c.known_tool and c.valid for c in calls),
             "tool_calls": len(tr.tool_calls),
@@ -80,6 +84,8 @@ def evaluate_agent(agent, records: list[dict], n_transcripts: int = 3, concurren
         "accuracy_by_phrasing": acc("phrasing"),
         "n_by_phrasing": dict(counts),
         "accuracy_by_lang": acc("lang"),
+        "accuracy_by_kind": acc("kind"),       # arith, python (the number), retrieval (cites the right [doc id])
+        "n_by_kind": dict(Counter(x["kind"] for x in rows)),
         "stopped_reasons": dict(reasons),
         "per_tool": dict(sorted(per_tool.items())),     # calls, schema-valid calls, calls the tool answered
         "transcripts": texts,

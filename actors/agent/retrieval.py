@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.agent.tools import Tool, ToolError
+from actors.tooltask import PASSAGE_CHARS, SEARCH_DOCS_SPEC, format_passages
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -187,13 +188,12 @@ class HybridIndex:
 class RetrievalTool(Tool):
     """`search_docs`: the top passages for a query, each headed by the id of its document for citing."""
 
-    name = "search_docs"
-    description = "Search the document collection; returns passages, each with [doc id] to cite."
-    parameters = {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "string", "description": "what to look for"},
-        "k": {"type": "integer", "description": "how many passages (default 3)"}}}
+    # the spec and result format the model was fine-tuned on, from the shared contract
+    name = SEARCH_DOCS_SPEC["function"]["name"]
+    description = SEARCH_DOCS_SPEC["function"]["description"]
+    parameters = SEARCH_DOCS_SPEC["function"]["parameters"]
 
-    def __init__(self, index: str | Path | HybridIndex, max_chars: int = 400):
+    def __init__(self, index: str | Path | HybridIndex, max_chars: int = PASSAGE_CHARS):
         self.index = index if isinstance(index, HybridIndex) else HybridIndex.load(index)
         self.max_chars = max_chars
 
@@ -201,6 +201,4 @@ class RetrievalTool(Tool):
         if not query.strip():
             raise ToolError("query is empty")
         hits = self.index.search(query, k=max(1, min(int(k), 10)))
-        if not hits:
-            return "no passage matches"
-        return "\n\n".join(f"[{h.doc_id}] {h.text[:self.max_chars]}" for h in hits)
+        return format_passages([(h.doc_id, h.text) for h in hits], self.max_chars)

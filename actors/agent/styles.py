@@ -8,6 +8,7 @@
                  sandboxed kernel (actors.agent.sandbox), where every tool is a Python function that calls the
                  tool actor through the kernel's one channel to the host; `final_answer(x)` ends the run, the
                  printed output is the observation. The kernel lives as long as the conversation.
+Both prompts are the shared contract's (actors.tooltask), which the fine-tuning rows of both styles also use.
 """
 from __future__ import annotations
 
@@ -16,29 +17,7 @@ import re
 from typing import Any
 
 from actors.agent.loop import Agent, NoReply, StepRecord
-from actors.tooltask import tool_signature
-
-REACT_PROMPT = """Answer the question. You can use these tools:
-{tools}
-
-Use this format:
-Thought: what to do next
-Action: the tool's name
-Action Input: the tool's arguments as a JSON object
-(several Action / Action Input pairs may follow one Thought; they run together)
-Observation: the tool's result (written for you)
-... (Thought / Action / Observation can repeat)
-Thought: I know the answer
-Final Answer: the answer"""
-
-CODE_PROMPT = """Solve the task by writing Python. Reply with a short thought, then one block:
-```python
-# code
-```
-It runs in a Python session that keeps its variables between blocks; print() what you need to see. These tools
-are Python functions there (they return text):
-{tools}
-When you have the answer, call final_answer(answer)."""
+from actors.tooltask import CODE_PROMPT, REACT_PROMPT, code_tool_lines, python_identifier, react_tool_lines
 
 _ACTION = re.compile(r"Action:\s*([\w.-]+)\s*\n\s*Action Input:\s*", re.I)
 _FINAL = re.compile(r"Final Answer:\s*(.*)", re.I | re.S)
@@ -53,12 +32,11 @@ def _with_system(messages: list[dict], text: str) -> list[dict]:
     return [{"role": "system", "content": text}, *messages]
 
 
-def _json_object(text: str) -> tuple[str, str]:
-    """(the first balanced {...} of `text`, the rest): the JSON may itself contain braces and newlines."""
+def _json_object(text: str) -> str:
+    """The first balanced {...} of `text` (the JSON may itself contain braces and newlines), else its first line."""
     start = text.find("{")
     if start < 0:
-        line = text.split("\n", 1)[0]
-        return line.strip(), text[len(line):]
+        return text.split("\n", 1)[0].strip()
     depth, in_str, esc = 0, False, False
     for i in range(start, len(text)):
         ch = text[i]
@@ -76,15 +54,15 @@ def _json_object(text: str) -> tuple[str, str]:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i + 1], text[i + 1:]
-    return text[start:], ""
+                return text[start:i + 1]
+    return text[start:]
 
 
 def parse_react(text: str) -> tuple[list[dict], str | None]:
     """(the reply's actions as OpenAI-shaped tool calls, its final answer or None)."""
     calls = []
     for i, m in enumerate(_ACTION.finditer(text)):
-        args, _ = _json_object(text[m.end():])
+        args = _json_object(text[m.end():])
         calls.append({"id": f"react_{i}", "type": "function", "function": {"name": m.group(1), "arguments": args}})
     final = _FINAL.search(text)
     return calls, (final.group(1).strip() if final else None)
@@ -92,7 +70,7 @@ def parse_react(text: str) -> tuple[list[dict], str | None]:
 
 class ReActAgent(Agent):
     def complete(self, messages: list[dict]) -> tuple[str, list, str | None]:
-        prompt = REACT_PROMPT.format(tools="\n".join(tool_signature(s) for s in self.specs))
+        prompt = REACT_PROMPT.format(tools=react_tool_lines(self.specs))
         resp = self.client.chat.completions.create(
             model=self.model, messages=_with_system(messages, prompt), temperature=self.temperature,
             max_tokens=self.max_tokens, stop=["Observation:"])
@@ -105,17 +83,15 @@ class ReActAgent(Agent):
 
     def act(self, messages: list[dict], rec: StepRecord, calls: list, session: dict) -> str | None:
         messages.append({"role": "assistant", "content": rec.content})
-        _, final = parse_react(rec.content)
         if not calls:   # a final answer, or a model that simply answered
-            return final if final is not None else rec.content.strip()
+            final = _FINAL.search(rec.content)
+            return final.group(1).strip() if final else rec.content.strip()
         rec.tool_calls = self.dispatch(calls, rec.index)
         obs = "\n".join(f"Observation: {c.result if c.ok else 'error: ' + str(c.error)}" for c in rec.tool_calls)
         messages.append({"role": "user", "content": obs})
         return None
 
 
-def _identifier(name: str) -> str:
-    return re.sub(r"\W", "_", name) if not name.isidentifier() else name
 
 
 def tool_functions(specs: list[dict]) -> str:
@@ -128,7 +104,7 @@ def tool_functions(specs: list[dict]) -> str:
         names = [k for k in props if k in req] + [k for k in props if k not in req]
         sig = ", ".join(k if k in req else f"{k}=None" for k in names)
         body = "{" + ", ".join(f"{k!r}: {k}" for k in names) + "}"
-        out.append(f"def {_identifier(f['name'])}({sig}):\n    {json.dumps(f.get('description', ''))}\n"
+        out.append(f"def {python_identifier(f['name'])}({sig}):\n    {json.dumps(f.get('description', ''))}\n"
                    f"    return __tool__({f['name']!r}, {{k: v for k, v in {body}.items() if v is not None}})\n")
     return "\n".join(out)
 
@@ -155,8 +131,7 @@ class CodeAgent(Agent):
             session["kernel"].close()
 
     def complete(self, messages: list[dict]) -> tuple[str, list, str | None]:
-        tools = "\n".join(f"{_identifier(s['function']['name'])}{tool_signature(s)[len(s['function']['name']):]}"
-                          for s in self.specs)
+        tools = code_tool_lines(self.specs)
         resp = self.client.chat.completions.create(
             model=self.model, messages=_with_system(messages, CODE_PROMPT.format(tools=tools)),
             temperature=self.temperature, max_tokens=self.max_tokens)

@@ -43,6 +43,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+                if isinstance(value, dict) and dataclasses.is_dataclass(a):
+                    raise   # a mapping meant for this section: its own error names the bad field
         raise ConfigError(f"{key}: {value!r} fits none of {[_type_name(a) for a in args]}")
     if origin is Literal:
         if value not in get_args(tp):

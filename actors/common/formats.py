@@ -9,6 +9,10 @@ ShareGPT row: {"conversations": [{"from": human|gpt|function_call|observation|sy
 messages row: {"messages": [OpenAI messages: system/user/assistant (content, tool_calls, "loss": false to not
               train the turn)/tool], "tools"?}; preference rows add "chosen"/"rejected" (a string or an assistant
               message); KTO rows add "label": bool (the last assistant message is the completion).
+              A content may also be LLaMA-Factory v1's list of parts [{"type": text|reasoning|tool_call, "value"}]:
+              text parts join into the content, tool_call parts ('{"name", "arguments"}') become tool_calls,
+              reasoning parts are dropped (a 135M model learns the calls, not the monologue), and a tool turn
+              whose text is a JSON list of {"tool_call_id"?, "name"?, "content"} becomes one tool message each.
 `columns` renames a file's own column names to these ({"instruction": "question", ...}).
 
 Record (what training reads):
@@ -187,6 +191,14 @@ def messages_to_record(row, rid: str) -> tuple[dict | None, str | None]:
         if role not in _ROLES:
             return None, f"unknown_role: messages[{i}].role={role!r}; expected one of {list(_ROLES)}"
         content, calls = m.get("content"), m.get("tool_calls")
+        if isinstance(content, list):
+            parts, why = _content_parts(content, i, role, out)
+            if why:
+                return None, why
+            if role == "tool" and isinstance(parts, list):
+                out.extend(parts)
+                continue
+            content, calls = parts
         if content is not None and not isinstance(content, str):
             return None, f"wrong_type: messages[{i}].content is {type(content).__name__}, expected a string"
         if calls is not None and (role != "assistant" or not isinstance(calls, list)):
@@ -199,6 +211,8 @@ def messages_to_record(row, rid: str) -> tuple[dict | None, str | None]:
         for k in ("tool_calls", "tool_call_id", "name", "loss"):
             if k in m:
                 msg[k] = m[k]
+        if calls:
+            msg["tool_calls"] = calls
         out.append(msg)
     rec = {"id": rid, "messages": out}
     if tools:
@@ -208,6 +222,45 @@ def messages_to_record(row, rid: str) -> tuple[dict | None, str | None]:
     if not any(m["role"] == "assistant" for m in out):
         return None, "no_assistant: the conversation has no assistant turn to learn from"
     return _with_label(rec, row, "label")
+
+
+def _content_parts(parts: list, i: int, role: str, prior: list[dict]):
+    """LLaMA-Factory v1 content parts -> ((text, tool_calls | None) or, for a tool turn holding a JSON list of
+    results, [tool messages]), None; or (None, why)."""
+    texts, calls = [], []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") not in ("text", "reasoning", "tool_call") \
+                or not isinstance(part.get("value"), str):
+            return None, (f"wrong_type: messages[{i}].content[{j}] must be {{'type': text|reasoning|tool_call, "
+                          f"'value': str}}")
+        if part["type"] == "text":
+            texts.append(part["value"])
+        elif part["type"] == "tool_call":
+            call, why = parse_call_json(part["value"])
+            if call is None:
+                return None, f"bad_call: messages[{i}].content[{j}]: {why}"
+            n = sum(len(m.get("tool_calls") or []) for m in prior) + len(calls)
+            calls.append({"id": f"call_{n}", "type": "function", "function": {
+                "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}})
+    text = "\n".join(texts)
+    if role == "tool":
+        try:
+            results = json.loads(text)
+        except json.JSONDecodeError:
+            results = None
+        if isinstance(results, list) and results and all(isinstance(r, dict) and "content" in r for r in results):
+            asked = next((m["tool_calls"] for m in reversed(prior) if m.get("tool_calls")), [])
+            msgs = []
+            for k, r in enumerate(results):
+                msg = {"role": "tool", "content": r["content"] if isinstance(r["content"], str)
+                       else json.dumps(r["content"], ensure_ascii=False)}
+                if k < len(asked):   # the ids of the calls being answered, in order (the file's own ids are not ours)
+                    msg["tool_call_id"] = asked[k]["id"]
+                if isinstance(r.get("name"), str):
+                    msg["name"] = r["name"]
+                msgs.append(msg)
+            return msgs, None
+    return (text, calls or None), None
 
 
 def kind_of(rec: dict) -> str:

@@ -97,6 +97,34 @@ class SFTSourceConfig:
               f"{self.format!r}: use auto, alpaca, sharegpt or messages")
 
 
+@dataclass
+class ToolMixConfig:
+    """Tool-call compositions (actors.data.toolmix) written as the SFT set `toolmix`: conversations per kind,
+    composed from the single-call exchanges of the SFT sources named in `from_sources`."""
+
+    from_sources: list[str] = field(default_factory=list)
+    multiple: int = 0             # the right tool among 2-4 offered
+    parallel: int = 0             # one function called twice in one turn
+    parallel_multiple: int = 0    # two functions called in one turn
+    irrelevance: int = 0          # only unfitting tools offered: answered without a call
+    parallel_arith: int = 0       # 2-3 calculator calls in one turn (held-out expressions excluded)
+    chain: int = 0                # compute, then a second call on the result
+    python: int = 0               # loops and builtins through the python tool
+    retrieval: int = 0            # search_docs over data.docs_sources, the answer citing [doc id]
+    code: int = 0                 # the code agent's Python blocks
+    react: int = 0                # ReAct's Thought / Action / Observation text
+    heldout_python: int = 0       # the agent's held-out questions (synthetic/tools_heldout.jsonl)
+    heldout_retrieval: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        for k in ("multiple", "parallel", "parallel_multiple", "irrelevance", "parallel_arith", "chain", "python",
+                  "retrieval", "code", "react", "heldout_python", "heldout_retrieval"):
+            check(getattr(self, k) >= 0, f"data.tool_mix.{k}", f"must be >= 0 conversations, got {getattr(self, k)}")
+        check(isinstance(self.from_sources, list), "data.tool_mix.from_sources",
+              "must list names of data.sft_sources, e.g. [glaive_en]")
+
+
 def default_sources() -> list[SourceConfig]:
     """The shared public corpus: English (Shakespeare, C4, Wikipedia, HTML, Markdown) + classical Chinese."""
     return [
@@ -177,6 +205,10 @@ class DataConfig:
     num_workers: int = 2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     sft_sources: list[SFTSourceConfig] = field(default_factory=default_sft_sources)
+    tool_mix: ToolMixConfig | None = None
+    # kept documents of these sources go to docs/docs.parquet (doc_id, source, text): what a retrieval index is
+    # built over (python -m jobs.index, or the agent stage's search_docs) and what retrieval rows quote
+    docs_sources: list[str] = field(default_factory=list)
     # A curation run instead of the pretraining corpus (configs/data-web.yaml): inputs -> curated Parquet
     # documents + data card under <run>/data/curated. decontam_tasks: eval tasks (names as in eval.tasks) whose
     # rows no kept document may share a 13-gram with; the job driver hands their rows to the decontam stage.
@@ -190,6 +222,15 @@ class DataConfig:
         check(len(self.sources) > 0, "data.sources", "needs at least one source (see default_sources())")
         names = [s.name for s in self.sources]
         check(len(set(names)) == len(names), "data.sources", f"source names must be unique, got {names}")
+        if self.tool_mix:
+            sft_names = [s.name for s in self.sft_sources]
+            for n in self.tool_mix.from_sources:
+                check(n in sft_names, "data.tool_mix.from_sources", f"{n!r} is not a data.sft_sources name {sft_names}")
+            check("toolmix" not in sft_names, "data.sft_sources", "'toolmix' is the tool mix's own set: rename it")
+            check(not (self.tool_mix.retrieval or self.tool_mix.heldout_retrieval) or bool(self.docs_sources),
+                  "data.docs_sources", "tool_mix.retrieval rows quote documents: name the sources, e.g. [wiki_demo]")
+        for n in self.docs_sources:
+            check(n in names, "data.docs_sources", f"{n!r} is not a data.sources name {names}")
         check(self.vocab_size >= 300, "data.vocab_size",
               f"must be >= 300 (256 byte symbols + special tokens + merges), got {self.vocab_size}")
         check(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes",

@@ -5,7 +5,8 @@
       --map_batches(tokenize)--> ids + EOS --map_batches(pack)--> input_ids [seq_len] --write_parquet
 
 Outputs under out_dir: tokenizer/, train/*.parquet, val/*.parquet, quarantine.jsonl, dropped_sample.jsonl,
-synthetic/arith_{train,heldout}.jsonl, sft/<name>.jsonl, stats.json.
+synthetic/arith_{train,heldout}.jsonl, sft/<name>.jsonl (sft/toolmix.jsonl and synthetic/tools_heldout.jsonl with
+`tool_mix`), docs/docs.parquet (with `docs_sources`), stats.json.
 Every input record is accounted for: read == kept + sum(dropped) + sum(quarantined) (asserted).
 The caller connects to Ray (cluster.connect()); this module never calls ray.init.
 """
@@ -23,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
 from actors.common import formats as sft
-from actors.data import extract, synthetic
+from actors.data import extract, synthetic, toolmix
 from actors.data import transforms as T
 from actors.data.config import DataConfig
 from actors.model.hf import copy_tokenizer
@@ -54,8 +56,6 @@ def _write_shuffled_shards(packed, sdir: Path, rows_per_shard: int, seed: int) -
     would otherwise see few sources at a time and its loss would track the source, not the mix. At this
     scale (MBs of tokens) the permutation runs on the driver; a web-scale corpus would shuffle per shard.
     """
-    import pyarrow.parquet as pq
-
     table = pa.concat_tables([ray.get(ref) for ref in packed.to_arrow_refs()])
     table = table.take(row_permutation(table.num_rows, seed))
     sdir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir, train_dir, val_dir = out / "tokenizer", out / "train", out / "val"
-    for d in (tok_dir, train_dir, val_dir, out / "synthetic", out / "sft"):
+    for d in (tok_dir, train_dir, val_dir, out / "synthetic", out / "sft", out / "docs"):
         shutil.rmtree(d, ignore_errors=True)     # a re-run must not mix old shards with new ones
     train_dir.mkdir()
     val_dir.mkdir()
@@ -192,6 +192,14 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
 
         # 4. tokenizer on a deterministic sample of kept TRAIN text (hash order = a seeded shuffle)
         kept = final.filter(expr=col("status") == "kept")
+        docs_table = None
+        if cfg.docs_sources:   # the documents retrieval indexes and quotes (both splits: all are citable)
+            d = kept.select_columns(["doc_id", "source_name", "text"]).to_pandas()
+            d = d[d.source_name.isin(cfg.docs_sources)].sort_values("doc_id")
+            docs_table = {"doc_id": d.doc_id.tolist(), "source": d.source_name.tolist(), "text": d.text.tolist()}
+            (out / "docs").mkdir(exist_ok=True)
+            pq.write_table(pa.table(docs_table), out / "docs" / "docs.parquet")
+            _progress(t0, f"docs: {len(d)} documents of {cfg.docs_sources}")
         train_docs = kept.filter(expr=col("split") == "train").select_columns(["text", "hash"]).to_pandas()
         if train_docs.empty:
             raise ValueError("data stage: no training document survived the filters; check data.sources and "
@@ -257,7 +265,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
     syn_train, syn_held = synthetic.generate(sy.n_train, sy.n_heldout, sy.seed, sy.min_digits, sy.max_digits)
     syn_train_path = synthetic.write_jsonl(syn_train, out / "synthetic" / "arith_train.jsonl")
     syn_held_path = synthetic.write_jsonl(syn_held, out / "synthetic" / "arith_heldout.jsonl")
-    sft_paths, sft_counts = [], {}
+    sft_paths, sft_counts, by_name = [], {}, {}
     with open(quarantine_path, "a") as qf:
         for s in cfg.sft_sources:
             path = Path(s.path) if Path(s.path).is_absolute() else Path(data_root) / s.path
@@ -266,6 +274,19 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
             for q in bad:
                 qf.write(json.dumps(q, ensure_ascii=False) + "\n")
             sft_counts[s.name] = counts
+            by_name[s.name] = records
+    tools_held_path = None
+    if cfg.tool_mix:
+        tm = cfg.tool_mix
+        counts = {k: getattr(tm, k) for k in toolmix.KINDS}
+        held_counts = {"python": tm.heldout_python, "retrieval": tm.heldout_retrieval}
+        docs = [{"id": d, "text": t} for d, t in zip(docs_table["doc_id"], docs_table["text"])] if docs_table else []
+        rows = toolmix.compose([r for n in tm.from_sources for r in by_name[n]], counts, tm.seed,
+                               {r["expression"] for r in syn_held}, docs, held_counts)
+        sft_paths.append(str(synthetic.write_jsonl(rows, out / "sft" / "toolmix.jsonl")))
+        sft_counts["toolmix"] = {k: sum(r["kind"] == k for r in rows) for k in toolmix.KINDS}
+        held = toolmix.heldout(held_counts, docs, tm.seed)
+        tools_held_path = synthetic.write_jsonl(held, out / "synthetic" / "tools_heldout.jsonl")
     _progress(t0, f"synthetic {len(syn_train)}+{len(syn_held)}, sft {sft_counts}")
 
     metrics = {
@@ -285,6 +306,8 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
         "tokenizer_dir": str(tok_dir), "train_dir": str(train_dir), "val_dir": str(val_dir),
         "quarantine": str(quarantine_path), "synthetic_train": str(syn_train_path),
         "synthetic_heldout": str(syn_held_path), "sft": sft_paths, "stats": str(out / "stats.json"),
+        **({"docs": str(out / "docs")} if docs_table else {}),
+        **({"tools_heldout": str(tools_held_path)} if tools_held_path else {}),
     }
     (out / "stats.json").write_text(json.dumps({"metrics": metrics, "outputs": outputs, "config": asdict(cfg)},
                                                indent=2, ensure_ascii=False))

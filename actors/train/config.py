@@ -259,6 +259,7 @@ class FinetuneConfig:
     resume: bool = True                  # continue from the stage dir's last checkpoint of this same config
     synthetic_max_rows: int = 4000       # pipeline: the data stage's synthetic tool task (0 disables)
     sft_max_rows: int = 500              # pipeline: per data.sft_sources file (Alpaca, glaive tool calls...)
+    sft_rows: dict = field(default_factory=dict)   # per SFT set by name, instead of sft_max_rows (0 disables)
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=10, weight_decay=0.0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -303,6 +304,8 @@ class FinetuneConfig:
               f"and/or parallel.dp_shard=N (FSDP2: weights, gradients and optimizer state sharded) with tp=1, pp=1")
         check(not self.lora.use_dora or self.method == "lora", "finetune.lora.use_dora",
               f"DoRA needs the base weights' norms, which a {self.method} base does not keep: use method=lora")
+        for k, v in self.sft_rows.items():
+            check(isinstance(v, int) and v >= 0, f"finetune.sft_rows.{k}", f"must be a row count >= 0 (0 leaves the set out), got {v!r}")
         check(self.objective != "sft" or self.datasets or self.synthetic_max_rows + self.sft_max_rows > 0,
               "finetune.datasets", "no data: name datasets (configs/datasets.yaml), or keep the pipeline's "
               "synthetic_max_rows / sft_max_rows > 0")
