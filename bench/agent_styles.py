@@ -5,7 +5,8 @@ on the demo's fine-tuned model served by our Serve (/v1/chat/completions), tools
     react             plain-text Thought / Action / Observation over the same tools
     code              Python blocks in a sandboxed kernel per conversation, tools bridged in as functions
     planner           a planner agent whose one tool hands sub-tasks to a worker agent (an AgentSession actor)
-    mcp               function calling whose calculator exists only on an MCP server (stdio, written here)
+    mcp               function calling whose calculator exists only on an MCP server (`python -m jobs.tools mcp
+                      --tools calculator`, a child process spoken to over stdio)
 
 over the demo's held-out arithmetic prompts (the agent stage's first n) plus two-step prompts (compute, then use
 the result) in phrasings no training row used. The fine-tuned model is made with the demo config's fine-tune
@@ -22,28 +23,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 # Two-step prompts in frames the training rows never used (theirs: "Compute {e}, then ...", "Calculate {e} and
 # then ...", "First compute {e}. Then ...").
 TWO_STEP_ASK = ["Work out {e}; then {step}.", "What is {e}? After that, {step}.",
                 "Take {e} and then {step}.", "Find {e}, and {step}."]
-
-MCP_SERVER = '''
-import sys
-sys.path.insert(0, {repo!r})
-from mcp.server.mcpserver import MCPServer
-from actors.tooltask import CALCULATOR_SPEC, run_tool
-
-server = MCPServer("arithmetic")
-
-
-@server.tool(name="calculator", description=CALCULATOR_SPEC["function"]["description"])
-def calculator(expression: str) -> str:
-    return run_tool("calculator", expression)
-
-
-server.run()
-'''
-
 
 def two_step_records(n: int, seed: int = 20261204) -> list[dict]:
     from actors.data.toolmix import chain_task
@@ -135,9 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[styles] {style}: {score(reports[style])}", file=sys.stderr, flush=True)
         reports["planner"] = run_planner(url, "ft", tools, records, min(4, args.concurrency))
         print(f"[styles] planner: {score(reports['planner'])}", file=sys.stderr, flush=True)
-        server = out / "mcp_calculator.py"
-        server.write_text(MCP_SERVER.format(repo=str(Path.cwd())))
-        mcp_tools = start_tools([], mcp_servers=[[sys.executable, str(server)]])
+        # the calculator only on an outside MCP server: a child process speaking MCP over stdio
+        serve_mcp = f"import sys; sys.path.insert(0, {str(REPO)!r}); from jobs.tools import main; " \
+                    "main(['mcp', '--tools', 'calculator'])"   # the child runs in a Ray worker's directory
+        mcp_tools = start_tools([], mcp_servers=[[sys.executable, "-c", serve_mcp]])
         assert list(mcp_tools) == ["calculator"], list(mcp_tools)
         reports["mcp"] = evaluate_agent(STYLES["function_calling"](client, "ft", mcp_tools, max_steps=3,
                                                                    max_tokens=64),
