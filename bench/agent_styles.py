@@ -81,10 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/bench/agent_styles")
     args = ap.parse_args(argv)
 
+    import cluster   # first: it sets the local-Ray environment (loopback binding) before ray is imported
     import ray
     import torch
-
-    import cluster
     from actors.agent.actor import start_tools
     from actors.agent.loop import make_client
     from actors.agent.report import evaluate_agent
