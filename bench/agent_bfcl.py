@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--finetuned", default="", help="default: runs/demo/finetune/hf (made if missing)")
     ap.add_argument("--demo-run", default="runs/demo")
+    ap.add_argument("--models", default="base,finetuned",
+                    help="which to score, comma-separated (one alone for a quick look; no pass/fail then)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", default="runs/bench/bfcl")
     args = ap.parse_args(argv)
@@ -120,19 +122,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     data_dir = Path(args.data_dir) if args.data_dir else cluster.data_root() / "bfcl"
     rows = category_rows(data_dir, args.limit)
-    finetuned = args.finetuned or demo_finetuned(Path(args.demo_run))
+    which = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not which or set(which) - {"base", "finetuned"}:
+        raise SystemExit(f"--models {args.models!r}: name base, finetuned or both, e.g. --models finetuned")
+    finetuned = (args.finetuned or demo_finetuned(Path(args.demo_run))) if "finetuned" in which else ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cluster.connect()
     t0 = time.perf_counter()
-    res = {"base": score_model(args.base, rows, args.concurrency, out, "base"),
-           "finetuned": score_model(finetuned, rows, args.concurrency, out, "finetuned"),
-           "n": {c: len(d) for c, d in rows.items()}}
+    models = {"base": args.base, "finetuned": finetuned}
+    res = {m: score_model(models[m], rows, args.concurrency, out, m) for m in which}
+    res["n"] = {c: len(d) for c, d in rows.items()}
     floors = {"simple": 0.5, "multiple": 0.5, "live_simple": 0.5, "parallel": 0.3, "parallel_multiple": 0.3,
               "irrelevance": 0.5}
-    res["passes"] = all(res["finetuned"][c] >= f and (c == "irrelevance" or res["finetuned"][c] > res["base"][c])
-                        for c, f in floors.items())
-    res.update(models={"base": args.base, "finetuned": finetuned}, seconds=round(time.perf_counter() - t0, 1),
+    if len(which) == 2:
+        res["passes"] = all(res["finetuned"][c] >= f and (c == "irrelevance" or res["finetuned"][c] > res["base"][c])
+                            for c, f in floors.items())
+    res.update(models={m: models[m] for m in which}, seconds=round(time.perf_counter() - t0, 1),
                dtype=hardware.auto_dtype(), cpu_capability=torch.backends.cpu.get_cpu_capability())
     print(json.dumps(res))
     return res

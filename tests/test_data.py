@@ -410,12 +410,13 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
     wiki = (data_root / "pretrain_demo_llamafactory" / "wiki_demo.txt").read_text().split("\n")
     docs = [{"id": f"wiki:{i}", "text": t} for i, t in enumerate(wiki[:6]) if t.strip()]
     held = {"12 + 34"}
-    counts = {"multiple": 6, "parallel": 8, "parallel_multiple": 6, "irrelevance": 5, "parallel_arith": 6,
-              "python": 6, "chain": 4, "retrieval": 6, "code": 8, "react": 6}
+    counts = {"simple": 4, "multiple": 6, "parallel": 9, "parallel_multiple": 6, "irrelevance": 6,
+              "parallel_arith": 6, "python": 6, "chain": 4, "retrieval": 6, "code": 8, "react": 6}
     held_counts = {"python": 5, "retrieval": 5}
-    rows = toolmix.compose(recs, counts, 3, held, docs, held_counts)
+    rows = toolmix.compose(recs, {**counts, "api_calls": 60}, 3, held, docs, held_counts)
     assert Counter(r["kind"] for r in rows) == counts
-    assert toolmix.compose(recs, counts, 3, held, docs, held_counts) == rows   # seeded
+    assert toolmix.compose(recs, {**counts, "api_calls": 60}, 3, held, docs, held_counts) == rows   # seeded
+    assert sum("-sets-" in r["id"] for r in rows) == 3   # a third of parallel: several argument sets at once
     heldout = toolmix.heldout(held_counts, docs, 3)
     assert Counter(r["kind"] for r in heldout) == held_counts
     train_text = json.dumps(rows)
@@ -457,15 +458,21 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
         offered = [t["function"]["name"] for t in r["tools"]]
         assert set(names) <= set(offered) and len(set(offered)) == len(offered)
         tool_msgs = [m for m in r["messages"] if m["role"] == "tool"]
-        assert [m["tool_call_id"] for m in tool_msgs] == [c["id"] for c in calls]
-        if r["kind"] == "multiple":
+        if r["kind"] in ("simple", "multiple", "parallel", "parallel_multiple"):   # composed: end with the calls
+            assert len(r["messages"]) == 2 and not tool_msgs
+        else:
+            assert [m["tool_call_id"] for m in tool_msgs] == [c["id"] for c in calls]
+        if r["kind"] == "simple":
+            assert len(calls) == 1 and offered == names
+        elif r["kind"] == "multiple":
             assert len(calls) == 1 and len(offered) >= 2
         elif r["kind"] == "parallel":   # one function, 2-3 calls differing in values, one request
             args = [json.loads(c["function"]["arguments"]) for c in calls]
-            assert len(calls) in (2, 3) and len(set(names)) == 1 and all(a.keys() == args[0].keys() for a in args)
+            assert 2 <= len(calls) <= (4 if "-sets-" in r["id"] else 3) and len(set(names)) == 1
+            assert all(a.keys() == args[0].keys() for a in args)
             assert len({json.dumps(a, sort_keys=True) for a in args}) == len(args)
             assert not re.search(r"Also, (hi|hello|hey)\b", r["messages"][0]["content"], re.I)
-            if "Also," not in r["messages"][0]["content"]:   # the inline kind (EN here) spells every value
+            if "-inline-" in r["id"]:   # one request spelling each value of one argument
                 diff = [k for k in args[0] if len({json.dumps(a[k]) for a in args}) > 1]
                 assert len(diff) == 1 and all(str(a[diff[0]]) in r["messages"][0]["content"] for a in args)
         elif r["kind"] == "parallel_multiple":
@@ -479,6 +486,52 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
             assert r["messages"][-1]["content"].startswith(f"According to [{r['answer']}]")
         else:
             assert names == ["python"] and tool_msgs[0]["content"] in r["messages"][-1]["content"]
+
+
+def test_apisynth_calls_fit_their_schemas_and_requests_spell_their_values():
+    """Every rule-made exchange, parallel request and near miss over the function pool: arguments of the declared
+    JSON types (enums respected, every required one present, no unknown one), each value spelled in the request
+    the way the parameter shows it, and a near miss never offers the function it needs."""
+    import random as _random
+
+    from actors.data import apisynth
+
+    types = {"integer": int, "number": (int, float), "string": str, "boolean": bool, "array": list, "object": dict}
+    rng = _random.Random(5)
+    fns = {f.name: f for f in apisynth.FUNCTIONS}
+    assert len(fns) == len(apisynth.FUNCTIONS) >= 50
+
+    def check(user: str, call: dict) -> None:
+        fn = fns[call["name"]]
+        args = json.loads(call["arguments"])
+        params = {p.name: p for p in fn.params}
+        assert set(args) <= set(params) and {p.name for p in fn.params if p.required} <= set(args)
+        for k, v in args.items():
+            p = params[k]
+            assert isinstance(v, types[p.type]) and not (p.type in ("integer", "number") and isinstance(v, bool))
+            assert p.enum is None or v in p.enum
+            if p.props:   # every key given, of its type and enum
+                assert v.keys() == p.props.keys()
+                assert all(isinstance(v[q], types[t]) and (e is None or v[q] in e) for q, (t, e) in p.props.items())
+            if p.type != "boolean":   # spelled as the parameter shows it, or leaf by leaf
+                leaves = [(p.show or str)(v)] if p.show or p.type not in ("array", "object") else \
+                    [str(x) for x in (v.values() if isinstance(v, dict) else v)]
+                assert all(x in user for x in leaves), (user, k, v)
+
+    ex = apisynth.exchanges(3 * len(fns), rng)
+    assert {e["call"]["name"] for e in ex} == set(fns)
+    for e in ex:
+        check(e["user"], e["call"])
+        assert e["tools"][0]["function"]["name"] == e["call"]["name"]
+    for user, calls, tools in apisynth.parallel_clauses(60, rng):
+        assert 2 <= len(calls) <= 4 and len({c["arguments"] for c in calls}) == len(calls)
+        assert [t["function"]["name"] for t in tools] == [calls[0]["name"]]
+        for c in calls:
+            check(user, c)
+    for user, tools, need in apisynth.near_misses(60, rng):
+        offered = [fns[t["function"]["name"]] for t in tools]
+        assert 1 <= len(offered) <= 3 and all(f.domain == fns[need].domain for f in offered)
+        assert not any(apisynth._words(f.name) & apisynth._words(need) for f in offered)
 
 
 def test_config_errors_name_key_and_fix():

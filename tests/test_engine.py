@@ -227,3 +227,57 @@ def test_engine_leaves_the_callers_model_untouched_and_trainable(tiny):
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert not torch.equal(params["model.layers.0.self_attn.q_proj.weight"],
                            state["model.layers.0.self_attn.q_proj.weight"])
+
+
+PICK = [{"type": "function", "function": {"name": "pick", "parameters": {"type": "object", "properties": {
+    "color": {"type": "string", "enum": ["red", "green"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["color", "n"]}}}]
+
+
+def test_guided_call_follows_the_offered_schema(engine, tiny):
+    """Inside a call (the prompt ends with <tool_call>, as tool_choice=required makes it), the overfit model
+    writes its calculator call unguided; guided by the offered functions' grammar it must write `pick` with a
+    colour from the enum and an integer in range, then the close tag."""
+    from actors.engine import GrammarSpec
+    from actors.tooltask import TOOL_CALL_OPEN, call_grammar
+
+    tok = engine.tokenizer
+    ids = prompt_ids(tok, tiny.prompt_messages) + tok(TOOL_CALL_OPEN, add_special_tokens=False)["input_ids"]
+    free = engine.generate(ids, greedy(tok, 96))
+    assert parse_tool_calls(TOOL_CALL_OPEN + free.text)[1][0]["name"] == "calculator"
+    guided = engine.generate(ids, greedy(tok, 96, guide=GrammarSpec(call_grammar(PICK), TOOL_CALL_OPEN, primed="")))
+    _, calls, errors = parse_tool_calls(TOOL_CALL_OPEN + guided.text)
+    assert errors == [] and [c["name"] for c in calls][:1] == ["pick"]
+    args = calls[0]["arguments"]
+    assert set(args) == {"color", "n"} and args["color"] in ("red", "green") and isinstance(args["n"], int)
+    assert 0 <= args["n"] <= 9
+
+
+def test_lazy_guide_masks_only_inside_each_call(loaded):
+    """Free text until the trigger; inside a call only the grammar's tokens (an unknown argument name is
+    masked); free again after the close tag, and guided again at the next call."""
+    from actors.engine.guide import GrammarSpec, GuideFactory
+    from actors.tooltask import TOOL_CALL_OPEN, call_grammar
+
+    _, tok = loaded
+    guide = GuideFactory(tok, len(tok)).start(GrammarSpec(call_grammar(PICK + synthetic.TOOLS), TOOL_CALL_OPEN))
+    text = ('Sure. <tool_call>{"name": "pick", "arguments": {"color": "red", "n": 4}}</tool_call>\n'
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 3"}}</tool_call> Done.')
+    out, guided = "", []
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        allowed = guide.allowed()
+        guided.append(allowed is not None)
+        assert allowed is None or bool(allowed[t]), out   # every token of valid calls is allowed
+        out += tok.decode([t])
+        guide.advance(t, out)
+    assert not guided[0] and not guided[-1] and guided.count(True) > 10
+    # a call's span is guided: the flags switch on twice (two calls) and off twice
+    assert sum(1 for a, b in zip(guided, guided[1:]) if not a and b) == 2
+    bad = GuideFactory(tok, len(tok)).start(GrammarSpec(call_grammar(PICK), TOOL_CALL_OPEN, primed=""))
+    out = ""
+    for t in tok('{"name": "pick", "arguments": {"', add_special_tokens=False)["input_ids"]:
+        out += tok.decode([t])
+        bad.advance(t, out)
+    allowed = bad.allowed()   # the arguments' first key, in the schema's order: only "color" may start here
+    assert {tok.decode([i]) for i in allowed.nonzero()[:, 0].tolist()} <= {"c", "co", "col", "colo", "color"}
+    assert not allowed[tok("expression", add_special_tokens=False)["input_ids"][0]]

@@ -212,6 +212,26 @@ def test_assistant_mask_our_template_equals_its_generation_markers(tmp_path, dat
     assert list(hf["input_ids"]) == ids and list(hf["assistant_masks"]) == mask
 
 
+def test_our_template_renders_every_shared_tool_set_as_the_contract_block(smollm2, data_root):
+    """Every BFCL row's functions and every glaive tool set: our jinja template's tools block is the contract's
+    `tools_block` (arrays as `float[]`, type unions, enums, one line per described parameter)."""
+    from actors.common.formats import convert_sft_file
+    from actors.eval.bfcl import load_bfcl, to_openai_tools
+    from actors.model.chat import use_template
+    from actors.tooltask import tools_block
+
+    tok = use_template(load_tokenizer(smollm2), "ours")
+    sets = [to_openai_tools(d["functions"]) for f in sorted((data_root / "bfcl").glob("BFCL_v4_*.jsonl"))
+            for d in load_bfcl(f)]
+    glaive, _, _ = convert_sft_file(data_root / "toolcall_sft_demo" / "glaive_toolcall_en_demo.json", "glaive")
+    sets += [r["tools"] for r in glaive if r.get("tools")][:100]
+    assert len(sets) >= 350
+    assert any("[]" in tools_block(s) for s in sets) and any("\n  " in tools_block(s) for s in sets)
+    for tools in sets:
+        text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tools=tools, tokenize=False)
+        assert text.startswith(f"<|im_start|>system\n{tools_block(tools)}<|im_end|>\n"), tools
+
+
 def test_assistant_mask_llama3_style_template(smollm2):
     tok = load_tokenizer(smollm2)
     # Llama-3's header and end-of-turn markers are single special tokens in its own tokenizer

@@ -103,6 +103,9 @@ class ToolMixConfig:
     composed from the single-call exchanges of the SFT sources named in `from_sources`."""
 
     from_sources: list[str] = field(default_factory=list)
+    api_calls: int = 0            # rule-made single-call exchanges over actors.data.apisynth's functions, added to
+                                  # the sources' as material for the kinds below
+    simple: int = 0               # api_calls exchanges as rows: one function offered, one call
     multiple: int = 0             # the right tool among 2-4 offered
     parallel: int = 0             # one function called twice in one turn
     parallel_multiple: int = 0    # two functions called in one turn
@@ -118,9 +121,11 @@ class ToolMixConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for k in ("multiple", "parallel", "parallel_multiple", "irrelevance", "parallel_arith", "chain", "python",
+        for k in ("api_calls", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "parallel_arith", "chain", "python",
                   "retrieval", "code", "react", "heldout_python", "heldout_retrieval"):
             check(getattr(self, k) >= 0, f"data.tool_mix.{k}", f"must be >= 0 conversations, got {getattr(self, k)}")
+        check(self.simple <= self.api_calls, "data.tool_mix.simple",
+              f"simple rows are drawn from the api_calls exchanges: set api_calls >= {self.simple}")
         check(isinstance(self.from_sources, list), "data.tool_mix.from_sources",
               "must list names of data.sft_sources, e.g. [glaive_en]")
 

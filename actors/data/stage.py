@@ -278,7 +278,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
     tools_held_path = None
     if cfg.tool_mix:
         tm = cfg.tool_mix
-        counts = {k: getattr(tm, k) for k in toolmix.KINDS}
+        counts = {k: getattr(tm, k) for k in toolmix.KINDS + ("api_calls",)}
         held_counts = {"python": tm.heldout_python, "retrieval": tm.heldout_retrieval}
         docs = [{"id": d, "text": t} for d, t in zip(docs_table["doc_id"], docs_table["text"])] if docs_table else []
         rows = toolmix.compose([r for n in tm.from_sources for r in by_name[n]], counts, tm.seed,

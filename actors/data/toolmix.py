@@ -6,8 +6,10 @@ Single-call conversations from the shared tool-call SFT sets (glaive) are compos
   same function in one user turn ("... Also, ..."), answered by all the calls in one assistant turn;
 - `parallel_multiple`: two requests to different functions, both calls in one turn, both tools offered;
 - `irrelevance`: a request offered only tools that do not fit it, answered without a call;
-with 2 in 5 of these given dotted function names ("api.get_weather", "calculate_tip.run") as BFCL's often are;
-and our own rules give
+with 2 in 5 of these given dotted function names ("api.get_weather", "calculate_tip.run") as BFCL's often are.
+These end after the calls, as APIGen/xLAM's rows do: the loss falls on choosing and filling the calls (~40%
+of a composed row's trained text was answers joined from two unrelated exchanges); glaive's own rows,
+`parallel_arith` and `chain` teach answering from results. Our own rules give
 - `parallel_arith`: two or three calculator expressions asked at once (one call each, one turn);
 - `chain`: compute, then use the result (a second calculator call on the first one's value);
 - `python`: questions a Python expression answers (sums over ranges, powers, digit sums), through the python tool;
@@ -28,10 +30,12 @@ import json
 import random
 import re
 
+from actors.data import apisynth
 from actors.tooltask import (CODE_PROMPT, REACT_PROMPT, SEARCH_DOCS_SPEC, TOOLS, code_tool_lines, format_number,
                               format_passages, react_tool_lines)
 
 AGENT_TOOLS = TOOLS + [SEARCH_DOCS_SPEC]   # the demo agent's tools, in its order
+_API = {f.name for f in apisynth.FUNCTIONS}
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 # a greeting opening the second request ("Hi, can you ..." -> "Also, can you ...")
@@ -65,13 +69,15 @@ def single_calls(records: list[dict]) -> list[dict]:
     return out
 
 
-def _conversation(rid: str, kind: str, user: str, calls: list[dict], results: list[str], answer: str,
+def _conversation(rid: str, kind: str, user: str, calls: list[dict], results: list[str] | None, answer: str,
                   tools: list[dict]) -> dict:
+    """The request, its calls in one turn, then (unless `results` is None) the results and the answer."""
     tcs = [{"id": f"call_{i}", "type": "function", "function": c} for i, c in enumerate(calls)]
     msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": "", "tool_calls": tcs}]
-    msgs += [{"role": "tool", "tool_call_id": tc["id"], "name": tc["function"]["name"], "content": res}
-             for tc, res in zip(tcs, results)]
-    msgs.append({"role": "assistant", "content": answer})
+    if results is not None:
+        msgs += [{"role": "tool", "tool_call_id": tc["id"], "name": tc["function"]["name"], "content": res}
+                 for tc, res in zip(tcs, results)]
+        msgs.append({"role": "assistant", "content": answer})
     return {"id": rid, "kind": kind, "messages": msgs, "tools": tools}
 
 
@@ -85,15 +91,22 @@ def _distinct_specs(specs: list[dict]) -> list[dict]:
 
 
 def multiple(ex: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """The exchange with 1-3 other tools offered; half the time one of them shares a name word with the right one
+    (number_theory.gcd beside number_theory.lcm), so names are read, not guessed from the topic."""
     pool = _distinct_specs([s for e in ex for s in e["tools"]])
     out = []
     for i in range(n if ex else 0):
         e = rng.choice(ex)
         others = [s for s in pool if s["function"]["name"] not in {t["function"]["name"] for t in e["tools"]}]
-        tools = e["tools"] + rng.sample(others, min(len(others), rng.randint(1, 3)))
+        near = [s for s in others if _words(s["function"]["name"]) & _words(e["call"]["name"])]
+        # a sibling only from the exchange's own source: glaive's convert_currency and apisynth's
+        # currency.convert answer the same request
+        close = [s for s in near if (s["function"]["name"] in _API) == (e["call"]["name"] in _API)]
+        extra = [rng.choice(close)] if close and rng.random() < 0.5 else []
+        others = [s for s in others if s not in near]
+        tools = e["tools"] + extra + rng.sample(others, min(len(others), rng.randint(1, 3) - len(extra)))
         rng.shuffle(tools)
-        out.append(_conversation(f"toolmix-multiple-{i}", "multiple", e["user"], [e["call"]], [e["result"]],
-                                 e["answer"], tools))
+        out.append(_conversation(f"toolmix-multiple-{i}", "multiple", e["user"], [e["call"]], None, "", tools))
     return out
 
 
@@ -129,8 +142,7 @@ def parallel(ex: list[dict], n: int, rng: random.Random, same: bool) -> list[dic
         second = _GREETING.sub("", b["user"])
         second = second[:1].lower() + second[1:] if a["lang"] == "en" and second[1:2].islower() else second
         out.append(_conversation(f"toolmix-{kind}-{i}", kind, a["user"] + _JOIN[a["lang"]] + second,
-                                 [a["call"], b["call"]], [a["result"], b["result"]],
-                                 a["answer"] + ("\n" if a["lang"] == "en" else "") + b["answer"], tools))
+                                 [a["call"], b["call"]], None, "", tools))
     return out
 
 
@@ -144,7 +156,7 @@ def parallel_inline(ex: list[dict], n: int, rng: random.Random) -> list[dict]:
     cands = []
     for a in ex:
         args = json.loads(a["call"]["arguments"])
-        if not isinstance(args, dict):
+        if not isinstance(args, dict) or a["call"]["name"] in _API:   # apisynth's come whole: parallel_clauses
             continue
         for k, v in args.items():
             if isinstance(v, bool) or not isinstance(v, (str, int, float)) or len(str(v)) < 2 \
@@ -166,9 +178,8 @@ def parallel_inline(ex: list[dict], n: int, rng: random.Random) -> list[dict]:
         base = json.loads(a["call"]["arguments"])
         calls = [{"name": a["call"]["name"], "arguments": json.dumps({**base, k: x}, ensure_ascii=False)}
                  for x in vals]
-        answer = "I called the function once for each: " if a["lang"] == "en" else "每个值各调用了一次："
-        out.append(_conversation(f"toolmix-parallel-inline-{len(out)}", "parallel", text, calls,
-                                 [a["result"]] * len(calls), answer + ", ".join(map(str, vals)), a["tools"]))
+        out.append(_conversation(f"toolmix-parallel-inline-{len(out)}", "parallel", text, calls, None, "",
+                                 a["tools"]))
     return out
 
 
@@ -180,20 +191,21 @@ def _words(name: str) -> set[str]:
     return {w for w in re.split(r"[_.]", name.lower()) if len(w) > 3}
 
 
-def irrelevance(ex: list[dict], n: int, rng: random.Random) -> list[dict]:
+def irrelevance(ex: list[dict], n: int, rng: random.Random, near: list[tuple[str, list[dict], str]] = ()) -> list[dict]:
     """A request offered only tools that do not fit it (other functions sharing no name word with the one
-    it needs), answered without a call, as BFCL's irrelevance rows expect."""
+    it needs), answered without a call, as BFCL's irrelevance rows expect; `near` (apisynth.near_misses:
+    functions of the request's own domain that cannot answer it) fills half of them when given."""
     pool = _distinct_specs([s for e in ex for s in e["tools"]])
-    out = []
-    for i in range(n if ex else 0):
+    asks = []
+    for _ in range(n - len(near[: n // 2]) if ex else 0):
         e = rng.choice(ex)
         need = set().union(*(_words(t["function"]["name"]) for t in e["tools"]))
         others = [s for s in pool if not _words(s["function"]["name"]) & need]
-        tools = rng.sample(others, min(len(others), rng.randint(1, 3)))
-        if tools:
-            out.append({"id": f"toolmix-irrelevance-{i}", "kind": "irrelevance", "tools": tools, "messages": [
-                {"role": "user", "content": e["user"]}, {"role": "assistant", "content": _REFUSAL[e["lang"]]}]})
-    return out
+        asks.append((e["user"], rng.sample(others, min(len(others), rng.randint(1, 3))), e["lang"]))
+    asks += [(u, t, "en") for u, t, _ in near[: n // 2]]
+    return [{"id": f"toolmix-irrelevance-{i}", "kind": "irrelevance", "tools": tools, "messages": [
+        {"role": "user", "content": user}, {"role": "assistant", "content": _REFUSAL[lang]}]}
+        for i, (user, tools, lang) in enumerate(asks) if tools]
 
 
 _NAMESPACES = ["api", "tools", "utils", "math", "finance", "travel", "media", "data"]
@@ -204,6 +216,8 @@ def namespaced(conv: dict, rng: random.Random) -> dict:
     """The conversation with every function renamed "ns.name" or "name.verb" (as BFCL's and many APIs' names
     are), in its tools, calls and tool messages alike, so a model learns to copy a dotted name whole."""
     names = {t["function"]["name"] for t in conv.get("tools") or []}
+    if any("." in n for n in names):   # already dotted (apisynth's): left as they are
+        return conv
     new = {n: (f"{rng.choice(_NAMESPACES)}.{n}" if rng.random() < 0.5 else f"{n}.{rng.choice(_SUFFIXES)}")
            for n in names}
     conv = json.loads(json.dumps(conv))
@@ -281,7 +295,8 @@ def python_rows(n: int, rng: random.Random, exclude: set[str]) -> list[dict]:
     return out
 
 
-_CHAIN_ASK = ["Compute {e}, then {step}.", "Calculate {e} and then {step}.", "First compute {e}. Then {step}."]
+_CHAIN_ASK = ["Compute {e}, then {step}.", "Calculate {e} and then {step}.", "First compute {e}. Then {step}.",
+              "Evaluate {e}. Next, {step}.", "Begin with {e}; next, {step}.", "Get {e} and {step}."]
 _CHAIN_STEP = {"+": "add {n} to the result", "-": "subtract {n} from the result", "*": "multiply the result by {n}"}
 
 
@@ -458,13 +473,23 @@ def compose(records: list[dict], counts: dict[str, int], seed: int = 0,
     the questions of `heldout(heldout_counts, docs, seed)` are kept out."""
     rng = random.Random(seed)
     ex = single_calls(records)
+    api = apisynth.exchanges(counts.get("api_calls", 0), rng)
+    ex += api
     held_q = {r["messages"][0]["content"] for r in heldout(heldout_counts or {}, docs or [], seed)}
-    out = multiple(ex, counts.get("multiple", 0), rng)
+    out = [_conversation(f"toolmix-simple-{i}", "simple", e["user"], [e["call"]], None, "", e["tools"])
+           for i, e in enumerate(rng.sample(api, min(len(api), counts.get("simple", 0))))]
+    out += multiple(ex, counts.get("multiple", 0), rng)
     n_par = counts.get("parallel", 0)
-    inline = parallel_inline(ex, n_par - n_par // 2, rng)    # half: one request with several values
-    out += inline + parallel(ex, n_par - len(inline), rng, same=True)
+    # a third each with api_calls (otherwise halves): several values of one argument in one request, several
+    # whole argument sets in one request (apisynth), two requests joined by "Also,"
+    n_sets = n_par // 3 if api else 0
+    out += [_conversation(f"toolmix-parallel-sets-{i}", "parallel", u, calls, None, "", tools)
+            for i, (u, calls, tools) in enumerate(apisynth.parallel_clauses(n_sets, rng))]
+    inline = parallel_inline(ex, (n_par - n_sets) - (n_par - n_sets) // 2, rng)
+    out += inline + parallel(ex, n_par - n_sets - len(inline), rng, same=True)
     out += parallel(ex, counts.get("parallel_multiple", 0), rng, same=False)
-    out += irrelevance(ex, counts.get("irrelevance", 0), rng)
+    n_irr = counts.get("irrelevance", 0)
+    out += irrelevance(ex, n_irr, rng, apisynth.near_misses(n_irr // 2, rng) if api else [])
     out = [namespaced(c, rng) if rng.random() < 0.4 else c for c in out]   # dotted names in 2 of 5
     out += parallel_arith(counts.get("parallel_arith", 0), rng, exclude_expressions or set())
     out += chain_rows(counts.get("chain", 0), rng)
@@ -477,5 +502,5 @@ def compose(records: list[dict], counts: dict[str, int], seed: int = 0,
     return out
 
 
-KINDS = ("multiple", "parallel", "parallel_multiple", "irrelevance", "parallel_arith", "chain", "python", "retrieval",
+KINDS = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "parallel_arith", "chain", "python", "retrieval",
          "code", "react")

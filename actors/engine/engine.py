@@ -32,6 +32,7 @@ import torch
 from actors.common.config import check
 from actors.engine.kv_cache import BlockManager
 from actors.engine.runner import ModelRunner, kv_bytes_per_block
+from actors.engine.guide import Guide, GuideFactory
 from actors.engine.sampling import SampleRow, SamplingParams, TokenLogprobs
 from actors.engine.scheduler import Request, Scheduler
 
@@ -223,6 +224,7 @@ class ReqState:
     text: str = ""                    # completion text with stop strings applied
     emitted: int = 0                  # chars of `text` already handed out as deltas
     prompt_logprobs_sent: bool = False
+    guide: Guide | None = None        # a grammar guide's state (SamplingParams.guide)
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
@@ -262,6 +264,7 @@ class LLMEngine(Engine):
         self.eos_ids = frozenset(int(t) for t in (stop_token_ids(tokenizer) if eos_token_ids is None
                                                   else eos_token_ids))
         self._skip_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+        self._guides: GuideFactory | None = None   # built on the first guided request
         self.num_steps, self.step_seconds = 0, 0.0
 
     @property
@@ -295,6 +298,10 @@ class LLMEngine(Engine):
         else:
             gen.manual_seed(params.seed)
         state = ReqState(gen, IncrementalDetokenizer(self.tokenizer, self._skip_ids))
+        if params.guide is not None:
+            if self._guides is None:
+                self._guides = GuideFactory(self.tokenizer, self.vocab_size)
+            state.guide = self._guides.start(params.guide)
         self.scheduler.add(Request(request_id, ids, params, state=state))
 
     def step(self) -> list[RequestOutput]:
@@ -315,7 +322,8 @@ class LLMEngine(Engine):
         for req, n in sched.scheduled:
             if req.num_computed + n == req.num_tokens and req.params.max_tokens > req.num_output:
                 rows[req.request_id] = SampleRow(req.params, req.state.generator, req.prompt_ids, req.output_ids,
-                                                 self._stop_ids(req.params))
+                                                 self._stop_ids(req.params),
+                                                 req.state.guide.allowed() if req.state.guide else None)
         return rows
 
     def update(self, sched, out) -> list[RequestOutput]:
@@ -350,6 +358,8 @@ class LLMEngine(Engine):
         else:
             st.text += st.detok.push(tok)
             _check_stop_strings(req)
+            if st.guide is not None:
+                st.guide.advance(tok, st.text)
         if req.finish_reason is None and (req.num_output >= p.max_tokens or req.num_tokens >= self.max_model_len):
             req.finish_reason = "length"
 

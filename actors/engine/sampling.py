@@ -1,6 +1,7 @@
 """Sampling parameters and the batched sampler: one call turns a step's logits into one token per request.
 
-Order (as vLLM and HF apply it): repetition / presence / frequency penalties and `min_tokens` on the raw logits,
+Order (as vLLM and HF apply it): repetition / presence / frequency penalties, `min_tokens` and a grammar guide's
+mask on the raw logits,
 then greedy rows take the argmax; the others are divided by their temperature, cut by top-k, top-p and min-p, and
 sampled with their own generator (a seeded request gets the same tokens whatever else is in the batch).
 Logprobs are those of the raw model distribution (before penalties and temperature), as vLLM reports them.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from actors.common.config import check
+from actors.engine.guide import GrammarSpec
 
 
 def _int(v) -> bool:
@@ -42,6 +44,7 @@ class SamplingParams:
     seed: int | None = None           # per-request generator seed: same seed, same sample
     logprobs: int | None = None       # logprob of each sampled token and this many top alternatives
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (no prefix-cache reuse)
+    guide: GrammarSpec | None = None  # tokens masked to a grammar (actors.engine.guide), lazily from a trigger
 
     def __post_init__(self):
         check(_num(self.temperature) and self.temperature >= 0, "temperature",
@@ -103,6 +106,7 @@ class SampleRow:
     prompt_ids: list[int]
     output_ids: list[int]
     stop_ids: frozenset[int]          # ids masked while fewer than min_tokens are out
+    allowed: torch.Tensor | None = None  # (V,) bool: the only tokens a guide allows now
 
 
 def logprobs_of(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenLogprobs]:
@@ -123,7 +127,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
     raw = logits
     M, V = logits.shape
     dev = logits.device
-    if any(r.params.penalized or len(r.output_ids) < r.params.min_tokens for r in rows):
+    if any(r.params.penalized or len(r.output_ids) < r.params.min_tokens or r.allowed is not None for r in rows):
         logits = logits.clone()
         for i, r in enumerate(rows):
             p = r.params
@@ -136,6 +140,8 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
             if len(r.output_ids) < p.min_tokens and r.stop_ids:
                 logits[i, torch.tensor(sorted(r.stop_ids), dtype=torch.long, device=dev)] = float("-inf")
+            if r.allowed is not None and bool(r.allowed.any()):
+                logits[i, : r.allowed.numel()].masked_fill_(~r.allowed.to(dev), float("-inf"))
     tokens = torch.argmax(logits, dim=-1)  # (M,) greedy rows are done
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:

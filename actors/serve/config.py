@@ -45,6 +45,9 @@ class ServeConfig:
     torch_threads: int = 0             # 0 = torch's default (Ray sets OMP threads = num_cpus)
     engine_niceness: int | None = 0    # nice value of the engine's step threads (Ray runs workers at 15; null: keep)
     request_retries: int = 3           # resends of a request whose replica died before it produced output
+    # a tool call the model opens is decoded under the offered functions' grammar (llguidance; llama.cpp's lazy
+    # tool-call grammars): offered names, required arguments, schema types and enums
+    guided_tool_calls: bool = True
     graceful_shutdown_timeout_s: float = 30.0
     engine: EngineConfig = field(default_factory=EngineConfig)
     # the pipeline's serve stage only

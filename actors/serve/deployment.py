@@ -124,7 +124,7 @@ class OpenAIIngress:
         tokenizer = load_tokenizer(cfg.model)
         client = EngineClient(engine_handle, cfg.max_len(), cfg.request_retries)
         # not `self.app`: the ingress wrapper owns that name (a read-only property)
-        self.api = create_app(client, tokenizer, cfg.model_name)
+        self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls)
 
     def __serve_build_asgi_app__(self):
         return self.api

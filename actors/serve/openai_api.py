@@ -20,9 +20,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.config import ConfigError
-from actors.engine import RequestOutput, SamplingParams
+from actors.engine import GrammarSpec, RequestOutput, SamplingParams
+from actors.engine.guide import grammar_error
 from actors.model.chat import ChatTemplateError, encode_chat
-from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
+from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, call_grammar, parse_tool_calls
 from actors.serve.protocol import (
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, CompletionChoice, CompletionLogprobs,
     CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo,
@@ -176,10 +177,11 @@ class OpenAIServing:
     `complete(ids, params)` and `max_model_len`: an in-process `AsyncEngine` or the Serve handle of an engine
     deployment."""
 
-    def __init__(self, engine, tokenizer, model_name: str):
+    def __init__(self, engine, tokenizer, model_name: str, guided_tool_calls: bool = True):
         self.engine = engine
         self.tok = tokenizer
         self.model_name = model_name
+        self.guided_tool_calls = guided_tool_calls
         self.vocab_size = len(tokenizer)
         self._token_text: dict[int, str] = {}
 
@@ -246,6 +248,17 @@ class OpenAIServing:
             return TOOL_CALL_OPEN + '{"name": ' + json.dumps(tc.function.name, ensure_ascii=False) + ', "arguments": '
         return ""
 
+    @staticmethod
+    def tool_call_guide(tools: list[dict], prefix: str) -> GrammarSpec:
+        """Each call the model opens is decoded under the offered functions' grammar (tooltask.call_grammar);
+        a forced prefix (tool_choice required / named) starts inside it. A schema the matcher cannot compile
+        keeps only the names guided."""
+        grammar = call_grammar(tools)
+        if grammar_error(grammar):
+            grammar = call_grammar(tools, loose=True)
+        primed = prefix[len(TOOL_CALL_OPEN):] if prefix else None
+        return GrammarSpec(grammar, trigger=TOOL_CALL_OPEN, primed=primed)
+
     def chat_logprobs(self, lps: list) -> ChatLogprobs:
         def entry(tid: int, lp: float) -> dict:
             text = self.token_text(tid)
@@ -265,6 +278,8 @@ class OpenAIServing:
         params = self.sampling_params(req, len(ids), "messages", req.token_limit(), limit_param,
                                       logprobs=req.num_logprobs())
         tools_on = req.template_tools() is not None
+        if tools_on and self.guided_tool_calls:
+            params = replace(params, guide=self.tool_call_guide(req.template_tools(), prefix))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._stream(self._chat_stream(ids, self.fan_out(params, req.n), tools_on, include_usage,
@@ -498,8 +513,8 @@ async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]
             t.cancel()
 
 
-def create_app(engine, tokenizer, model_name: str) -> FastAPI:
-    serving = OpenAIServing(engine, tokenizer, model_name)
+def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = True) -> FastAPI:
+    serving = OpenAIServing(engine, tokenizer, model_name, guided_tool_calls)
     app = FastAPI(title="fullchain OpenAI-compatible API")
     app.state.serving = serving
 
