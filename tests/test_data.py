@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -486,6 +487,21 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
             assert r["messages"][-1]["content"].startswith(f"According to [{r['answer']}]")
         else:
             assert names == ["python"] and tool_msgs[0]["content"] in r["messages"][-1]["content"]
+
+
+def test_tool_mix_is_the_same_under_any_hash_seed(data_root):
+    """Two processes with different PYTHONHASHSEED compose the same rows (no set order leaks into a draw)."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from actors.common.formats import convert_sft_file; from actors.data import toolmix; "
+            f"recs = convert_sft_file({str(data_root / 'toolcall_sft_demo' / 'glaive_toolcall_en_demo.json')!r}, "
+            "'g')[0]; rows = toolmix.compose(recs, {'api_calls': 40, 'multiple': 10, 'parallel': 9, "
+            "'parallel_multiple': 6, 'irrelevance': 6}, 3); sys.stdout.write(json.dumps(rows))")
+    root = Path(__file__).resolve().parent.parent
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1] and len(json.loads(outs[0])) == 31
 
 
 def test_apisynth_calls_fit_their_schemas_and_requests_spell_their_values():

@@ -219,7 +219,7 @@ def namespaced(conv: dict, rng: random.Random) -> dict:
     if any("." in n for n in names):   # already dotted (apisynth's): left as they are
         return conv
     new = {n: (f"{rng.choice(_NAMESPACES)}.{n}" if rng.random() < 0.5 else f"{n}.{rng.choice(_SUFFIXES)}")
-           for n in names}
+           for n in sorted(names)}   # sorted: set order varies with PYTHONHASHSEED
     conv = json.loads(json.dumps(conv))
     for t in conv.get("tools") or []:
         t["function"]["name"] = new[t["function"]["name"]]
