@@ -547,7 +547,7 @@ def test_apisynth_calls_fit_their_schemas_and_requests_spell_their_values():
     for user, tools, need in apisynth.near_misses(60, rng):
         offered = [fns[t["function"]["name"]] for t in tools]
         assert 1 <= len(offered) <= 3 and all(f.domain == fns[need].domain for f in offered)
-        assert not any(apisynth._words(f.name) & apisynth._words(need) for f in offered)
+        assert not any(apisynth.name_words(f.name) & apisynth.name_words(need) for f in offered)
 
 
 def test_config_errors_name_key_and_fix():

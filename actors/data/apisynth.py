@@ -397,7 +397,8 @@ FUNCTIONS: list[Fn] = [
 ]
 
 
-def _words(name: str) -> set[str]:
+def name_words(name: str) -> set[str]:
+    """A function name's words longer than 3 letters: two functions sharing one may answer the same request."""
     return {w for w in re.split(r"[_.]", name.lower()) if len(w) > 3}
 
 
@@ -499,7 +500,7 @@ def near_misses(n: int, rng: random.Random) -> list[tuple[str, list[dict], str]]
     while len(out) < n:
         fn = rng.choice(FUNCTIONS)
         # no function sharing a name word: weather.forecast could answer a weather.current request
-        others = [f for f in by_domain[fn.domain] if not _words(f.name) & _words(fn.name)]
+        others = [f for f in by_domain[fn.domain] if not name_words(f.name) & name_words(fn.name)]
         if not others:
             continue
         user = request(fn, [draw_args(fn, rng)], rng)

@@ -31,6 +31,7 @@ import random
 import re
 
 from actors.data import apisynth
+from actors.data.apisynth import name_words
 from actors.tooltask import (CODE_PROMPT, REACT_PROMPT, SEARCH_DOCS_SPEC, TOOLS, code_tool_lines, format_number,
                               format_passages, react_tool_lines)
 
@@ -98,7 +99,7 @@ def multiple(ex: list[dict], n: int, rng: random.Random) -> list[dict]:
     for i in range(n if ex else 0):
         e = rng.choice(ex)
         others = [s for s in pool if s["function"]["name"] not in {t["function"]["name"] for t in e["tools"]}]
-        near = [s for s in others if _words(s["function"]["name"]) & _words(e["call"]["name"])]
+        near = [s for s in others if name_words(s["function"]["name"]) & name_words(e["call"]["name"])]
         # a sibling only from the exchange's own source: glaive's convert_currency and apisynth's
         # currency.convert answer the same request
         close = [s for s in near if (s["function"]["name"] in _API) == (e["call"]["name"] in _API)]
@@ -187,10 +188,6 @@ _REFUSAL = {"en": "I'm sorry, but none of the available functions can help with 
             "zh": "抱歉，现有的函数都无法完成这个请求。"}
 
 
-def _words(name: str) -> set[str]:
-    return {w for w in re.split(r"[_.]", name.lower()) if len(w) > 3}
-
-
 def irrelevance(ex: list[dict], n: int, rng: random.Random, near: list[tuple[str, list[dict], str]] = ()) -> list[dict]:
     """A request offered only tools that do not fit it (other functions sharing no name word with the one
     it needs), answered without a call, as BFCL's irrelevance rows expect; `near` (apisynth.near_misses:
@@ -199,8 +196,8 @@ def irrelevance(ex: list[dict], n: int, rng: random.Random, near: list[tuple[str
     asks = []
     for _ in range(n - len(near[: n // 2]) if ex else 0):
         e = rng.choice(ex)
-        need = set().union(*(_words(t["function"]["name"]) for t in e["tools"]))
-        others = [s for s in pool if not _words(s["function"]["name"]) & need]
+        need = set().union(*(name_words(t["function"]["name"]) for t in e["tools"]))
+        others = [s for s in pool if not name_words(s["function"]["name"]) & need]
         asks.append((e["user"], rng.sample(others, min(len(others), rng.randint(1, 3))), e["lang"]))
     asks += [(u, t, "en") for u, t, _ in near[: n // 2]]
     return [{"id": f"toolmix-irrelevance-{i}", "kind": "irrelevance", "tools": tools, "messages": [
