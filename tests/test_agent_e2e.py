@@ -67,19 +67,25 @@ def test_concurrent_agent_eval_keeps_each_records_own_result(served, tool_actors
 MCP_SERVER = '''
 import sys
 sys.path.insert(0, {repo!r})
+from typing import Annotated
+from pydantic import Field
 from mcp.server.mcpserver import MCPServer
 from actors.tooltask import CALCULATOR_SPEC, PYTHON_SPEC, run_tool
 
 server = MCPServer("arithmetic")
+# the same parameter descriptions as the contract's specs: the tools block (and so the prompt the tiny model
+# was trained on) shows them
+DESC = {{s["function"]["name"]: next(iter(s["function"]["parameters"]["properties"].values()))["description"]
+        for s in (CALCULATOR_SPEC, PYTHON_SPEC)}}
 
 
 @server.tool(name="calculator", description=CALCULATOR_SPEC["function"]["description"])
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, Field(description=DESC["calculator"])]) -> str:
     return run_tool("calculator", expression)
 
 
 @server.tool(name="python", description=PYTHON_SPEC["function"]["description"])
-def python(code: str) -> str:
+def python(code: Annotated[str, Field(description=DESC["python"])]) -> str:
     return run_tool("python", code)
 
 
@@ -107,6 +113,8 @@ def test_the_agent_uses_a_calculator_that_exists_only_on_an_outside_mcp_server(s
         base_url, tiny = served
         agent = Agent.from_config(cfg, make_client(base_url), "tiny", tools)
         assert [s["function"]["name"] for s in agent.specs] == ["calculator", "python"]
+        from actors.tooltask import TOOLS, tools_block
+        assert tools_block(agent.specs) == tools_block(TOOLS)   # the prompt the tiny model knows
         transcript = agent.run(tiny.prompt_messages)
         first = transcript.tool_calls[0]
         assert first.name == "calculator" and first.ok, transcript.to_text()
