@@ -9,6 +9,7 @@ unexpected way) leaves that stretch unguided rather than failing the request.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class GrammarSpec:
     primed: str | None = None   # start inside the grammar with this text consumed (the prompt ended mid-call)
 
 
+@functools.lru_cache(maxsize=256)   # an agent sends the same tools every turn: validate each grammar once
 def grammar_error(grammar: str) -> str | None:
     """Why llguidance rejects `grammar`, or None."""
     import llguidance
@@ -41,7 +43,7 @@ class GuideFactory:
         self.vocab_size = vocab_size
         self._bits = torch.arange(32, dtype=torch.int32)
         self._added = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
-        self._grammars: dict[str, str] = {}
+        self._grammars: dict[str, str] = {}   # grammar text -> llguidance's compiled form
 
     def start(self, spec: GrammarSpec) -> "Guide":
         return Guide(self, spec)
