@@ -29,6 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 TWO_STEP_ASK = ["Work out {e}; then {step}.", "What is {e}? After that, {step}.",
                 "Take {e} and then {step}.", "Find {e}, and {step}."]
 
+ALL_STYLES = ("function_calling", "react", "code", "planner", "mcp")
+
+
 def two_step_records(n: int, seed: int = 20261204) -> list[dict]:
     from actors.data.toolmix import chain_task
 
@@ -79,7 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-two-step", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", default="runs/bench/agent_styles")
+    ap.add_argument("--styles", default=",".join(ALL_STYLES),
+                    help=f"comma-separated subset of {','.join(ALL_STYLES)} (passes is only set when "
+                         "function_calling and code both run)")
     args = ap.parse_args(argv)
+    styles = [s for s in args.styles.split(",") if s]
+    if not styles or set(styles) - set(ALL_STYLES):
+        ap.error(f"--styles: pick from {','.join(ALL_STYLES)}, got {args.styles!r}")
 
     import cluster   # first: it sets the local-Ray environment (loopback binding) before ray is imported
     import ray
@@ -112,21 +121,23 @@ def main(argv: list[str] | None = None) -> dict:
         settings = {"function_calling": dict(max_steps=3, max_tokens=64), "react": dict(max_steps=4, max_tokens=96),
                     "code": dict(max_steps=3, max_tokens=128)}
         reports = {}
-        for style, kw in settings.items():
+        for style, kw in ((s, kw) for s, kw in settings.items() if s in styles):
             agent = STYLES[style](client, "ft", tools, **kw)
             reports[style] = evaluate_agent(agent, records, n_transcripts=2, concurrency=args.concurrency)
             print(f"[styles] {style}: {score(reports[style])}", file=sys.stderr, flush=True)
-        reports["planner"] = run_planner(url, "ft", tools, records, min(4, args.concurrency))
-        print(f"[styles] planner: {score(reports['planner'])}", file=sys.stderr, flush=True)
+        if "planner" in styles:
+            reports["planner"] = run_planner(url, "ft", tools, records, min(4, args.concurrency))
+            print(f"[styles] planner: {score(reports['planner'])}", file=sys.stderr, flush=True)
         # the calculator only on an outside MCP server: a child process speaking MCP over stdio
         serve_mcp = f"import sys; sys.path.insert(0, {str(REPO)!r}); from jobs.tools import main; " \
                     "main(['mcp', '--tools', 'calculator'])"   # the child runs in a Ray worker's directory
-        mcp_tools = start_tools([], mcp_servers=[[sys.executable, "-c", serve_mcp]])
-        assert list(mcp_tools) == ["calculator"], list(mcp_tools)
-        reports["mcp"] = evaluate_agent(STYLES["function_calling"](client, "ft", mcp_tools, max_steps=3,
-                                                                   max_tokens=64),
-                                        records, n_transcripts=2, concurrency=args.concurrency)
-        print(f"[styles] mcp: {score(reports['mcp'])}", file=sys.stderr, flush=True)
+        mcp_tools = start_tools([], mcp_servers=[[sys.executable, "-c", serve_mcp]]) if "mcp" in styles else {}
+        if "mcp" in styles:
+            assert list(mcp_tools) == ["calculator"], list(mcp_tools)
+            reports["mcp"] = evaluate_agent(STYLES["function_calling"](client, "ft", mcp_tools, max_steps=3,
+                                                                       max_tokens=64),
+                                            records, n_transcripts=2, concurrency=args.concurrency)
+            print(f"[styles] mcp: {score(reports['mcp'])}", file=sys.stderr, flush=True)
         for h in list(tools.values()) + list(mcp_tools.values()):
             ray.kill(h)
     finally:
@@ -142,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
            "arith": {s: v["arith"] for s, v in scores.items()},
            "per_tool": {s: v["per_tool"] for s, v in scores.items()},
            "n": {"arith": args.n_arith, "two_step": args.n_two_step},
-           "passes": scores["function_calling"]["accuracy"] >= 0.9 and scores["code"]["accuracy"] >= 0.6,
+           "passes": scores["function_calling"]["accuracy"] >= 0.9 and scores["code"]["accuracy"] >= 0.6
+           if {"function_calling", "code"} <= set(scores) else None,
            "model": finetuned, "seconds": round(time.perf_counter() - t0, 1), "dtype": hardware.auto_dtype(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     print(json.dumps(res))

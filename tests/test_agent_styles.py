@@ -3,6 +3,7 @@ parallel calls, the step cap, tool errors passed back; the ReAct and code styles
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -205,3 +206,26 @@ def test_search_docs_tool_cites_documents_and_the_report_counts_each_tool(ray_se
     AgentConfig(tools=["search_docs"])   # the agent stage builds the index over the data stage's documents
     with pytest.raises(ValueError, match="search_docs but no index: set agent.tool_options.search_docs.index"):
         docs_index(None, {"synthetic_heldout": "x"})
+
+
+def test_styles_bench_two_step_prompts_and_style_subset_errors():
+    """The bench's two-step prompts: seeded, in frames no training chain uses, answers right; a typo in
+    --styles is a usage error naming the styles."""
+    from actors.data.toolmix import _CHAIN_TRAIN
+    from actors.tooltask import run_tool
+    from bench.agent_styles import TWO_STEP_ASK, main, two_step_records
+
+    recs = two_step_records(10)
+    assert recs == two_step_records(10) and len({r["messages"][0]["content"] for r in recs}) == 10
+    train_frames = {f for pair in _CHAIN_TRAIN for f in pair}
+    assert not set(TWO_STEP_ASK) & train_frames
+    for r in recs:   # the answer is the second step applied to the first expression's value
+        q = r["messages"][0]["content"]
+        first = re.search(r"(-?\d+ [-+*] \d+)", q).group(1)
+        n = int(re.search(r"(\d+)(?: to the result| from the result)?\.$", q).group(1))
+        v = int(run_tool("calculator", first))
+        op = "+" if "add" in q else "-" if "subtract" in q else "*"
+        assert r["answer"] == run_tool("calculator", f"{v} {op} {n}")
+    with pytest.raises(SystemExit) as e:
+        main(["--styles", "function_calling,reactt"])
+    assert e.value.code == 2

@@ -417,7 +417,8 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
     rows = toolmix.compose(recs, {**counts, "api_calls": 60}, 3, held, docs, held_counts)
     assert Counter(r["kind"] for r in rows) == counts
     assert toolmix.compose(recs, {**counts, "api_calls": 60}, 3, held, docs, held_counts) == rows   # seeded
-    assert sum("-sets-" in r["id"] for r in rows) == 3   # a third of parallel: several argument sets at once
+    assert sum("-parallel-sets-" in r["id"] for r in rows) == 3   # a third of parallel: several argument sets at once
+    assert sum("-parallel_multiple-sets-" in r["id"] for r in rows) == 2   # a third of parallel_multiple: 3-4 calls
     heldout = toolmix.heldout(held_counts, docs, 3)
     assert Counter(r["kind"] for r in heldout) == held_counts
     train_text = json.dumps(rows)
@@ -445,6 +446,10 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
                 if tool == "calculator":
                     assert obs["content"] == f"Observation: {run_tool('calculator', arg['expression'])}"
             assert parse_react(replies[-1]) == ([], r["answer"])
+            continue
+        if r["kind"] == "chain" and "-one-" in r["id"]:   # a chain frame's one-step twin: one call, then the answer
+            assert [m["role"] for m in r["messages"]] == ["user", "assistant", "tool", "assistant"]
+            assert r["messages"][2]["content"] in r["messages"][-1]["content"]
             continue
         if r["kind"] == "chain":   # two turns: the second call computes on the first one's result
             tool_msgs = [m for m in r["messages"] if m["role"] == "tool"]
@@ -476,6 +481,9 @@ def test_tool_mix_composes_bfcl_shapes(data_root):
             if "-inline-" in r["id"]:   # one request spelling each value of one argument
                 diff = [k for k in args[0] if len({json.dumps(a[k]) for a in args}) > 1]
                 assert len(diff) == 1 and all(str(a[diff[0]]) in r["messages"][0]["content"] for a in args)
+        elif r["kind"] == "parallel_multiple" and "-sets-" in r["id"]:   # 2-3 functions, one of them 2-3 times
+            assert 3 <= len(calls) <= 4 and 2 <= len(set(names)) <= 3
+            assert max(Counter(names).values()) >= 2 and set(names) <= set(offered)
         elif r["kind"] == "parallel_multiple":
             assert len(calls) == 2 and names[0] != names[1]
         elif r["kind"] == "parallel_arith":
@@ -544,10 +552,19 @@ def test_apisynth_calls_fit_their_schemas_and_requests_spell_their_values():
         assert [t["function"]["name"] for t in tools] == [calls[0]["name"]]
         for c in calls:
             check(user, c)
+    same = fill = 0
     for user, tools, need in apisynth.near_misses(60, rng):
         offered = [fns[t["function"]["name"]] for t in tools]
-        assert 1 <= len(offered) <= 3 and all(f.domain == fns[need].domain for f in offered)
+        assert 1 <= len(offered) <= 3 and need not in {f.name for f in offered}
         assert not any(apisynth.name_words(f.name) & apisynth.name_words(need) for f in offered)
+        if all(f.domain == fns[need].domain for f in offered):
+            same += 1
+        else:   # another domain's functions whose numeric arguments the request's numbers could fill
+            k = sum(p.required and p.type in ("integer", "number") for p in fns[need].params)
+            assert all(0 < sum(p.required and p.type in ("integer", "number") for p in f.params) <= k
+                       and f.domain != fns[need].domain for f in offered)
+            fill += 1
+    assert same >= 20 and fill >= 10
 
 
 def test_config_errors_name_key_and_fix():

@@ -119,6 +119,17 @@ def _date(r: random.Random) -> str:
     return f"2026-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
 
 
+def _dollars(v) -> str:
+    """How people write money: "$150,000", "$1.2 million"; the argument stays the plain number."""
+    if isinstance(v, int) and v >= 1_000_000 and v % 100_000 == 0:
+        return f"${v / 1_000_000:g} million"
+    return f"${v:,}"
+
+
+def _words(v: str) -> str:
+    return v.lower().replace("_", " ")   # "FLAT_WHITE" -> "flat white"
+
+
 def _city_show(v: str) -> str:
     return v.split(",")[0]   # requests name the city alone; the argument carries the format the spec asks for
 
@@ -256,21 +267,21 @@ FUNCTIONS: list[Fn] = [
        "{moles} mol of gas at {temperature} K in {volume} L", "chemistry"),
     # --- finance
     Fn("finance.compound_interest", "Future value of an investment with compound interest.",
-       [P("principal", "number", "Initial amount.", _pick(1000, 2500, 5000, 12000, 750)),
+       [P("principal", "number", "Initial amount.", _pick(1000, 2500, 5000, 12000, 750, 200000), show=_dollars),
         P("annual_rate", "number", "Yearly interest rate as a decimal (5% is 0.05).", _pick(0.03, 0.05, 0.04, 0.07, 0.025),
           show=lambda v: f"{round(v * 100, 1):g}%"),
         P("years", "integer", "Number of years.", _int(1, 30)),
         P("compounds_per_year", "integer", "How often interest is compounded per year.", _pick(12, 4, 365), required=False, default=1)],
        ["How much will {clause} be worth?", "What is the future value of {clause}?"],
-       "{principal} dollars at {annual_rate} for {years} years[ compounded {compounds_per_year} times a year]", "finance"),
+       "{principal} at {annual_rate} for {years} years[ compounded {compounds_per_year} times a year]", "finance"),
     Fn("loan.monthly_payment", "Monthly payment of a fixed-rate loan.",
-       [P("amount", "number", "Loan principal.", _pick(20000, 150000, 300000, 8000)),
+       [P("amount", "number", "Loan principal.", _pick(20000, 150000, 300000, 8000, 1200000), show=_dollars),
         P("rate", "number", "Annual interest rate in percent.", _pick(3.5, 4.2, 6, 7.9)),
         P("term_years", "integer", "Loan term in years.", _pick(5, 15, 30, 10))],
        ["What is the monthly payment on {clause}?", "Compute the monthly installment for {clause}."],
        "a {amount} loan at {rate}% over {term_years} years", "finance"),
     Fn("calc_tip", "Tip amount for a bill.",
-       [P("bill", "number", "The bill total.", _num(8, 300, 2)), P("percent", "number", "Tip percentage.", _pick(10, 15, 18, 20, 25))],
+       [P("bill", "number", "The bill total.", _num(8, 300, 2), show=_dollars), P("percent", "number", "Tip percentage.", _pick(10, 15, 18, 20, 25))],
        ["How much should I tip on {clause}?", "Work out the tip for {clause}."], "a {bill} bill at {percent} percent", "finance"),
     Fn("stock_quote", "Latest or historical price of a stock.",
        [P("ticker", "string", "Stock ticker symbol, e.g. AAPL.", _pick(*_TICKERS)),
@@ -282,8 +293,8 @@ FUNCTIONS: list[Fn] = [
         P("to_currency", "string", "ISO code of the target currency.", _pick(*_CURRENCIES))],
        ["Convert {clause}.", "How much is {clause}?"], "{amount} {from_currency} to {to_currency}", "finance"),
     Fn("roi_percent", "Return on investment in percent.",
-       [P("gain", "number", "Final value of the investment.", _pick(1200, 5400, 980, 15000)),
-        P("cost", "number", "Amount invested.", _pick(1000, 5000, 800, 12000))],
+       [P("gain", "number", "Final value of the investment.", _pick(1200, 5400, 980, 15000, 2500000), show=_dollars),
+        P("cost", "number", "Amount invested.", _pick(1000, 5000, 800, 12000, 2000000), show=_dollars)],
        ["What is the return on investment for {clause}?", "Compute the ROI of {clause}."],
        "an investment of {cost} that became {gain}", "finance"),
     # --- units
@@ -362,6 +373,29 @@ FUNCTIONS: list[Fn] = [
        ["Set the {clause}.", "Please switch the {clause}."],
        "[{room} ]air conditioner to {settings.mode} mode at {settings.temperature} degrees with {settings.fan_speed} fan",
        "home"),
+    # API-style enums (UPPER_SNAKE) that requests name in plain words: the value comes from the request, not
+    # from the enum's first entry
+    Fn("laundry.start_cycle", "Start a washing machine cycle.",
+       [P("cycle", "string", "Wash programme.", _pick("NORMAL", "DELICATE", "HEAVY_DUTY", "QUICK_WASH", "BEDDING"),
+          enum=["NORMAL", "DELICATE", "HEAVY_DUTY", "QUICK_WASH", "BEDDING"], show=_words),
+        P("water_temp", "string", "Water temperature.", _pick("COLD", "WARM", "HOT"), enum=["HOT", "WARM", "COLD"],
+          show=_words),
+        P("extra_rinse", "boolean", "Add a second rinse.", _pick(True), required=False)],
+       ["Start a {clause}.", "Run the washer on a {clause}."],
+       "{cycle} cycle in {water_temp} water[ with an extra rinse{extra_rinse}]", "home",
+       extra={"hide": {"extra_rinse"}}),
+    Fn("coffee_machine.brew", "Brew a drink on the office coffee machine.",
+       [P("drink", "string", "The drink.", _pick("ESPRESSO", "AMERICANO", "LATTE", "CAPPUCCINO", "FLAT_WHITE"),
+          enum=["AMERICANO", "CAPPUCCINO", "ESPRESSO", "FLAT_WHITE", "LATTE"], show=_words),
+        P("size", "string", "Cup size.", _pick("SMALL", "MEDIUM", "LARGE"), enum=["LARGE", "MEDIUM", "SMALL"], show=_words),
+        P("shots", "integer", "Espresso shots.", _int(1, 3), required=False, default=1)],
+       ["Make me a {clause}.", "Could you brew a {clause}?"], "{size} {drink}[ with {shots} shots]", "home"),
+    Fn("vacuum.start", "Start the robot vacuum.",
+       [P("mode", "string", "Cleaning mode.", _pick("AUTO", "SPOT", "EDGE", "MOP"), enum=["AUTO", "EDGE", "MOP", "SPOT"],
+          show=_words),
+        P("power", "string", "Suction power.", _pick("QUIET", "STANDARD", "MAX"), enum=["STANDARD", "MAX", "QUIET"],
+          show=_words)],
+       ["Run the robot vacuum in {clause}.", "Start the vacuum: {clause}."], "{mode} mode at {power} power", "home"),
     Fn("shop.search_products", "Search an online store's catalogue.",
        [P("category", "string", "Product category, e.g. 'running shoes'.", _pick("running shoes", "backpacks", "headphones", "rain jackets", "desk lamps")),
         P("brand", "string", "Brand name.", _pick("Acme", "Northpeak", "Solace", "Vireo"), required=False),
@@ -471,28 +505,72 @@ def exchanges(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
+def _clause_sets(fn: Fn, k: int, rng: random.Random) -> list[dict] | None:
+    """`k` distinct full argument sets of `fn` whose clauses read differently, or None."""
+    sets: list[dict] = []
+    for _ in range(8 * k):
+        a = draw_args(fn, rng, p_optional=0.0)
+        if len(sets) < k and not any(_same_args(a, s) for s in sets) \
+                and len({_render(fn, s) for s in sets + [a]}) == len(sets) + 1:
+            sets.append(a)
+    return sets if len(sets) == k else None
+
+
+def _calls(fn: Fn, sets: list[dict]) -> list[dict]:
+    return [{"name": fn.name, "arguments": json.dumps(s, ensure_ascii=False)} for s in sets]
+
+
 def parallel_clauses(n: int, rng: random.Random) -> list[tuple[str, list[dict], list[dict]]]:
     """(request, calls, tools): one request listing 2-4 full argument sets of one function."""
     out = []
     while len(out) < n:
         fn = rng.choice(FUNCTIONS)
-        k = rng.choice([2, 2, 2, 3, 3, 4])
-        sets: list[dict] = []
-        for _ in range(8 * k):
-            a = draw_args(fn, rng, p_optional=0.0)
-            if len(sets) < k and not any(_same_args(a, s) for s in sets) \
-                    and len({_render(fn, s) for s in sets + [a]}) == len(sets) + 1:
-                sets.append(a)
-        if len(sets) < k:
-            continue
-        calls = [{"name": fn.name, "arguments": json.dumps(s, ensure_ascii=False)} for s in sets]
-        out.append((request(fn, sets, rng), calls, [fn.spec()]))
+        sets = _clause_sets(fn, rng.choice([2, 2, 2, 3, 3, 4]), rng)
+        if sets:
+            out.append((request(fn, sets, rng), _calls(fn, sets), [fn.spec()]))
     return out
 
 
+def multi_requests(n: int, rng: random.Random) -> list[tuple[str, list[dict], list[dict]]]:
+    """(request, calls, tools): two or three functions of one domain asked in one turn, one of them for 2-3
+    argument sets ("the GCD of 12 and 18, and of 40 and 64. Also, ..."), 3-4 calls in all; the tools are the
+    asked functions, sometimes with one more of the domain that is not asked for."""
+    by_domain: dict[str, list[Fn]] = {}
+    for f in FUNCTIONS:
+        by_domain.setdefault(f.domain, []).append(f)
+    out = []
+    while len(out) < n:
+        pool = by_domain[rng.choice(sorted(by_domain))]
+        if len(pool) < 2:
+            continue
+        fns = rng.sample(pool, min(len(pool), rng.choice([2, 2, 3])))
+        multi = rng.randrange(len(fns))
+        parts, calls = [], []
+        for i, fn in enumerate(fns):
+            k = (rng.choice([2, 2, 3]) if len(fns) == 2 else 2) if i == multi else 1   # 3-4 calls in all
+            sets = _clause_sets(fn, k, rng)
+            if not sets or (len(sets) > 1 and not any("{clause}" in a for a in fn.asks)):
+                break
+            text = request(fn, sets, rng)
+            parts.append(text if not parts else text[:1].lower() + text[1:] if text[1:2].islower() else text)
+            calls += _calls(fn, sets)
+        else:
+            extra = [f for f in pool if f not in fns]
+            tools = [f.spec() for f in fns + (rng.sample(extra, 1) if extra and rng.random() < 0.4 else [])]
+            rng.shuffle(tools)
+            out.append((" Also, ".join(parts), calls, tools))
+    return out
+
+
+def _numeric_required(fn: Fn) -> int:
+    return sum(p.required and p.type in ("integer", "number") for p in fn.params)
+
+
 def near_misses(n: int, rng: random.Random) -> list[tuple[str, list[dict], str]]:
-    """(request, tools, needed function): a request for one function, offered 1-3 others of its own domain that
-    share no name word with it."""
+    """(request, tools, needed function): a request for one function, offered 1-3 others that share no name
+    word with it: half of its own domain, half of any domain whose numbers the request could fill (a triangle's
+    base and height fit a body-mass-index function's weight and height; a refusal must read the purpose, not
+    the argument types). One tool in half of them, as most of BFCL's irrelevance rows offer."""
     by_domain: dict[str, list[Fn]] = {}
     for f in FUNCTIONS:
         by_domain.setdefault(f.domain, []).append(f)
@@ -500,10 +578,15 @@ def near_misses(n: int, rng: random.Random) -> list[tuple[str, list[dict], str]]
     while len(out) < n:
         fn = rng.choice(FUNCTIONS)
         # no function sharing a name word: weather.forecast could answer a weather.current request
-        others = [f for f in by_domain[fn.domain] if not name_words(f.name) & name_words(fn.name)]
+        unrelated = [f for f in FUNCTIONS if f is not fn and not name_words(f.name) & name_words(fn.name)]
+        k = _numeric_required(fn)
+        if len(out) % 2 and k:
+            others = [f for f in unrelated if f.domain != fn.domain and 0 < _numeric_required(f) <= k]
+        else:
+            others = [f for f in unrelated if f.domain == fn.domain]
         if not others:
             continue
         user = request(fn, [draw_args(fn, rng)], rng)
-        tools = [f.spec() for f in rng.sample(others, min(len(others), rng.randint(1, 3)))]
+        tools = [f.spec() for f in rng.sample(others, min(len(others), rng.choice([1, 1, 2, 3])))]
         out.append((user, tools, fn.name))
     return out

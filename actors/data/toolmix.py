@@ -295,32 +295,73 @@ def python_rows(n: int, rng: random.Random, exclude: set[str]) -> list[dict]:
 _CHAIN_ASK = ["Compute {e}, then {step}.", "Calculate {e} and then {step}.", "First compute {e}. Then {step}.",
               "Evaluate {e}. Next, {step}.", "Begin with {e}; next, {step}.", "Get {e} and {step}."]
 _CHAIN_STEP = {"+": "add {n} to the result", "-": "subtract {n} from the result", "*": "multiply the result by {n}"}
+# Training rows draw their frames and steps from wider lists, each frame with its one-step twin: the same frame
+# without the step is answered after one call, so whether to call again is read from the request, not from
+# how many calls came before (with 50 chains against ~300 one-call rows a model answered every two-step request
+# with the first value).
+_CHAIN_TRAIN = [("Compute {e}, then {step}.", "Compute {e}."),
+                ("Calculate {e} and then {step}.", "Calculate {e}."),
+                ("First compute {e}. Then {step}.", "Compute {e} for me."),
+                ("Evaluate {e}. Next, {step}.", "Evaluate {e}."),
+                ("Begin with {e}; next, {step}.", "Begin with {e} and tell me the value."),
+                ("Get {e} and {step}.", "Get {e}."),
+                ("Solve {e}, then {step}.", "Solve {e}."),
+                ("Please calculate {e}; afterwards, {step}.", "Please calculate {e}."),
+                ("Determine {e}. Once you have it, {step}.", "Determine {e}."),
+                ("I need {e}, and then {step}.", "I need {e}."),
+                ("先计算 {e}，然后{step}。", "计算 {e}。"),
+                ("请算出 {e}，再{step}。", "请算出 {e}。")]
+_CHAIN_TRAIN_STEP = {
+    "en": {"+": ["add {n} to the result", "add {n} to it", "increase that by {n}", "add {n} to that value"],
+           "-": ["subtract {n} from the result", "take {n} away from it", "subtract {n} from that",
+                 "reduce that by {n}"],
+           "*": ["multiply the result by {n}", "multiply it by {n}", "multiply that by {n}", "scale that by {n}"]},
+    "zh": {"+": ["把结果加上 {n}", "再加 {n}"], "-": ["从结果中减去 {n}", "再减去 {n}"],
+           "*": ["把结果乘以 {n}", "再乘以 {n}"]}}
 
 
-def chain_task(rng: random.Random, ask: list[str]) -> tuple[str, list[str], list[int]]:
-    """(question, [expression 1, expression 2 on its value], [value 1, value 2]): compute, then use the result."""
+def chain_task(rng: random.Random, ask: list[str], steps: dict | None = None) -> tuple[str, list[str], list[int]]:
+    """(question, [expression 1, expression 2 on its value], [value 1, value 2]): compute, then use the result.
+    `steps` maps an operator to its phrasings (default: one fixed phrasing each)."""
     from actors.data.synthetic import make_expression
 
     e, v = make_expression(rng, 2, 3)
     op, n = rng.choice("+-*"), rng.randint(2, 99)
-    step = _CHAIN_STEP[op].format(n=n)
+    step = rng.choice(steps[op]) if steps else _CHAIN_STEP[op]
     e2 = f"{v} {op} {n}"
     v2 = v + n if op == "+" else v - n if op == "-" else v * n
-    return rng.choice(ask).format(e=e, step=step), [e, e2], [v, v2]
+    return rng.choice(ask).format(e=e, step=step.format(n=n)), [e, e2], [v, v2]
 
 
-def chain_rows(n: int, rng: random.Random) -> list[dict]:
-    out = []
-    for i in range(n):
-        q, exprs, vals = chain_task(rng, _CHAIN_ASK)
-        calls = [{"id": f"call_{k}", "type": "function", "function": {
-            "name": "calculator", "arguments": json.dumps({"expression": e})}} for k, e in enumerate(exprs)]
-        msgs = [{"role": "user", "content": q}]
-        for c, v in zip(calls, vals):
-            msgs += [{"role": "assistant", "content": "", "tool_calls": [c]},
-                     {"role": "tool", "tool_call_id": c["id"], "name": "calculator", "content": str(v)}]
-        msgs.append({"role": "assistant", "content": f"The answer is {vals[-1]}."})
-        out.append({"id": f"toolmix-chain-{i}", "kind": "chain", "messages": msgs, "tools": AGENT_TOOLS})
+def _calc_turns(exprs: list[str], vals: list[int]) -> list[dict]:
+    msgs = []
+    for k, (e, v) in enumerate(zip(exprs, vals)):
+        c = {"id": f"call_{k}", "type": "function", "function": {
+            "name": "calculator", "arguments": json.dumps({"expression": e})}}
+        msgs += [{"role": "assistant", "content": "", "tool_calls": [c]},
+                 {"role": "tool", "tool_call_id": c["id"], "name": "calculator", "content": str(v)}]
+    return msgs
+
+
+def chain_rows(n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[dict]:
+    """`n` rows: two-call chains, every other one followed by its frame's one-call twin on the same first
+    expression (a third of the rows)."""
+    out: list[dict] = []
+    while len(out) < n:
+        two, one = rng.choice(_CHAIN_TRAIN)
+        lang = "zh" if _CJK.search(two) else "en"
+        q, exprs, vals = chain_task(rng, [two], _CHAIN_TRAIN_STEP[lang])
+        if exprs[0] in exclude:
+            continue
+        answer = (lambda v: f"The answer is {v}." if lang == "en" else f"答案是 {v}。")
+        i = len(out)
+        out.append({"id": f"toolmix-chain-{i}", "kind": "chain", "tools": AGENT_TOOLS, "messages": [
+            {"role": "user", "content": q}, *_calc_turns(exprs, vals),
+            {"role": "assistant", "content": answer(vals[1])}]})
+        if i % 3 == 1 and len(out) < n:
+            out.append({"id": f"toolmix-chain-one-{i}", "kind": "chain", "tools": AGENT_TOOLS, "messages": [
+                {"role": "user", "content": one.format(e=exprs[0])}, *_calc_turns(exprs[:1], vals[:1]),
+                {"role": "assistant", "content": answer(vals[0])}]})
     return out
 
 
@@ -484,12 +525,16 @@ def compose(records: list[dict], counts: dict[str, int], seed: int = 0,
             for i, (u, calls, tools) in enumerate(apisynth.parallel_clauses(n_sets, rng))]
     inline = parallel_inline(ex, (n_par - n_sets) - (n_par - n_sets) // 2, rng)
     out += inline + parallel(ex, n_par - n_sets - len(inline), rng, same=True)
-    out += parallel(ex, counts.get("parallel_multiple", 0), rng, same=False)
+    n_pm = counts.get("parallel_multiple", 0)
+    n_multi = n_pm // 3 if api else 0   # a third: 2-3 functions of a domain, one asked for several argument sets
+    out += [_conversation(f"toolmix-parallel_multiple-sets-{i}", "parallel_multiple", u, calls, None, "", tools)
+            for i, (u, calls, tools) in enumerate(apisynth.multi_requests(n_multi, rng))]
+    out += parallel(ex, n_pm - n_multi, rng, same=False)
     n_irr = counts.get("irrelevance", 0)
     out += irrelevance(ex, n_irr, rng, apisynth.near_misses(n_irr // 2, rng) if api else [])
     out = [namespaced(c, rng) if rng.random() < 0.4 else c for c in out]   # dotted names in 2 of 5
     out += parallel_arith(counts.get("parallel_arith", 0), rng, exclude_expressions or set())
-    out += chain_rows(counts.get("chain", 0), rng)
+    out += chain_rows(counts.get("chain", 0), rng, exclude_expressions or set())
     out += python_rows(counts.get("python", 0), rng, held_q)
     n_held = (heldout_counts or {}).get("retrieval", 0)
     out += retrieval_rows(counts.get("retrieval", 0), docs or [], rng, seed, n_held)
