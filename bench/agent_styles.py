@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
         if "planner" in styles:
             reports["planner"] = run_planner(url, "ft", tools, records, min(4, args.concurrency))
             print(f"[styles] planner: {score(reports['planner'])}", file=sys.stderr, flush=True)
-        # the calculator only on an outside MCP server: a child process speaking MCP over stdio
-        serve_mcp = f"import sys; sys.path.insert(0, {str(REPO)!r}); from jobs.tools import main; " \
-                    "main(['mcp', '--tools', 'calculator'])"   # the child runs in a Ray worker's directory
-        mcp_tools = start_tools([], mcp_servers=[[sys.executable, "-c", serve_mcp]]) if "mcp" in styles else {}
-        if "mcp" in styles:
+        mcp_tools = {}
+        if "mcp" in styles:   # the calculator only on an outside MCP server: a child speaking MCP over stdio
+            serve_mcp = f"import sys; sys.path.insert(0, {str(REPO)!r}); from jobs.tools import main; " \
+                        "main(['mcp', '--tools', 'calculator'])"   # the child runs in a Ray worker's directory
+            mcp_tools = start_tools([], mcp_servers=[[sys.executable, "-c", serve_mcp]])
             assert list(mcp_tools) == ["calculator"], list(mcp_tools)
             reports["mcp"] = evaluate_agent(STYLES["function_calling"](client, "ft", mcp_tools, max_steps=3,
                                                                        max_tokens=64),

@@ -278,6 +278,10 @@ def _python_task(rng: random.Random, lang: str) -> tuple[str, str, str]:
     return q.format(**v), code, value
 
 
+def _answer(value, lang: str) -> str:
+    return f"The answer is {value}." if lang == "en" else f"答案是 {value}。"
+
+
 def python_rows(n: int, rng: random.Random, exclude: set[str]) -> list[dict]:
     out = []
     while len(out) < n:
@@ -285,9 +289,9 @@ def python_rows(n: int, rng: random.Random, exclude: set[str]) -> list[dict]:
         q, code, value = _python_task(rng, lang)
         if q in exclude:
             continue
-        answer = f"The answer is {value}." if lang == "en" else f"答案是 {value}。"
         out.append(_conversation(f"toolmix-python-{len(out)}", "python", q,
-                                 [{"name": "python", "arguments": json.dumps({"code": code})}], [value], answer,
+                                 [{"name": "python", "arguments": json.dumps({"code": code})}], [value],
+                                 _answer(value, lang),
                                  AGENT_TOOLS))
     return out
 
@@ -344,8 +348,8 @@ def _calc_turns(exprs: list[str], vals: list[int]) -> list[dict]:
 
 
 def chain_rows(n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[dict]:
-    """`n` rows: two-call chains, every other one followed by its frame's one-call twin on the same first
-    expression (a third of the rows)."""
+    """`n` rows: two-call chains, one in three followed by its frame's one-call twin on the same first
+    expression."""
     out: list[dict] = []
     while len(out) < n:
         two, one = rng.choice(_CHAIN_TRAIN)
@@ -353,15 +357,14 @@ def chain_rows(n: int, rng: random.Random, exclude: set[str] = frozenset()) -> l
         q, exprs, vals = chain_task(rng, [two], _CHAIN_TRAIN_STEP[lang])
         if exprs[0] in exclude:
             continue
-        answer = (lambda v: f"The answer is {v}." if lang == "en" else f"答案是 {v}。")
         i = len(out)
         out.append({"id": f"toolmix-chain-{i}", "kind": "chain", "tools": AGENT_TOOLS, "messages": [
             {"role": "user", "content": q}, *_calc_turns(exprs, vals),
-            {"role": "assistant", "content": answer(vals[1])}]})
+            {"role": "assistant", "content": _answer(vals[1], lang)}]})
         if i % 3 == 1 and len(out) < n:
             out.append({"id": f"toolmix-chain-one-{i}", "kind": "chain", "tools": AGENT_TOOLS, "messages": [
                 {"role": "user", "content": one.format(e=exprs[0])}, *_calc_turns(exprs[:1], vals[:1]),
-                {"role": "assistant", "content": answer(vals[0])}]})
+                {"role": "assistant", "content": _answer(vals[0], lang)}]})
     return out
 
 
