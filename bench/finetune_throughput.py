@@ -56,7 +56,7 @@ def run_ours(a) -> dict:
     cfg = from_dict(FinetuneConfig, {
         "base": a.model_dir, "objective": "sft", "method": "lora", "base_dtype": a.dtype, "lora": LORA,
         "packing": True, "max_len": a.max_len, "batch_size": a.ours_batch, "max_steps": 1, "log_every": 1 << 20,
-        "resume": False, "optim": {"lr": 5e-4, "warmup_steps": 2, "weight_decay": 0.0},
+        "checkpoint": {"resume": "never"}, "optim": {"lr": 5e-4, "warmup_steps": 2, "weight_decay": 0.0},
         "parallel": {"threads_per_worker": a.threads}})
     ft = Finetuner(cfg, a.model_dir, [(a.train, 0)], Path(a.work) / "ours", log=lambda s: None)
     rows = pack(ft.examples, a.max_len)

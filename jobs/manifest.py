@@ -58,6 +58,12 @@ class Manifest:
         s.update(status="failed", error=error, seconds=round(seconds, 2))
         self.save()
 
+    def stopped(self, name: str, reason: str, seconds: float) -> None:
+        """A stage stopped on request (stop file, SIGTERM) with a checkpoint: the next run resumes it."""
+        s = self.data["stages"].setdefault(name, {})
+        s.update(status="stopped", reason=reason, seconds=round(seconds, 2))
+        self.save()
+
     def set_external(self, name: str, outputs: dict) -> None:
         """Outputs supplied from outside (a user's own HF model or JSONL) instead of a stage of this run."""
         self.data["stages"][name] = {"status": "complete", "outputs": outputs, "metrics": {}, "seconds": 0.0,

@@ -115,6 +115,12 @@ def run_stages(cfg: PipelineConfig, run_dir: str | Path, stages: list[str] | Non
         try:
             res = mod.run(ctx)
         except Exception as e:
+            from actors.train.stage import TrainingStopped
+
+            if isinstance(e, TrainingStopped):  # asked to stop (stop file, SIGTERM): a clean exit, resumable
+                manifest.stopped(name, str(e), time.perf_counter() - t0)
+                print(f"== {name}: {e}", flush=True)
+                return manifest
             manifest.fail(name, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", time.perf_counter() - t0)
             raise
         manifest.data["last_invocation"]["ran"].append(name)
@@ -133,7 +139,21 @@ def base_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="append", default=[], metavar="STAGE.KEY=PATH",
                    help="use an outside input instead of a stage's output, e.g. --input finetune.hf=/my/hf_model")
     p.add_argument("--force", action="append", default=[], help="re-run this stage even if complete")
+    p.add_argument("--resume", default=None, metavar="auto|never|PATH",
+                   help="training stages: auto (default) continues from the stage's latest checkpoint of the same "
+                        "config, never starts fresh, PATH loads that checkpoint (on any layout)")
     return p
+
+
+def resume_overrides(value: str | None, stages: list[str] | None) -> list[str]:
+    """`--resume` as config overrides of the training stages it applies to."""
+    if value is None:
+        return []
+    training = [s for s in (stages or ["pretrain", "finetune"]) if s in ("pretrain", "finetune")]
+    if value not in ("auto", "never") and len(training) != 1:
+        raise ConfigError(f"--resume {value}: a checkpoint path belongs to one training stage; use it with "
+                          "`python -m jobs.pretrain` or `python -m jobs.finetune`, or pass auto / never")
+    return [f"{s}.checkpoint.resume={value}" for s in training]
 
 
 def parse_inputs(items: list[str]) -> dict[str, dict]:
@@ -168,7 +188,7 @@ def main_for(stages: list[str] | None, prog: str, argv: list[str] | None = None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = base_parser(prog).parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + resume_overrides(args.resume, stages))
         inputs = parse_inputs(args.inputs)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

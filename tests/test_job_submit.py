@@ -76,7 +76,7 @@ def test_job_submit_runs_dpo_finetuning(head, debug_smollm2, tmp_path):
            "python", "-m", "jobs.finetune", "--config", "configs/finetune-dpo.yaml", "--run-dir", str(run_dir),
            "--set", f"finetune.base={debug_smollm2}", "--set", "finetune.datasets=[{name: dpo_en_demo, max_rows: 12}]", "--set", "finetune.val_size=4",
            "--set", "finetune.max_len=256", "--set", "finetune.batch_size=2", "--set", "finetune.max_steps=2",
-           "--set", "finetune.eval_every=2", "--set", "finetune.save_every=2"]
+           "--set", "finetune.eval_every=2", "--set", "finetune.checkpoint.every=2"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     log = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
     assert out.returncode == 0 and re.search(r"Job '\S+' succeeded", log), log[-3000:]
@@ -86,4 +86,4 @@ def test_job_submit_runs_dpo_finetuning(head, debug_smollm2, tmp_path):
     assert 0 <= ft["metrics"]["base"]["val_pref_acc"] <= 1 and "val_reward_acc" in ft["metrics"]
     assert (run_dir / "finetune" / "adapter" / "adapter_model.safetensors").exists()
     assert (run_dir / "finetune" / "hf" / "config.json").exists()
-    assert (run_dir / "finetune" / "checkpoints" / "step-000002" / "state.pt").exists()
+    assert (run_dir / "finetune" / "checkpoints" / "step_00000002" / ".metadata").exists()

@@ -52,6 +52,17 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep only the rows of steps <= `step` (a run resumed from that step logs the later ones again). In place:
+    a MetricsWriter holding the file open (append mode) goes on writing at its new end."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def plot_curves(rows: list[dict], x: str, ys: list[str], out_png: str | Path, title: str = "",
                 hlines: dict[str, float] | None = None) -> Path:
     import matplotlib

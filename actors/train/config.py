@@ -101,6 +101,72 @@ class ParallelConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Sharded training checkpoints (torch.distributed.checkpoint) under the stage dir's `checkpoints/`: every
+    rank writes its own shards, `step_N.tmp` is renamed `step_N` once complete and `latest` moves last."""
+    every: int = 0                       # steps between checkpoints (0: only when stopped or preempted)
+    keep: int = 2                        # newest complete checkpoints kept
+    async_save: bool = True              # copy the state, then write it from a background thread
+    export_every: int = 0                # an HF folder (exports/step_N) every M steps (0: only the final one)
+    # auto: continue from this stage's `latest` when it was written by the same training config; never: start
+    # fresh; or a checkpoint folder (step_N, or a checkpoints/ root) to load on any layout
+    resume: str = "auto"
+    # after a load, write resume.json with a sha256 of every loaded tensor gathered whole (costs a gather)
+    verify_resume: bool = False
+
+    def __post_init__(self):
+        check(self.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only on stop), got {self.every}")
+        check(self.keep >= 1, "checkpoint.keep", f"must be >= 1, got {self.keep}")
+        check(self.export_every >= 0, "checkpoint.export_every", "must be >= 0 (0 = only the final export)")
+        check(isinstance(self.resume, str) and self.resume.strip() != "", "checkpoint.resume",
+              "use auto, never, or the path of a checkpoint folder")
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection for tests and `bench.chaos`; each fires once per stage dir (a marker under .faults/)."""
+    kill_writer_at_save: int = 0         # the n-th checkpoint write SIGKILLs its last rank after its first shard
+    nan_at_step: int = 0                 # that step's loss (and so its gradients) becomes NaN
+    slow_step: int = 0                   # that step sleeps `slow_s` more seconds
+    slow_s: float = 0.0
+    hang_at_step: int = 0                # the last rank never joins that step's collectives
+
+    def __post_init__(self):
+        for k in ("kill_writer_at_save", "nan_at_step", "slow_step", "hang_at_step"):
+            check(getattr(self, k) >= 0, f"resilience.fault.{k}", "must be >= 0 (0 = off)")
+
+
+@dataclass
+class ResilienceConfig:
+    """What a training run survives: worker loss (restart from `latest`), stop requests, bad steps, stalls."""
+    # restarts of the worker group after a worker or node dies (Ray Train's FailureConfig); each resumes from
+    # the last checkpoint, so set checkpoint.every too
+    max_failures: int = 0
+    # elastic: run on as few as this many workers when nodes are lost (0: the layout's exact count); data
+    # parallelism shrinks and gradient accumulation grows so the global batch stays the same
+    min_workers: int = 0
+    stop_file: str = "STOP"              # created in the stage dir: save at the next step boundary and stop
+    on_nan: str = "skip"                 # a NaN/inf loss or gradient: skip (no update) | rollback | raise
+    spike_factor: float = 0.0            # a loss above factor x the median of the last 20 steps is treated as
+    #                                      on_nan (0: off)
+    stall_factor: float = 3.0            # a step slower than factor x the median step time is reported
+    collective_timeout_s: float = 600.0  # a rank that does not join a collective fails the group after this
+    fault: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self):
+        check(self.max_failures >= -1, "resilience.max_failures", "must be >= 0, or -1 for unlimited restarts")
+        check(self.min_workers >= 0, "resilience.min_workers", "must be >= 0 (0 = not elastic)")
+        check(self.on_nan in ("skip", "rollback", "raise"), "resilience.on_nan",
+              f"{self.on_nan!r}: use skip, rollback or raise")
+        check(self.spike_factor == 0 or self.spike_factor > 1, "resilience.spike_factor",
+              f"must be 0 (off) or > 1, e.g. 3.0; got {self.spike_factor}")
+        check(self.stall_factor > 1, "resilience.stall_factor", f"must be > 1, e.g. 3.0; got {self.stall_factor}")
+        check(self.collective_timeout_s > 0, "resilience.collective_timeout_s", "must be > 0 seconds")
+        check(bool(self.stop_file) and "/" not in self.stop_file, "resilience.stop_file",
+              f"{self.stop_file!r}: a file name inside the stage dir, e.g. STOP")
+
+
+@dataclass
 class PretrainConfig:
     model: str = "debug"                 # shape from actors.model.config.list_configs() (random init)
     # continued pretraining: start from this model's weights and shape instead (registry name, HF folder or
@@ -123,6 +189,8 @@ class PretrainConfig:
     document_mask: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     def __post_init__(self):
         from actors.model.config import get_config, list_configs
@@ -223,6 +291,9 @@ OBJECTIVE_KINDS = {"sft": ("sft",), "dpo": ("preference",), "rm": ("preference",
 
 @dataclass
 class FinetuneConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"save_every": "checkpoint.every",
+                                         "resume": "checkpoint.resume (auto | never | a checkpoint path)"}
+
     # What to fine-tune: "pretrain" (this run's pretrain stage output), a registry name
     # (`python -m jobs.models list`), a .gguf file, or a Llama-family Hugging Face folder.
     base: str = "pretrain"
@@ -255,14 +326,14 @@ class FinetuneConfig:
     eval_every: int = 0                  # validation loss (+ preference accuracy) every N steps; 0: at the end
     sample_every: int = 0                # a greedy generation sample every N steps (0: never)
     sample_prompt: str = "What is 17 + 25?"
-    save_every: int = 0                  # a resumable checkpoint every N steps (0: none)
-    resume: bool = True                  # continue from the stage dir's last checkpoint of this same config
     synthetic_max_rows: int = 4000       # pipeline: the data stage's synthetic tool task (0 disables)
     sft_max_rows: int = 500              # pipeline: per data.sft_sources file (Alpaca, glaive tool calls...)
     sft_rows: dict = field(default_factory=dict)   # per SFT set by name, instead of sft_max_rows (0 disables)
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=10, weight_decay=0.0))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     def __post_init__(self):
         check(self.objective in OBJECTIVE_KINDS, "finetune.objective",
@@ -288,7 +359,7 @@ class FinetuneConfig:
                   f"{self.template!r}: use one of {list(TEMPLATES)} or '' (the base's own template)")
         for k in ("max_len", "batch_size", "max_steps", "log_every", "grad_accum_steps", "group_by_length"):
             check(getattr(self, k) >= 1, f"finetune.{k}", f"must be >= 1, got {getattr(self, k)}")
-        for k in ("eval_every", "sample_every", "save_every", "mix_rows"):
+        for k in ("eval_every", "sample_every", "mix_rows"):
             check(getattr(self, k) >= 0, f"finetune.{k}", f"must be >= 0 (0 = off), got {getattr(self, k)}")
         check(self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()), "finetune.val_size",
               f"{self.val_size}: a fraction in [0, 1) or a whole number of rows")

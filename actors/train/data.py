@@ -31,22 +31,24 @@ def read_rows(path: str | Path) -> np.ndarray:
 
 
 def packed_batches(rows: np.ndarray, batch_size: int, grad_accum: int, dp_rank: int, dp_size: int,
-                   seed: int) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Endless: per step, this rank's `grad_accum` micro-batches of `batch_size` rows."""
+                   seed: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Endless: per step, this rank's `grad_accum` micro-batches of `batch_size` rows, from global batch
+    `start` on (a resumed run: the position depends on the global batch only, not on the layout)."""
     per_rank = batch_size * grad_accum
     G = per_rank * dp_size
     if len(rows) < G:
         raise ValueError(f"the training data has {len(rows)} packed rows, fewer than one global batch of {G} "
                          f"(batch_size {batch_size} x grad_accum_steps {grad_accum} x data-parallel {dp_size}); "
                          "add data or lower pretrain.batch_size")
-    epoch = 0
+    per_epoch = len(rows) // G
+    epoch, skip = divmod(start, per_epoch)
     while True:
         order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-        for start in range(0, len(order) - G + 1, G):
+        for start in range(skip * G, len(order) - G + 1, G):
             mine = order[start + dp_rank * per_rank: start + (dp_rank + 1) * per_rank]
             block = torch.from_numpy(rows[np.sort(mine)].astype(np.int64))
             yield [{"input_ids": block[i * batch_size:(i + 1) * batch_size]} for i in range(grad_accum)]
-        epoch += 1
+        epoch, skip = epoch + 1, 0
 
 
 def val_batches(rows: np.ndarray, batch_size: int, max_batches: int, dp_rank: int,

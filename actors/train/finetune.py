@@ -6,9 +6,7 @@ and resume. The Ray Train worker (`workers.finetune_worker`) is a thin shell aro
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -17,22 +15,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from actors.common.metrics import MetricsWriter, read_jsonl
+from actors.common.metrics import MetricsWriter, truncate_metrics
 from actors.model import load_hf
 from actors.model.chat import encode_chat, use_template
 from actors.model.tokenizer import load_tokenizer
 from actors.train.config import FinetuneConfig
 from actors.train.losses import (CausalLMLoss, DPOLoss, KTOLoss, PairwiseRewardLoss, reference_logps,
                                  reward_head)
-from actors.train.parallel import (Dist, gather_state, is_sharded, load_local_optimizer_state, load_state,
-                                   local_optimizer_state, match_forwards, parallelize)
+from actors.train.checkpoint import fingerprint
+from actors.train.parallel import Dist, gather_state, is_sharded, match_forwards, parallelize
 from actors.train.sft import collate_kind, load_examples, sft_batches
 from actors.train.trainer import Trainer, run_loop
 from cluster.hardware import precision_info, torch_dtype
 
 LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # config keys that do not change what is trained: a checkpoint resumes across changes to them
-_RESUME_FREE = ("resume", "save_every", "log_every", "eval_every", "sample_every", "sample_prompt", "parallel")
+_RESUME_FREE = ("checkpoint", "resilience", "log_every", "eval_every", "sample_every", "sample_prompt", "parallel",
+                "max_steps")
 
 
 def make_loss(cfg: FinetuneConfig):
@@ -100,14 +99,12 @@ def build_model(cfg: FinetuneConfig, base_dir: str | Path, device=None) -> tuple
 
 
 def config_fingerprint(cfg: FinetuneConfig, base_dir, sources) -> str:
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_FREE}
-    blob = json.dumps({"cfg": d, "base": str(base_dir), "sources": sources}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(dataclasses.asdict(cfg), _RESUME_FREE, base=str(base_dir), sources=sources)
 
 
 class Finetuner:
-    """One worker's fine-tune: `run()` trains to `cfg.max_steps` (resuming from the last checkpoint of the same
-    config in `out_dir/checkpoints` when `cfg.resume`), `export(dir)` writes the outputs."""
+    """One worker's fine-tune: `run()` trains to `cfg.max_steps` (resuming per `cfg.checkpoint.resume` from
+    `out_dir/checkpoints`), `export(dir)` writes the outputs."""
 
     def __init__(self, cfg: FinetuneConfig, base_dir: str | Path, sources: list[tuple[str, int]], out_dir: str | Path,
                  val_sources: list[tuple[str, int]] = (), d: Dist | None = None, log: Callable = print):
@@ -162,74 +159,26 @@ class Finetuner:
         prompt = encode_chat(self.tok, [{"role": "user", "content": self.cfg.sample_prompt}])
         return greedy_sample(self.model, self.tok, prompt, self.d, self.trainer.autocast_dtype or torch.float32)
 
-    def _ckpt_root(self) -> Path:
-        return self.out / "checkpoints"
-
-    def save_checkpoint(self) -> Path:
-        """Trainable weights, optimizer state, step and RNG: what an identical continuation needs (the batch
-        order is re-derived from the seed). Written to a temporary folder and renamed (a crash leaves the last
-        complete one); the two newest are kept."""
-        import torch.distributed as dist
-
-        root = self._ckpt_root()
-        final = root / f"step-{self.trainer.step:06d}"
-        tmp = root / f".tmp-step-{self.trainer.step:06d}"
-        trained = gather_state(self.model, only_trainable=True)  # FSDP: a collective on every rank
-        if not trained:
-            raise RuntimeError("checkpoint: no trainable weights found to save")
-        if self.d.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save({"params": trained, "optimizer": local_optimizer_state(self.trainer.optimizer),
-                        "step": self.trainer.step}, tmp / "state.pt")
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if self.sharded and self.d.rank != 0:  # each rank's optimizer shard
-            torch.save(local_optimizer_state(self.trainer.optimizer), tmp / f"optimizer-{self.d.rank}.pt")
-        torch.save(torch.get_rng_state(), tmp / f"rng-{self.d.rank}.pt")
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if self.d.rank == 0:
-            (tmp / "meta.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": self.trainer.step}))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in sorted(root.glob("step-*"))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    def latest_checkpoint(self) -> Path | None:
-        for c in sorted(self._ckpt_root().glob("step-*"), reverse=True):
-            meta = c / "meta.json"
-            if meta.exists() and json.loads(meta.read_text())["fingerprint"] == self.fingerprint:
-                return c
-        return None
-
-    def resume(self, ckpt: Path) -> None:
-        state = torch.load(ckpt / "state.pt", weights_only=False)
-        load_state(self.model, state["params"])
-        opt = state["optimizer"] if not self.sharded or self.d.rank == 0 else \
-            torch.load(ckpt / f"optimizer-{self.d.rank}.pt", weights_only=False)
-        load_local_optimizer_state(self.trainer.optimizer, opt)
-        self.trainer.step = state["step"]
-        for _ in range(self.trainer.step):  # the same batches an uninterrupted run would see next
-            next(self.batches)
-        rng = ckpt / f"rng-{self.d.rank}.pt"
-        if rng.exists():
-            torch.set_rng_state(torch.load(rng))
-        if self.writer:  # metrics after the checkpoint are re-logged by this run
-            rows = [r for r in read_jsonl(self.out / "metrics.jsonl") if r.get("step", 0) <= state["step"]] \
-                if (self.out / "metrics.jsonl").exists() else []
-            with open(self.out / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-        self.log(f"[finetune] resumed from {ckpt} at step {state['step']}")
-
-    # ------------------------------------------------------------------------------------------------ run
+    def position(self, trainer: Trainer) -> dict:
+        """The data position a checkpoint records: global batches taken (each rank's own shuffled stream)."""
+        return {"consumed": trainer.consumed, "seed": self.cfg.seed}
 
     def run(self, extra_hooks=()) -> dict:
+        """Train to max_steps, resuming per `checkpoint.resume` (auto: this stage dir's latest checkpoint of the
+        same config), checkpointing every `checkpoint.every` steps; a stop file or SIGTERM checkpoints and
+        stops (the result then has `stopped`)."""
+        from actors.train.resilience import Guardian
+
         cfg, t_start = self.cfg, time.perf_counter()
-        ckpt = self.latest_checkpoint() if cfg.resume else None
-        if ckpt is not None:
-            self.resume(ckpt)
+        self.guardian = g = Guardian(self.out, cfg.checkpoint, cfg.resilience, self.d, self.fingerprint,
+                                     {"stage": "finetune", "layout": cfg.parallel.describe(),
+                                      "method": cfg.method, "objective": cfg.objective}, self.log)
+        meta = g.start(self.trainer)
+        if meta is not None:
+            for _ in range(self.trainer.consumed):  # the batches an uninterrupted run would see next
+                next(self.batches)
+            if self.writer:  # metrics after the checkpoint are logged again by this run
+                truncate_metrics(self.out / "metrics.jsonl", self.trainer.step)
         elif self.val:  # where the base starts (DPO's preference accuracy of the base, the base's val loss)
             m = self.evaluate()
             self._write({"step": 0, **m, "elapsed_s": 0.0})
@@ -245,16 +194,16 @@ class Finetuner:
                 m["sample"] = text
                 self.samples.append({"step": tr.step, "prompt": cfg.sample_prompt, "output": text})
 
-        def save(tr, m):
-            if cfg.save_every and (tr.step % cfg.save_every == 0 or tr.step == cfg.max_steps):
-                self.save_checkpoint()
-
         def log(tr, m):
-            if tr.step % cfg.log_every == 0 or tr.step in (1, cfg.max_steps) or "val_loss" in m:
+            if tr.step % cfg.log_every == 0 or tr.step in (1, cfg.max_steps) or {"val_loss", "stall", "skipped"} & set(m):
                 self._write({**m, "elapsed_s": time.perf_counter() - t_start})
 
-        last = run_loop(self.trainer, self.batches, [evaluate, sample, save, log, *extra_hooks])
+        watch, save, stop = g.hooks(self.position)
+        last = run_loop(self.trainer, self.batches, [watch, evaluate, sample, log, *extra_hooks, save, stop],
+                        on_rollback=g.rollback)
+        g.close()
         return {"step": self.trainer.step, "loss": last.get("loss"), "train_s": time.perf_counter() - t_start,
+                "stopped": bool(last.get("stopped")),
                 **{k: v for k, v in last.items() if k.startswith("val_")}, **self.precision}
 
     def _write(self, m: dict) -> None:

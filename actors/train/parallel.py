@@ -273,45 +273,6 @@ def gather_state(model: nn.Module, only_trainable: bool = False) -> dict[str, to
     return out
 
 
-@torch.no_grad()
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors (as `gather_state` gives them) into `model`, each rank keeping its own shard."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    params = {canonical_name(k): p for k, p in model.named_parameters()}
-    missing = [k for k in state if k not in params]
-    if missing:
-        raise KeyError(f"checkpoint tensors not in this model: {missing[:3]}")
-    for k, full in state.items():
-        p = params[k]
-        if isinstance(p, DTensor):
-            p.to_local().copy_(distribute_tensor(full.to(p.dtype), p.device_mesh, p.placements).to_local())
-        else:
-            p.copy_(full)
-
-
-def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """This rank's optimizer state with DTensor states as their local shards (picklable, mesh-free)."""
-    from torch.distributed.tensor import DTensor
-
-    sd = optimizer.state_dict()  # its per-parameter dicts are the live state: build new ones
-    sd["state"] = {i: {k: v.to_local().clone() if isinstance(v, DTensor) else v for k, v in st.items()}
-                   for i, st in sd["state"].items()}
-    return sd
-
-
-def load_local_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict) -> None:
-    """The inverse of `local_optimizer_state`: shard states become DTensors again, placed like their params."""
-    from torch.distributed.tensor import DTensor
-
-    optimizer.load_state_dict(sd)
-    for p, st in optimizer.state.items():
-        if isinstance(p, DTensor):
-            for k, v in st.items():
-                if torch.is_tensor(v) and not isinstance(v, DTensor) and v.dim() > 0:
-                    st[k] = DTensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # pipeline stages
 

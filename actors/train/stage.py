@@ -12,35 +12,43 @@ from actors.train.config import OBJECTIVE_KINDS, FinetuneConfig, ParallelConfig,
 from actors.train.sft import check_sources_fit
 
 
-def check_cluster(p: ParallelConfig, resources: dict | None = None) -> None:
-    """Fail before any worker starts when the cluster cannot hold the layout, naming the fix."""
+def check_cluster(p: ParallelConfig, resources: dict | None = None, workers: int | None = None) -> None:
+    """Fail before any worker starts when the cluster cannot hold the layout (or, elastic, its `workers`
+    minimum), naming the fix."""
     import ray
 
     res = ray.cluster_resources() if resources is None else resources
-    need_cpu = p.world_size * p.cpus_per_worker
+    n = workers or p.world_size
+    need_cpu = n * p.cpus_per_worker
     have_cpu = res.get("CPU", 0)
     if need_cpu > have_cpu + 1e-9:
-        fit = have_cpu / p.world_size
-        raise ValueError(f"parallel layout {p.describe()} needs {p.world_size} workers x {p.cpus_per_worker:g} CPU "
+        fit = have_cpu / n
+        raise ValueError(f"parallel layout {p.describe()} needs {n} workers x {p.cpus_per_worker:g} CPU "
                          f"= {need_cpu:g} CPUs; the cluster has {have_cpu:g} CPUs: set parallel.cpus_per_worker <= "
                          f"{fit:g}, or use a smaller layout")
     if p.use_gpu:
-        need_gpu, have_gpu = p.world_size * p.gpus_per_worker, res.get("GPU", 0)
+        need_gpu, have_gpu = n * p.gpus_per_worker, res.get("GPU", 0)
         if need_gpu > have_gpu + 1e-9:
             raise ValueError(f"parallel layout {p.describe()} needs {need_gpu:g} GPUs; the cluster has "
                              f"{have_gpu:g}: use a smaller layout or parallel.use_gpu=false")
 
 
-def _scaling(p: ParallelConfig):
+def _scaling(p: ParallelConfig, min_workers: int = 0):
     from ray.train import ScalingConfig
 
     res = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         res["GPU"] = p.gpus_per_worker
+    # elastic: Ray Train runs on as many of the layout's workers as the cluster holds, down to min_workers
+    workers = (min_workers, p.world_size) if 0 < min_workers < p.world_size else p.world_size
     # PACK: workers fill one node before the next, so consecutive ranks - a tensor-parallel group once the mesh
     # orders ranks by node - share a node; pipeline and data-parallel groups span nodes
-    return ScalingConfig(num_workers=p.world_size, use_gpu=p.use_gpu, resources_per_worker=res,
-                         placement_strategy="PACK")
+    return ScalingConfig(num_workers=workers, use_gpu=p.use_gpu, resources_per_worker=res,
+                         placement_strategy="PACK", elastic_resize_monitor_interval_s=5.0)
+
+
+class TrainingStopped(Exception):
+    """A stop file or SIGTERM ended a training stage early, with a checkpoint: re-running resumes it."""
 
 
 class _Progress:
@@ -90,22 +98,50 @@ class _Progress:
         self._thread.join(timeout=5)
 
 
-def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str, total_steps: int | None = None):
-    from ray.train import RunConfig
+def _fit(worker_fn, config: dict, parallel: ParallelConfig, out_dir: Path, name: str, total_steps: int | None = None,
+         resilience=None):
+    """Run `worker_fn` on the layout's Ray Train workers. With resilience.max_failures, a dead worker or node
+    restarts the group (each attempt resumes from the stage's latest checkpoint); SIGTERM to this driver asks the
+    workers, through the stop file, to checkpoint and stop at their next step boundary."""
+    import signal
+    import threading
+
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    check_cluster(parallel)
+    from actors.train.config import ResilienceConfig
+
+    res = resilience or ResilienceConfig()
+    check_cluster(parallel, workers=res.min_workers or None)
     trainer = TorchTrainer(
         worker_fn,
         train_loop_config=config,
-        scaling_config=_scaling(parallel),
-        torch_config=TorchConfig(backend="nccl" if parallel.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str((out_dir / "ray").resolve())),
+        scaling_config=_scaling(parallel, res.min_workers),
+        torch_config=TorchConfig(backend="nccl" if parallel.use_gpu else "gloo",
+                                 timeout_s=int(res.collective_timeout_s)),
+        run_config=RunConfig(name=name, storage_path=str((out_dir / "ray").resolve()),
+                             failure_config=FailureConfig(max_failures=res.max_failures)),
     )
-    with _Progress(out_dir / "metrics.jsonl", total_steps, name):
-        result = trainer.fit()
+    stop_file = out_dir / res.stop_file
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigterm(signum, frame):
+            print(f"[{name}] SIGTERM: asking the workers to checkpoint and stop ({stop_file})", flush=True)
+            stop_file.touch()
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with _Progress(out_dir / "metrics.jsonl", total_steps, name):
+            result = trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if result.error:
         raise result.error
+    if (result.metrics or {}).get("stopped"):
+        stop_file.unlink(missing_ok=True)
+        raise TrainingStopped(f"{name} stopped at step {result.metrics.get('step')} with a checkpoint in "
+                              f"{out_dir / 'checkpoints'}; run the same command again to resume")
     return result
 
 
@@ -118,8 +154,8 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("metrics.jsonl",):
-        (out / f).unlink(missing_ok=True)
+    if cfg.checkpoint.resume == "never" or not (out / "checkpoints").is_dir():
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a resumed run keeps (and truncates) its metrics
     train_dir, val_dir = data_outputs["train_dir"], data_outputs["val_dir"]
     first = next(Path(train_dir).glob("*.parquet"), None)
     if first is None:
@@ -145,7 +181,7 @@ def run_pretrain(cfg: PretrainConfig, data_outputs: dict, out_dir: str | Path, u
               "out_dir": str(out.resolve()), "model_config": dataclasses.asdict(mcfg), "lineage": lineage or [],
               "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
               "init_dir": str(Path(init_dir).resolve()) if init_dir else None}
-    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", cfg.max_steps)
+    result = _fit(_pretrain_fn(), config, cfg.parallel, out, "pretrain", cfg.max_steps, cfg.resilience)
     hf_dir = out / "hf"
     shutil.rmtree(hf_dir, ignore_errors=True)
     result.checkpoint.to_directory(str(hf_dir))
@@ -191,11 +227,11 @@ def run_finetune(cfg: FinetuneConfig, base_model_dir: str | Path, sources: list[
     val = [(prep["paths"]["val"], 0)] if prep["val_rows"] else []
     check_sources_fit(use_template(load_tokenizer(base_model_dir), cfg.template), train, cfg.max_len)
     metrics_file = out / "metrics.jsonl"
-    if not (cfg.resume and (out / "checkpoints").exists()):
+    if cfg.checkpoint.resume == "never" or not (out / "checkpoints").is_dir():
         metrics_file.unlink(missing_ok=True)
     config = {"finetune": dataclasses.asdict(cfg), "base_model_dir": str(Path(base_model_dir).resolve()),
               "out_dir": str(out.resolve()), "sources": train, "val_sources": val, "lineage": lineage or []}
-    result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune", cfg.max_steps)
+    result = _fit(_finetune_fn(), config, cfg.parallel, out, "finetune", cfg.max_steps, cfg.resilience)
     ckpt = out / "checkpoint"
     shutil.rmtree(ckpt, ignore_errors=True)
     result.checkpoint.to_directory(str(ckpt))

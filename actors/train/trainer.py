@@ -99,6 +99,9 @@ class Trainer:
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.fsdp = any(is_sharded(m) for m in self.parts)
         self.step = 0
+        self.consumed = 0  # global batches taken from the data: the step, plus any rolled back
+        # guard(loss, grad_norm) -> "ok" | "skip" (no update) | "rollback" (raise Rollback): the watchdog
+        self.guard: Callable[[float, float], str] | None = None
         self._scale = 1.0
         self.first_stage = self.last_stage = True  # no pipeline: this rank runs the whole model
         if schedule is not None:
@@ -205,15 +208,24 @@ class Trainer:
         self._average_replicated_grads()
         sync_tied_grads(self.tied_weight, self.d)
         gnorm = grad_norm_and_clip(self.norm_params, self.cfg.grad_clip, self.d, self.copies)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         (loss_sum,) = self.d.all_reduce([loss_sum], "dp")
         if self.d.size("pp") > 1:  # only the last stage computed it
             (loss_sum,) = self.d.all_reduce([loss_sum if self.last_stage else 0.0], "pp")
+        loss = loss_sum / max(n_global, 1.0)
+        # every rank sees the same global loss and norm, so every rank takes the same decision
+        verdict = self.guard(loss, gnorm) if self.guard is not None else "ok"
+        if verdict == "ok":
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.consumed += 1
+        if verdict == "rollback":
+            raise Rollback(self.step + 1, loss, gnorm)
         self.step += 1
         dt = time.perf_counter() - t0
-        out = {"step": self.step, "loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": gnorm,
+        out = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt, **self._loss_stats(n_global)}
+        if verdict == "skip":
+            out["skipped"] = 1
         if self.flops_per_token:
             achieved = self.flops_per_token * tokens / dt / self.d.world
             out["gflops_per_worker"] = achieved / 1e9
@@ -277,13 +289,38 @@ def peak_memory_gb(device: torch.device) -> float:
 Hook = Callable[[Trainer, dict], None]
 
 
-def run_loop(trainer: Trainer, batches: Iterator, hooks: Iterable[Hook] = ()) -> dict:
+class Rollback(Exception):
+    """The watchdog rejected step `step` (NaN/inf or a spike) and asked for the last checkpoint back."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float):
+        super().__init__(f"step {step}: loss {loss}, grad norm {grad_norm}")
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
+class StopTraining(Exception):
+    """Raised by a hook to end the loop cleanly after the current step (a stop file, SIGTERM)."""
+
+
+def run_loop(trainer: Trainer, batches: Iterator, hooks: Iterable[Hook] = (),
+             on_rollback: Callable[[Trainer, Rollback], None] | None = None) -> dict:
     """Train until `trainer.max_steps`; each step's metrics pass through the hooks in order (evaluation,
-    logging, checkpointing...), which may add to them. Returns the last step's metrics."""
+    logging, checkpointing...), which may add to them; a hook raising StopTraining ends the loop there.
+    A step the guard rolls back goes to `on_rollback` (which restores a checkpoint; the data stream goes on
+    past the bad batch). Returns the last step's metrics."""
     last: dict = {}
     while trainer.step < trainer.max_steps:
-        m = trainer.train_step(next(batches))
-        for h in hooks:
-            h(trainer, m)
+        try:
+            m = trainer.train_step(next(batches))
+        except Rollback as rb:
+            if on_rollback is None:
+                raise
+            on_rollback(trainer, rb)
+            continue
         last = m
+        try:
+            for h in hooks:
+                h(trainer, m)
+        except StopTraining:
+            last["stopped"] = True
+            break
     return last

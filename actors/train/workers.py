@@ -1,6 +1,7 @@
 """Ray Train worker functions (the shell): build model, parallelize, loop with `Trainer`, report a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 
 from actors.common.config import from_dict
 from cluster.hardware import precision_info, torch_dtype
-from actors.common.metrics import MetricsWriter
+from actors.common.metrics import MetricsWriter, truncate_metrics
 from actors.model import ModelConfig, Transformer, save_hf
 from actors.train.config import FinetuneConfig, ParallelConfig, PretrainConfig
 from actors.train.data import document_mask, packed_batches, read_rows, val_batches
@@ -17,6 +18,24 @@ from actors.train.parallel import (Dist, build_mesh, build_model_parts, build_sc
                                    parallelize, tied_head)
 from actors.train.finetune import Finetuner
 from actors.train.trainer import CausalLMLoss, Trainer, device_peak_flops, run_loop
+
+
+def _take_sigterm() -> None:
+    """SIGTERM to this worker process checkpoints and stops the run at the next step boundary (all ranks agree
+    there). The train function runs on a thread of the worker actor and Python installs signal handlers only on
+    the main thread: the actor's main thread runs the installation as an actor task."""
+    import ray
+
+    from actors.train.resilience import install_sigterm_handler
+
+    if install_sigterm_handler():
+        return
+    try:
+        actor = ray.get_runtime_context().current_actor
+        ray.get(actor.__ray_call__.remote(lambda self: install_sigterm_handler()), timeout=30)
+    except Exception as e:  # noqa: BLE001 - a worker without the handler still stops through the stop file
+        print(f"[resilience] SIGTERM handler not installed on this worker ({e!r}); the stop file still works",
+              flush=True)
 
 
 def setup_dist(pcfg) -> Dist:
@@ -53,6 +72,16 @@ def _report(metrics: dict, ckpt_dir: str | None) -> None:
     ray.train.report(metrics, checkpoint=ckpt)
 
 
+def _report_stopped(final: dict, rank: int) -> None:
+    """A stopped run's result: Ray Train keeps the metrics of checkpointed reports only, so rank 0 reports a
+    marker folder (the resumable checkpoint itself is the stage's own, under checkpoints/)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "stopped.json").write_text(json.dumps(final, default=str))
+        _report(final, tmp if rank == 0 else None)
+
+
 def initial_values(mcfg, seed: int, init_dir: str | None):
     """`full_value(name, shape)` for materialising: a checkpoint's tensors (continued pretraining) or the seeded
     init. A tied head missing from the checkpoint is the embedding."""
@@ -75,11 +104,57 @@ def initial_values(mcfg, seed: int, init_dir: str | None):
     return value
 
 
+# what a pretraining checkpoint resumes across: the layout, checkpointing, logging and the run's length (the
+# global batch is fingerprinted instead of its per-rank split)
+_PRETRAIN_FREE = ("parallel", "checkpoint", "resilience", "log_every", "eval_every", "eval_max_batches",
+                  "batch_size", "grad_accum_steps", "max_steps")
+
+
+def elastic_layout(pc: ParallelConfig, world: int, grad_accum: int, min_workers: int) -> tuple[ParallelConfig, int]:
+    """The layout for the `world` workers Ray Train gave this attempt, and its gradient accumulation: fewer
+    workers than the layout names (an elastic run after a node loss) shrink data parallelism - dp_shard when the
+    layout shards, else dp_replicate - and accumulate more micro-batches, so the global batch is unchanged."""
+    if world == pc.world_size:
+        return pc, grad_accum
+    fixed = pc.pp * pc.tp
+    dp_new = world // fixed
+    if min_workers == 0 or world < min_workers or world % fixed or (pc.dp * grad_accum) % dp_new:
+        raise ValueError(f"{world} workers cannot run layout {pc.describe()} ({pc.world_size} workers): an elastic "
+                         f"run (resilience.min_workers > 0) needs a multiple of pp x tp = {fixed} workers whose "
+                         f"data-parallel size divides dp x grad_accum_steps = {pc.dp * grad_accum}")
+    shrunk = dataclasses.replace(pc, dp_shard=dp_new if pc.dp_shard > 1 else 1,
+                                 dp_replicate=1 if pc.dp_shard > 1 else dp_new)
+    if shrunk.dp != dp_new:  # HSDP shrinking: keep it simple, shard over all remaining data-parallel ranks
+        shrunk = dataclasses.replace(shrunk, dp_shard=dp_new, dp_replicate=1)
+    return shrunk, pc.dp * grad_accum // dp_new
+
+
+def export_pretrain(parts, d: Dist, mcfg: ModelConfig, out: Path, tok_dir: str, step: int, lineage: list) -> bool:
+    """The whole model as an HF folder at `out` (a collective: every rank calls it; rank 0 writes). True on the
+    rank that wrote."""
+    sd = full_state_dict(parts, d)
+    if sd is None:
+        return False
+    with torch.device("meta"):
+        model = Transformer(mcfg)
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()
+    save_hf(model, out, tokenizer_dir=tok_dir, step=step, lineage=lineage)
+    return True
+
+
 def pretrain_worker(config: dict) -> None:
+    import torch.distributed as dist
+
+    from actors.train.checkpoint import fingerprint
+    from actors.train.resilience import Guardian
+
     cfg = from_dict(PretrainConfig, config["pretrain"])
-    pc = cfg.parallel
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    pc, grad_accum = elastic_layout(cfg.parallel, world, cfg.grad_accum_steps, cfg.resilience.min_workers)
     tok_dir, out_dir = config["tokenizer_dir"], Path(config["out_dir"])
     torch.set_num_threads(pc.threads_per_worker)
+    _take_sigterm()
     d = setup_dist(pc)
     mcfg = ModelConfig(**config["model_config"])
     dtype = torch_dtype(cfg.dtype, d.device, field="pretrain.dtype")
@@ -96,8 +171,17 @@ def pretrain_worker(config: dict) -> None:
     if pc.pp > 1:
         trainer.attach_schedule(build_schedule(stages, pc, d, pc.pp_microbatches, trainer.pipeline_loss))
 
+    log = (lambda s: print(s, flush=True)) if d.rank == 0 else (lambda s: None)
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * cfg.parallel.dp
+    fp = fingerprint(config["pretrain"], _PRETRAIN_FREE, global_batch=global_batch, model=config["model_config"],
+                     train=config["train_dir"], init=config.get("init_dir"))
+    guard = Guardian(out_dir, cfg.checkpoint, cfg.resilience, d, fp,
+                     {"stage": "pretrain", "layout": pc.describe(), "global_batch": global_batch,
+                      "config": config["pretrain"]}, log)
+    meta = guard.start(trainer)
+
     rows = read_rows(config["train_dir"])
-    batches = packed_batches(rows, cfg.batch_size, cfg.grad_accum_steps, d.dp_rank, d.dp_size, cfg.seed)
+    batches = packed_batches(rows, cfg.batch_size, grad_accum, d.dp_rank, d.dp_size, cfg.seed, trainer.consumed)
     val = val_batches(read_rows(config["val_dir"]), cfg.batch_size, cfg.eval_max_batches, d.dp_rank, d.dp_size)
     if cfg.document_mask:
         from tokenizers import Tokenizer
@@ -107,63 +191,80 @@ def pretrain_worker(config: dict) -> None:
         eos = document_end_id(Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json")))
         batches = ([{**b, **document_mask(b["input_ids"], eos)} for b in step] for step in batches)
         val = [{**b, **document_mask(b["input_ids"], eos)} for b in val]
-    if d.rank == 0:
-        print(f"[pretrain] {pc.describe()} on {d.world} workers; {len(rows)} packed rows of {rows.shape[1]} tokens; "
-              f"{sum(p.numel() for m in parts for p in m.parameters())} parameters on rank 0; {precision['dtype']} "
-              f"(cpu {precision['cpu_capability']})", flush=True)
+    log(f"[pretrain] {pc.describe()} on {d.world} workers (gradient accumulation {grad_accum}); {len(rows)} "
+        f"packed rows of {rows.shape[1]} tokens; {sum(p.numel() for m in parts for p in m.parameters())} "
+        f"parameters on rank 0; {precision['dtype']} (cpu {precision['cpu_capability']})")
 
     writer = MetricsWriter(out_dir) if d.rank == 0 else None
+    if writer and meta is not None:
+        truncate_metrics(out_dir / "metrics.jsonl", trainer.step)
     t_start, tokens = time.perf_counter(), 0.0
 
     def evaluate(tr, m):
         if tr.step % cfg.eval_every == 0 or tr.step == cfg.max_steps:
             m.update(tr.evaluate(val))
 
-    def log(tr, m):
+    def log_row(tr, m):
         nonlocal tokens
         tokens += m["tokens"]
         m["elapsed_s"] = time.perf_counter() - t_start
-        if writer and (tr.step % cfg.log_every == 0 or "val_loss" in m or tr.step == 1):
+        if writer and (tr.step % cfg.log_every == 0 or {"val_loss", "stall", "skipped"} & set(m) or tr.step == 1):
             writer.log(m)
             print(f"[pretrain] step {m['step']}/{cfg.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
                   f"gnorm {m['grad_norm']:.3f} tok/s {m['tokens_per_s']:.0f}"
                   + (f" val {m['val_loss']:.4f}" if "val_loss" in m else ""), flush=True)
 
-    if config.get("init_dir"):  # continued pretraining: where the base starts on the held-out rows
+    def position(tr):
+        return {"consumed": tr.consumed, "global_batch": global_batch, "seed": cfg.seed}
+
+    lineage = config.get("lineage", [])
+
+    def export(tr):
+        export_pretrain(parts, d, mcfg, out_dir / "exports" / f"step_{tr.step:08d}", tok_dir, tr.step,
+                        lineage + [{"stage": "pretrain", "steps": tr.step, "layout": pc.describe(), **precision}])
+
+    if config.get("init_dir") and meta is None:  # continued pretraining: where the base starts on held-out rows
         start = trainer.evaluate(val)
         if writer:
             writer.log({"step": 0, **start, "elapsed_s": 0.0})
             print(f"[pretrain] step 0 (base) val {start['val_loss']:.4f}", flush=True)
-    last = run_loop(trainer, batches, [evaluate, log])
+    watch, save, stop = guard.hooks(position, export)
+    last = run_loop(trainer, batches, [watch, evaluate, log_row, save, stop], on_rollback=guard.rollback)
+    timings = guard.close()
     elapsed = time.perf_counter() - t_start
-    sd = full_state_dict(parts, d)
-    final = {"step": trainer.step, "loss": last["loss"], "val_loss": last.get("val_loss"),
-             "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed,
-             "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe(), **precision}
+    final = {"step": trainer.step, "loss": last.get("loss"), "val_loss": last.get("val_loss"),
+             "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed, "stopped": bool(last.get("stopped")),
+             "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe(),
+             "resumed_from": str(guard.resumed_from) if guard.resumed_from else None, **precision}
+    if timings:
+        final["ckpt_blocking_ms"] = sum(t["blocking_ms"] for t in timings) / len(timings)
+        final["ckpt_save_ms"] = sum(t["save_ms"] for t in timings) / len(timings)
+    if writer:
+        writer.close()
+    if final["stopped"]:
+        _report_stopped(final, d.rank)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        if sd is not None:
-            writer.close()
-            with torch.device("meta"):
-                model = Transformer(mcfg)
-            model.load_state_dict(sd, strict=False, assign=True)
-            model.tie_weights()
-            save_hf(model, tmp, tokenizer_dir=tok_dir, step=trainer.step,
-                    lineage=config.get("lineage", []) + [{"stage": "pretrain", "steps": trainer.step,
-                                                          "tokens": tokens, "layout": pc.describe(),
-                                                          **precision}])
-        _report(final, tmp if sd is not None else None)
+        wrote = export_pretrain(parts, d, mcfg, Path(tmp), tok_dir, trainer.step,
+                                lineage + [{"stage": "pretrain", "steps": trainer.step, "tokens": tokens,
+                                            "layout": pc.describe(), **precision}])
+        _report(final, tmp if wrote else None)
 
 
 def finetune_worker(config: dict) -> None:
     """One data-parallel rank of the fine-tune stage: `Finetuner` does the work; rank 0 exports."""
     cfg = from_dict(FinetuneConfig, config["finetune"])
     torch.set_num_threads(cfg.parallel.threads_per_worker)
+    _take_sigterm()
     d = setup_dist(cfg.parallel)
     ft = Finetuner(cfg, config["base_model_dir"], config["sources"], config["out_dir"],
                    config.get("val_sources", []), d, log=lambda s: d.rank == 0 and print(s, flush=True))
     stats = _sum_over_ranks(ft.stats)
     final = ft.run()
     final.update(examples=sum(st["kept"] for st in stats.values()), sources=stats, world_size=d.world)
+    if final["stopped"]:
+        _report_stopped(final, d.rank)
+        return
     ft.unshard()
     with tempfile.TemporaryDirectory() as tmp:
         if d.rank == 0:
