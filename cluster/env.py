@@ -52,6 +52,22 @@ def local_ray_env() -> dict[str, str]:
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def deepspeed_env() -> dict[str, str]:
+    """What DeepSpeed needs before it is imported: its CPU accelerator where there is no CUDA (gloo for its
+    collectives), and its JIT-built ops cached under .venv, so they are compiled once per install, not per run."""
+    import torch
+
+    env = {"TORCH_EXTENSIONS_DIR": str(REPO_ROOT / ".venv" / "torch_extensions")}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def apply_deepspeed_env() -> None:
+    for k, v in deepspeed_env().items():
+        os.environ.setdefault(k, v)
+
+
 def apply_offline_env() -> None:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)

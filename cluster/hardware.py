@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from cluster.env import settings
+from cluster.env import apply_deepspeed_env, settings
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +122,18 @@ def precision_info(dtype: str | torch.dtype | None = None, device=None) -> dict:
     """What every manifest, summary, checkpoint and bench JSON records about the precision it ran at."""
     return {"dtype": resolve_dtype(dtype, device), "cpu_capability": cpu_capability(),
             "cpu_bf16_native": cpu_bf16_native()}
+
+
+def import_deepspeed():
+    """`deepspeed`, imported with its accelerator chosen from the hardware (CPU without CUDA) and its JIT ops
+    cached under .venv (cluster.env.deepspeed_env)."""
+    apply_deepspeed_env()
+    import deepspeed
+    import deepspeed.ops
+
+    # On the CPU accelerator DeepSpeed JIT-compiles a shared-memory all-reduce (~100 s on 2 cores) when its comm
+    # backend starts; only its inference all-reduce calls it, training's collectives go through torch's gloo.
+    # Marked unavailable, nothing is compiled at all (the torch AdamW needs no op either).
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed

@@ -17,21 +17,25 @@ REPO = Path(__file__).resolve().parents[1]
 NAMES = ["arc_easy", "hellaswag", "piqa", "mmlu_anatomy", "gsm8k"]
 
 
-def _pool_run(model: str, cfg: EvalConfig, data_root, cache: Path | None = None):
+def _pool_run(model: str, cfg: EvalConfig, data_root, cache: Path | None = None, kill_one: bool = False):
     import ray
 
     from actors.eval.actor import EvalWorkerActor
     from actors.eval.pool import CachedBackend, WorkerPool
     from actors.eval.runner import run_tasks
 
-    workers = [EvalWorkerActor.options(num_cpus=1).remote(model, cfg) for _ in range(cfg.workers)]
+    def spawn():
+        return EvalWorkerActor.options(num_cpus=1).remote(model, cfg)
+
+    pool = WorkerPool([spawn() for _ in range(cfg.workers)], "m", cfg.batch_size, cfg.max_num_seqs,
+                      progress=False, spawn=spawn, log=lambda s: None)
+    if kill_one:  # a worker dies: every shard sent to it fails and is retried on its replacement
+        ray.kill(pool.workers[0])
     try:
-        backend = WorkerPool(workers, "m", cfg.batch_size, cfg.max_num_seqs, progress=False)
-        if cache is not None:
-            backend = CachedBackend(backend, cache, model_key=model)
-        return run_tasks(backend, build_tasks(NAMES, cfg, data_root)), backend
+        backend = pool if cache is None else CachedBackend(pool, cache, model_key=model)
+        return run_tasks(backend, build_tasks(NAMES, cfg, data_root)), pool if cache is None else backend
     finally:
-        for w in workers:
+        for w in pool.workers:
             ray.kill(w)
 
 
@@ -52,6 +56,11 @@ def test_one_vs_two_workers_same_predictions_and_cache_resume(debug_smollm2, ray
             worst = max(worst, max(abs(x[0] - y[0]) for x, y in zip(sa["resps"], sb["resps"])))
         assert one[name]["metrics"] == two[name]["metrics"]
     assert worst <= 1e-5, worst
+    # a killed eval worker: its shards are retried (on a replacement) and the scores are the undisturbed run's
+    hurt, pool = _pool_run(str(debug_smollm2), EvalConfig(workers=2, batch_size=16, **base), data_root, kill_one=True)
+    assert pool.retries >= 1
+    for name in NAMES:
+        assert hurt[name]["metrics"] == two[name]["metrics"], name
     # the request cache: a first run fills it; a rerun (an interrupted run resumed) computes nothing new
     cache = tmp_path / "cache.jsonl"
     cfg = EvalConfig(workers=2, **base)

@@ -282,17 +282,15 @@ def test_bad_config_names_the_field_and_the_fix(base):
 @pytest.mark.ray
 def test_fsdp_sharded_finetuning_matches_replicas_and_resumes(ray_session, base, data_root, tmp_path):
     """Full fine-tuning on 2 Ray Train workers: FSDP2 (dp_shard=2: weights, gradients and AdamW state sharded)
-    gives the losses of whole replicas (dp_replicate=2) step by step; a sharded run resumed from its step-2
-    checkpoint continues with the losses of the uninterrupted run; the export gathers the shards."""
-    import shutil
-
+    gives the losses of whole replicas (dp_replicate=2) step by step, checkpoints shard by rank, and the export
+    gathers the shards."""
     from actors.train.stage import run_finetune
     from transformers import AutoModelForCausalLM
 
     srcs = _data(data_root, tmp_path, *FILES["alpaca"], ("sft",), rows=32)
 
-    def run(layout, out, resume="never"):
-        cfg = _cfg(base, method="full", max_steps=4, checkpoint={"every": 2, "resume": resume},
+    def run(layout, out):
+        cfg = _cfg(base, method="full", max_steps=4, checkpoint={"every": 2},
                    batch_size=2, optim={"lr": 2e-3}, parallel={**layout, "cpus_per_worker": 0.5})
         res = run_finetune(cfg, base, [(p, 10 ** 6) for p, _ in srcs], out)  # (file, max rows)
         return res, [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
@@ -312,15 +310,8 @@ def test_fsdp_sharded_finetuning_matches_replicas_and_resumes(ray_session, base,
     assert (a - load_logits_base(base, x)).abs().max() > 1e-3
     ckpts = tmp_path / "fsdp" / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000004"]
+    # each rank wrote its own shard file (resume on this and other layouts: tests/test_resilience.py)
     assert {p.name for p in (ckpts / "step_00000002").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
-    # the step-4 checkpoint lost: `latest` names a folder that is gone, the newest complete one is picked; the
-    # sharded (FSDP2) checkpoint resumes on whole replicas in another run (checkpoint.resume=PATH), each reading
-    # the full tensors from both shards' files
-    shutil.rmtree(ckpts / "step_00000004")
-    _, resumed = run({"dp_replicate": 2}, tmp_path / "rep2", resume=str(ckpts))
-    assert [s for s, _ in resumed] == [3, 4]
-    for (_, a), (_, b) in zip(sharded[2:], resumed):
-        assert abs(a - b) <= 1e-5 * abs(a), (sharded, resumed)
 
 
 def _greedy_reference(model, prompt: list[int], n: int, stops) -> list[int]:

@@ -33,7 +33,7 @@ def head():
 
 def test_job_submit_runs_pretraining_from_a_fresh_run_dir(head, tmp_path):
     """`python -m jobs.pretrain` through `ray job submit` (the tiny config: 2 data-parallel workers; the 3D layout
-    runs the same stage in test_parallel): the data stage runs first because this run dir has none,
+    runs the same stage in test_resilience): the data stage runs first because this run dir has none,
     then the layout trains and exports."""
     run_dir = tmp_path / "job-run"
     env = {**os.environ, "RAY_ADDRESS": head, "RAY_AUTH_MODE": "disabled"}

@@ -57,3 +57,31 @@ def test_killing_one_of_two_replicas_loses_no_request(two_replicas):
     texts = {r.json()["choices"][0]["text"] for r in rs}
     assert len(texts) == 1  # greedy: a resent request gives the same completion
     assert all(r.json()["usage"]["completion_tokens"] == 600 for r in rs)
+
+
+def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(two_replicas):
+    """A streamed completion whose replica dies after its first tokens (both replicas are killed, so whichever
+    served it) ends at once with an OpenAI-format error event and [DONE], not a hang (the read timeout would
+    fail the test); a request that had produced nothing would have been resent instead."""
+    import json
+
+    import ray
+
+    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 900, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    events: list[str] = []
+    with httpx.Client(base_url=two_replicas, timeout=httpx.Timeout(60.0)) as http:
+        with http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[len("data: "):])
+                if len(events) == 1:
+                    for name in _replicas():
+                        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and err["message"].startswith("generation failed"), err
+    tokens = [json.loads(e) for e in events[:-2]]
+    assert 1 <= len(tokens) < 900 and all(t["choices"][0]["finish_reason"] is None for t in tokens)

@@ -1,10 +1,9 @@
-"""Training: schedule, SFT masking, LoRA merge parity, and a real 2-worker Ray Train (gloo) step."""
+"""Training: schedule, SFT masking, LoRA merge parity (the stage on Ray Train workers: test_resilience,
+test_job_submit)."""
 from __future__ import annotations
 
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from actors.common.config import from_dict
 from actors.data.synthetic import generate
 from actors.model import Transformer, get_config, load_hf, save_hf
 from actors.model.tokenizer import load_tokenizer, train_tokenizer
-from actors.train.config import FinetuneConfig, PretrainConfig
+from actors.train.config import FinetuneConfig
 from actors.train.schedule import lr_at
 from actors.train.sft import collate, tokenize_conversation
 from actors.train.finetune import wrap_lora
@@ -111,45 +110,3 @@ def test_lora_merge_matches_unmerged_adapter(tmp_path):
     save_hf(merged, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(load_hf(tmp_path)(x), adapted, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.ray
-@pytest.mark.parametrize("layout", [{"dp_replicate": 2}], ids=["dp2"])  # 3D: tests/test_resilience.py
-def test_ray_train_pretrain_stage(ray_session, tok_dir, tmp_path, layout):
-    """The real stage on Ray Train workers: data-parallel ranks share the global batch, the checkpoint is one
-    HF folder whatever the layout (pipeline stages and tensor shards gathered; 4 workers x 0.5 CPU on 2 cores)."""
-    from actors.train.stage import run_pretrain
-
-    tok = load_tokenizer(tok_dir)
-    text = "\n".join(json.dumps(r["messages"]) for r in generate(60, 0, seed=9)[0])
-    ids = tok.encode(text)
-    T = 32
-    rows = [ids[i:i + T] for i in range(0, len(ids) - T, T)]
-    for split, part in (("train", rows[:-8]), ("val", rows[-8:])):
-        (tmp_path / split).mkdir()
-        pq.write_table(pa.table({"input_ids": pa.array(part, pa.list_(pa.int32()))}),
-                       tmp_path / split / "part-0.parquet")
-    world = 1
-    for v in layout.values():
-        world *= v
-    cfg = from_dict(PretrainConfig, {"seq_len": T, "batch_size": 2, "max_steps": 3, "eval_every": 3,
-                                     "log_every": 1, "parallel": {**layout, "cpus_per_worker": 2 / world}})
-    res = run_pretrain(cfg, {"train_dir": str(tmp_path / "train"), "val_dir": str(tmp_path / "val"),
-                             "tokenizer_dir": str(tok_dir)}, tmp_path / "out",
-                       model_overrides={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
-    m = res["metrics"]
-    dp = layout.get("dp_replicate", 1) * layout.get("dp_shard", 1)
-    assert m["world_size"] == world and m["step"] == 3
-    assert m["tokens"] == 3 * dp * 2 * T  # steps x data-parallel ranks x batch x seq_len
-    assert m["val_loss"] > 0
-    rows_logged = [json.loads(line) for line in open(res["outputs"]["metrics_jsonl"])]
-    assert [r["step"] for r in rows_logged] == [1, 2, 3]
-    model = load_hf(res["outputs"]["hf"])
-    assert model.config.vocab_size == len(tok) and model.config.num_hidden_layers == 2
-    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
-    assert load_tokenizer(res["outputs"]["hf"]).chat_template is not None
-    # the exported weights are the trained ones: their loss on the held-out rows is the logged one
-    val = torch.tensor(rows[-8:])
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(model(val)[:, :-1].reshape(-1, len(tok)), val[:, 1:].reshape(-1))
-    assert loss.item() == pytest.approx(rows_logged[-1]["val_loss"], rel=1e-4)

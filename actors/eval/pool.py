@@ -54,12 +54,17 @@ def shards(requests: list, kind: str, target: int) -> list[list[int]]:
 
 class WorkerPool(ModelBackend):
     """Requests sharded over eval-worker actors (each has `loglikelihood`, `loglikelihood_rolling`,
-    `generate`), at most two shards in flight per worker."""
+    `generate`), at most two shards in flight per worker. A worker that dies (its actor is gone) is replaced by
+    `spawn()` when given, else dropped, and its shards go to the next free worker: each shard is retried up to
+    `max_retries` times, and the answers are those an undisturbed run gives (a shard's answers do not depend on
+    which worker computed it)."""
 
     def __init__(self, workers: list, name: str, batch_size: int = 16, max_num_seqs: int = 32,
-                 progress: bool = True):
+                 progress: bool = True, spawn=None, max_retries: int = 2, log=print):
         self.workers, self.name, self.progress = list(workers), name, progress
         self.batch_size, self.max_num_seqs = batch_size, max_num_seqs
+        self.spawn, self.max_retries, self.log = spawn, max_retries, log
+        self.retries = 0
 
     def _run(self, kind: str, requests: list) -> list:
         import ray
@@ -76,13 +81,14 @@ class WorkerPool(ModelBackend):
         inflight: dict = {}
         bar = _progress(None, True, f"{kind} x{len(self.workers)}", total=len(requests)) \
             if self.progress and len(requests) > 1 else None
-        load = {i: 0 for i in range(len(self.workers))}
+        dead: set[int] = set()
+        tries: dict[tuple, int] = {}
 
         def submit(w: int) -> None:
             idx = todo.pop()
-            ref = getattr(self.workers[w], kind).remote([requests[i] for i in idx])
-            inflight[ref] = (w, idx)
-            load[w] += 1
+            actor = self.workers[w]
+            ref = getattr(actor, kind).remote([requests[i] for i in idx])
+            inflight[ref] = (w, idx, actor)
 
         for _ in range(2):  # round robin: the longest shards go to different workers
             for w in range(len(self.workers)):
@@ -90,17 +96,49 @@ class WorkerPool(ModelBackend):
                     submit(w)
         while inflight:
             done, _ = ray.wait(list(inflight), num_returns=1)
-            w, idx = inflight.pop(done[0])
-            load[w] -= 1
-            for i, res in zip(idx, ray.get(done[0])):
+            w, idx, actor = inflight.pop(done[0])
+            try:
+                answers = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                self._lost(w, idx, actor, e, dead, tries)
+                todo.append(idx)  # the next submit takes it
+                live = [v for v in range(len(self.workers)) if v not in dead]
+                if not live:
+                    raise RuntimeError(f"{self.name}: every eval worker died (last: {e})") from e
+                busy = {v for v, _, _ in inflight.values()}
+                for v in [v for v in live if v not in busy] or live[:1]:
+                    if todo:
+                        submit(v)
+                continue
+            for i, res in zip(idx, answers):
                 out[i] = res
             if bar is not None:
                 bar.update(len(idx))
-            if todo:
+            if todo and w not in dead:
                 submit(w)
         if bar is not None:
             bar.close()
         return out
+
+    def _lost(self, w: int, idx: list[int], actor, err: Exception, dead: set[int], tries: dict) -> None:
+        """Worker `w` (`actor`) died holding shard `idx`: replace it (or drop it), once however many shards it
+        held, and count the shard's retry."""
+        key = tuple(idx)
+        tries[key] = tries.get(key, 0) + 1
+        if tries[key] > self.max_retries:
+            raise RuntimeError(f"{self.name}: a shard of {len(idx)} requests failed {tries[key]} times, its "
+                               f"workers dying each time (last: {err}); see the eval worker logs") from err
+        self.retries += 1
+        if self.workers[w] is not actor:  # already replaced when its other shard failed
+            what = "already replaced"
+        elif self.spawn is not None:
+            self.workers[w] = self.spawn()
+            what = "replaced"
+        else:
+            dead.add(w)
+            what = "dropped"
+        self.log(f"[eval] {self.name}: worker {w} died ({type(err).__name__}); {what}, its shard of {len(idx)} "
+                 "requests retried")
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
         return self._run("loglikelihood", requests)

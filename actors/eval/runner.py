@@ -143,9 +143,13 @@ def run_eval(models: dict[str, str], cfg: EvalConfig, out_dir: str | Path,
                                                       batch_size=cfg.batch_size, progress=cfg.progress,
                                                       concurrency=cfg.workers * cfg.max_num_seqs)
             else:
-                workers = [EvalWorkerActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(path, cfg)
-                           for _ in range(cfg.workers)]
-                backend = WorkerPool(workers, label, cfg.batch_size, cfg.max_num_seqs, cfg.progress)
+                def spawn(path=path):
+                    return EvalWorkerActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(path, cfg)
+
+                pool = WorkerPool([spawn() for _ in range(cfg.workers)], label, cfg.batch_size, cfg.max_num_seqs,
+                                  cfg.progress, spawn=spawn)
+                workers = pool.workers  # the live list: replacements of dead workers included
+                backend = pool
                 info = ray.get(workers[0].info.remote())  # the dtype `auto` resolved to where the model runs
                 precision[label] = {k: info[k] for k in ("dtype", "cpu_capability", "device")}
             if cfg.cache_dir:

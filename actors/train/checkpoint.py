@@ -45,8 +45,9 @@ def step_dir_name(step: int) -> str:
 
 
 def is_complete(path: Path) -> bool:
-    """A checkpoint folder every rank finished writing: DCP's index and our meta.json, which comes last."""
-    return (path / ".metadata").is_file() and (path / "meta.json").is_file() and not path.name.endswith(".tmp")
+    """A checkpoint folder every rank finished writing: rank 0 writes meta.json last, once every rank's shards
+    (and DCP's index) are on disk, before the rename."""
+    return (path / "meta.json").is_file() and not path.name.endswith(".tmp")
 
 
 def latest_in(root: Path) -> Path | None:
@@ -236,9 +237,16 @@ class Checkpointer:
         self.saves += 1
         kill = (self.kill_writer_at_save == self.saves and self.d.rank == self.d.world - 1
                 and fire_once(self.fault_dir or self.root, f"kill_writer_at_save_{self.saves}"))
-        state = tensor_state(trainer.parts, trainer.optimizer, trainer.copies)
         meta = {"step": step, "fingerprint": self.fingerprint, "world": self.d.world, **self.info,
                 **(extra or {}), "saved_at": time.time()}
+        if trainer.engine is not None:  # DeepSpeed's own sharded format: each rank its ZeRO partitions
+            meta["format"] = "deepspeed"
+            trainer.engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False,
+                                           exclude_frozen_parameters=True)
+            self._barrier()
+            self._finish(None, tmp, final, meta, t0, time.perf_counter() - t0)
+            return final
+        state = tensor_state(trainer.parts, trainer.optimizer, trainer.copies)
         writer = _writer(tmp, kill)
         if self.async_save and not block:
             fut = dcp.async_save(state, storage_writer=writer, process_group=self._pg)
@@ -322,6 +330,8 @@ class Checkpointer:
 
         path = Path(path)
         meta = read_meta(path)
+        if trainer.engine is not None or meta.get("format") == "deepspeed":
+            return self._load_deepspeed(trainer, path, meta)
         state = tensor_state(trainer.parts, trainer.optimizer, trainer.copies, for_load=True)
         have = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
         missing = sorted(k for k in state if k not in have)
@@ -333,6 +343,20 @@ class Checkpointer:
         trainer.step = int(meta["step"])
         rng = path / "rng" / f"rank{self.d.rank}.pt"
         if rng.is_file() and self.d.world == meta.get("world"):  # another layout: ranks are other processes
+            torch.set_rng_state(torch.load(rng))
+        return meta
+
+    def _load_deepspeed(self, trainer, path: Path, meta: dict) -> dict:
+        if trainer.engine is None or meta.get("format") != "deepspeed" or meta.get("world") != self.d.world:
+            raise ValueError(f"{path} was written by {meta.get('layout')} on {meta.get('world')} workers; this run "
+                             f"is {self.info.get('layout')} on {self.d.world}. DeepSpeed checkpoints resume on the "
+                             "same backend and data-parallel size; resume with that layout, or "
+                             "checkpoint.resume=never")
+        trainer.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                       load_lr_scheduler_states=False, load_module_strict=False)
+        trainer.step = int(meta["step"])
+        rng = path / "rng" / f"rank{self.d.rank}.pt"
+        if rng.is_file():
             torch.set_rng_state(torch.load(rng))
         return meta
 

@@ -46,6 +46,12 @@ class ParallelConfig:
     cpus_per_worker: float = 1.0       # fractions allowed: 8 workers x 0.25 CPU fit a 2-core machine
     gpus_per_worker: float = 1.0       # with use_gpu
     threads_per_worker: int = 1        # torch intra-op threads per worker
+    # the data-parallel engine: fsdp (FSDP2 over dp_shard, HSDP with dp_replicate) or deepspeed (ZeRO over all
+    # dp_replicate x dp_shard ranks; tp = pp = 1), the same loop and loss functions either way
+    backend: str = "fsdp"
+    zero_stage: int = 2                # deepspeed: 1 optimizer state, 2 + gradients, 3 + parameters sharded
+    offload_optimizer: bool = False    # deepspeed: optimizer state and step on the CPU (ZeRO-Offload)
+    offload_params: bool = False       # deepspeed: ZeRO-3 parameters kept on the CPU between uses
 
     def __post_init__(self):
         for k in ("dp_replicate", "dp_shard", "tp", "pp", "threads_per_worker"):
@@ -66,6 +72,18 @@ class ParallelConfig:
         check(not self.use_gpu or self.gpus_per_worker > 0, "parallel.gpus_per_worker", "must be > 0 with use_gpu")
         if self.pp_microbatches == 0:
             self.pp_microbatches = self.num_stages if self.pp > 1 else 1
+        check(self.backend in ("fsdp", "deepspeed"), "parallel.backend",
+              f"{self.backend!r}: use fsdp (FSDP2) or deepspeed (ZeRO)")
+        check(self.zero_stage in (1, 2, 3), "parallel.zero_stage", f"{self.zero_stage}: use 1, 2 or 3")
+        if self.backend == "deepspeed":
+            check(self.tp == 1 and self.pp == 1, "parallel.backend",
+                  f"deepspeed runs ZeRO data parallelism only ({self.describe()} asked): set tp=1 and pp=1, or "
+                  "use backend=fsdp for tensor and pipeline parallel layouts")
+            check(not self.compile, "parallel.compile", "compile is not wired for backend=deepspeed; set false")
+        check(not self.offload_params or (self.backend == "deepspeed" and self.zero_stage == 3),
+              "parallel.offload_params", "parameter offload is ZeRO-3's: set backend=deepspeed, zero_stage=3")
+        check(not self.offload_optimizer or self.backend == "deepspeed", "parallel.offload_optimizer",
+              "optimizer offload is DeepSpeed's: set backend=deepspeed")
 
     @property
     def world_size(self) -> int:
@@ -80,6 +98,10 @@ class ParallelConfig:
         return self.pp * self.stages_per_rank
 
     def describe(self) -> str:
+        if self.backend == "deepspeed":
+            return (f"deepspeed zero{self.zero_stage} x dp{self.dp}"
+                    + (" + optimizer offload" if self.offload_optimizer else "")
+                    + (" + param offload" if self.offload_params else ""))
         return f"pp{self.pp} x dp_replicate{self.dp_replicate} x dp_shard{self.dp_shard} x tp{self.tp}"
 
     def check_model(self, mcfg, seq_len: int, batch_size: int, key: str = "pretrain") -> None:

@@ -126,7 +126,8 @@ class Finetuner:
         self.val_examples, self.val_stats = load_examples(self.tok, list(val_sources), cfg.max_len, self.d.dp_rank,
                                                           self.d.dp_size, **opts)
         self.loss_fn = make_loss(cfg)
-        self.trainer = Trainer(self.model, self.loss_fn, cfg.optim, cfg.max_steps, self.d, autocast_dtype=autocast)
+        self.trainer = Trainer(self.model, self.loss_fn, cfg.optim, cfg.max_steps, self.d, autocast_dtype=autocast,
+                               zero=cfg.parallel, micro_batch=cfg.batch_size)
         if cfg.objective in ("dpo", "kto"):  # the frozen reference's log-probs, once, before any update
             t0 = time.perf_counter()
             # batched as the validation pass batches (sorted by length, batch_size each): at step 0 the policy's
@@ -220,6 +221,16 @@ class Finetuner:
     def unshard(self) -> None:
         """Whole weights on rank 0 before `export`: under FSDP every rank's shards are gathered (a collective,
         called on every rank) into a plain copy of the model on rank 0."""
+        engine = self.trainer.engine
+        if engine is not None and engine.zero_optimization_stage() == 3:  # DeepSpeed ZeRO-3's partitions
+            from actors.train.zero import full_state
+
+            state = full_state(engine.module)
+            if self.d.rank == 0:
+                model, _ = build_model(self.cfg, self.base_dir, self.d.device)
+                model.load_state_dict(state, strict=False)
+                self.model = model
+            return
         if not self.sharded:
             return
         state = gather_state(self.model)

@@ -223,7 +223,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, d: Dist, param_dtype: tor
     apply_ac(model, cfg.activation_checkpointing)
     if cfg.compile:
         apply_compile(model)
-    if d.mesh is not None and cfg.dp_shard > 1:
+    if d.mesh is not None and cfg.dp_shard > 1 and cfg.backend == "fsdp":
         # FSDP2 over dp_shard, HSDP when dp_replicate > 1 too. Pure replication (dp_shard == 1) is cheaper without
         # it: whole weights, and the trainer all-reduces the gradients in a few flat buckets (DDP's scheme)
         apply_fsdp(model, d.mesh["dp_replicate", "dp_shard"], param_dtype,
@@ -244,7 +244,8 @@ def is_sharded(model: nn.Module) -> bool:
 def match_forwards(model: nn.Module, d: Dist, n_local: int) -> None:
     """Under FSDP every rank must run as many forwards (each all-gathers every layer's shards): a rank that had
     fewer batches than the most of any data-parallel rank runs one-token forwards until it has as many."""
-    if d.mesh is None or d.dp_size == 1 or not is_sharded(model):
+    zero3 = any(hasattr(p, "ds_tensor") for p in model.parameters())  # DeepSpeed ZeRO-3 gathers per forward too
+    if d.mesh is None or d.dp_size == 1 or not (is_sharded(model) or zero3):
         return
     t = torch.tensor([n_local], dtype=torch.long)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.group("dp"))

@@ -21,6 +21,11 @@ _PEFT_PREFIX = "base_model.model."
 def _full_state(model: nn.Module, d: Dist) -> dict[str, torch.Tensor]:
     """Whole tensors by canonical name. Under FSDP a collective (every rank calls it) that leaves them on rank 0's
     CPU only (the others get {}); otherwise the live tensors themselves (detached, not copied)."""
+    if any(hasattr(p, "ds_tensor") for p in model.parameters()):  # DeepSpeed ZeRO-3 partitions
+        from actors.train.zero import full_state
+
+        sd = full_state(model)
+        return sd if d.rank == 0 else {}
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -80,7 +80,7 @@ class Trainer:
     def __init__(self, parts: list[nn.Module] | nn.Module, loss_fn: Callable, optim: OptimConfig, max_steps: int,
                  d: Dist | None = None, schedule=None, autocast_dtype: torch.dtype | None = None,
                  tied_weight: nn.Parameter | None = None, tied_copy: bool = False,
-                 flops_per_token: float = 0.0, peak_flops: float = 0.0):
+                 flops_per_token: float = 0.0, peak_flops: float = 0.0, zero=None, micro_batch: int = 1):
         self.parts = list(parts) if isinstance(parts, (list, tuple)) else [parts]
         if (d or Dist()).device.type == "cpu":
             keep_freed_memory_in_heap()
@@ -96,6 +96,13 @@ class Trainer:
         self.norm_params = [p for p in params if not (tied_copy and p is tied_weight)]
         self.copies = [tied_weight] if tied_copy else []
         self.optimizer = build_optimizer(params, optim)
+        # parallel.backend=deepspeed: a ZeRO engine owns gradient reduction, clipping and the optimizer step
+        self.engine = None
+        if zero is not None and zero.backend == "deepspeed":
+            from actors.train.zero import deepspeed_engine
+
+            self.engine = deepspeed_engine(self.model, self.optimizer, zero, optim, micro_batch,
+                                           autocast_dtype or torch.float32)
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.fsdp = any(is_sharded(m) for m in self.parts)
         self.step = 0
@@ -161,7 +168,9 @@ class Trainer:
         if self.schedule is None:
             with self._autocast():
                 loss_sum, _ = self.loss_fn(self.model, batch)
-            if backward:
+            if backward and self.engine is not None:
+                self.engine.backward(loss_sum / self._scale, scale_wrt_gas=False)
+            elif backward:
                 (loss_sum / self._scale).backward()
             return loss_sum.detach()
         labels = batch.get("labels", batch["input_ids"])
@@ -204,6 +213,8 @@ class Trainer:
                            for b in micro_batches)
         n_global, tokens = self.d.all_reduce([float(n_local), float(tokens_local)], "dp")
         self._scale = max(n_global, 1.0) / self.d.dp_size
+        if self.engine is not None:
+            return self._zero_step(micro_batches, lr, n_global, tokens, t0)
         loss_sum = sum(float(self._run(b, backward=True)) for b in micro_batches)
         self._average_replicated_grads()
         sync_tied_grads(self.tied_weight, self.d)
@@ -231,6 +242,31 @@ class Trainer:
             out["gflops_per_worker"] = achieved / 1e9
             if self.peak_flops:
                 out["mfu"] = achieved / self.peak_flops
+        out["peak_mem_gb"] = peak_memory_gb(self.d.device)
+        return out
+
+    def _zero_step(self, micro_batches: list[dict], lr: float, n_global: float, tokens: float, t0: float) -> dict:
+        """The step under DeepSpeed: backward per micro-batch (gradients reduce at the boundary, the last one),
+        then the engine's step (clip + update). The guard sees the global loss before the update; the gradient
+        norm comes from the engine's step."""
+        loss_sum = 0.0
+        for i, b in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+            loss_sum += float(self._run(b, backward=True))
+        (loss_sum,) = self.d.all_reduce([loss_sum], "dp")
+        loss = loss_sum / max(n_global, 1.0)
+        verdict = self.guard(loss, 0.0) if self.guard is not None else "ok"
+        if verdict != "ok":
+            raise FloatingPointError(f"step {self.step + 1}: loss {loss}: under backend=deepspeed a bad step is "
+                                     "not skipped (the engine's step both reduces and updates); resume from the "
+                                     "last checkpoint")
+        self.engine.step()
+        self.consumed += 1
+        self.step += 1
+        dt = time.perf_counter() - t0
+        gnorm = self.engine.get_global_grad_norm()
+        out = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm) if gnorm is not None else 0.0,
+               "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt, **self._loss_stats(n_global)}
         out["peak_mem_gb"] = peak_memory_gb(self.d.device)
         return out
 

@@ -129,10 +129,17 @@ def elastic_layout(pc: ParallelConfig, world: int, grad_accum: int, min_workers:
     return shrunk, pc.dp * grad_accum // dp_new
 
 
-def export_pretrain(parts, d: Dist, mcfg: ModelConfig, out: Path, tok_dir: str, step: int, lineage: list) -> bool:
+def export_pretrain(trainer: Trainer, d: Dist, mcfg: ModelConfig, out: Path, tok_dir: str, step: int,
+                    lineage: list) -> bool:
     """The whole model as an HF folder at `out` (a collective: every rank calls it; rank 0 writes). True on the
     rank that wrote."""
-    sd = full_state_dict(parts, d)
+    if trainer.engine is not None:  # DeepSpeed: ZeRO-3 shards gathered (ZeRO-1/2 hold whole weights)
+        from actors.train.zero import full_state
+
+        sd = full_state(trainer.engine.module)
+        sd = sd if d.rank == 0 else None
+    else:
+        sd = full_state_dict(trainer.parts, d)
     if sd is None:
         return False
     with torch.device("meta"):
@@ -163,11 +170,12 @@ def pretrain_worker(config: dict) -> None:
     parts = [m for _, m in stages]
     loss_fn = CausalLMLoss()
     tied, tied_copy = tied_head(mcfg, stages, pc.num_stages) if pc.pp > 1 else (None, False)
-    fsdp_mixed = pc.dp_shard > 1  # FSDP's policy casts weights to the compute dtype; elsewhere autocast does
+    # FSDP's policy casts weights to the compute dtype; elsewhere autocast does
+    fsdp_mixed = pc.dp_shard > 1 and pc.backend == "fsdp"
     trainer = Trainer(parts, loss_fn, cfg.optim, cfg.max_steps, d,
                       autocast_dtype=dtype if dtype != torch.float32 and not fsdp_mixed else None,
                       tied_weight=tied, tied_copy=tied_copy, flops_per_token=mcfg.flops_per_token(cfg.seq_len),
-                      peak_flops=device_peak_flops(d.device))
+                      peak_flops=device_peak_flops(d.device), zero=pc, micro_batch=cfg.batch_size)
     if pc.pp > 1:
         trainer.attach_schedule(build_schedule(stages, pc, d, pc.pp_microbatches, trainer.pipeline_loss))
 
@@ -220,7 +228,7 @@ def pretrain_worker(config: dict) -> None:
     lineage = config.get("lineage", [])
 
     def export(tr):
-        export_pretrain(parts, d, mcfg, out_dir / "exports" / f"step_{tr.step:08d}", tok_dir, tr.step,
+        export_pretrain(tr, d, mcfg, out_dir / "exports" / f"step_{tr.step:08d}", tok_dir, tr.step,
                         lineage + [{"stage": "pretrain", "steps": tr.step, "layout": pc.describe(), **precision}])
 
     if config.get("init_dir") and meta is None:  # continued pretraining: where the base starts on held-out rows
@@ -236,6 +244,10 @@ def pretrain_worker(config: dict) -> None:
              "tokens": tokens, "tokens_per_s": tokens / elapsed, "train_s": elapsed, "stopped": bool(last.get("stopped")),
              "num_params": mcfg.num_params(), "world_size": d.world, "layout": pc.describe(),
              "resumed_from": str(guard.resumed_from) if guard.resumed_from else None, **precision}
+    if trainer.engine is not None:  # what ZeRO left on this rank: 1/dp of the parameters under ZeRO-3
+        from actors.train.zero import local_numel
+
+        final["params_held"], final["params_total"] = local_numel(trainer.engine)
     if timings:
         final["ckpt_blocking_ms"] = sum(t["blocking_ms"] for t in timings) / len(timings)
         final["ckpt_save_ms"] = sum(t["save_ms"] for t in timings) / len(timings)
@@ -245,7 +257,7 @@ def pretrain_worker(config: dict) -> None:
         _report_stopped(final, d.rank)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        wrote = export_pretrain(parts, d, mcfg, Path(tmp), tok_dir, trainer.step,
+        wrote = export_pretrain(trainer, d, mcfg, Path(tmp), tok_dir, trainer.step,
                                 lineage + [{"stage": "pretrain", "steps": trainer.step, "tokens": tokens,
                                             "layout": pc.describe(), **precision}])
         _report(final, tmp if wrote else None)
