@@ -24,6 +24,7 @@ def run(ctx: StageContext) -> dict:
     from actors.train.stage import run_finetune
 
     cfg = ctx.cfg.finetune
+    cfg.checkpoint.mirror = cfg.checkpoint.mirror or ctx.checkpoint_mirror()
     base = finetune_base(ctx)
     sources = []
     if cfg.synthetic_max_rows + cfg.sft_max_rows > 0:  # the pipeline's own SFT sets, from the data stage

@@ -7,6 +7,8 @@ from jobs.runner import StageContext, main_for
 def run(ctx: StageContext) -> dict:
     from actors.train.stage import run_pretrain
 
+    ckpt = ctx.cfg.pretrain.checkpoint
+    ckpt.mirror = ckpt.mirror or ctx.checkpoint_mirror()
     data = ctx.inputs("data")
     baseline = ctx.metrics("data").get("unigram_entropy_nats")
     lineage = [{"stage": "data", "train_dir": data["train_dir"], "tokenizer": data["tokenizer_dir"]}]

@@ -49,6 +49,14 @@ class StageContext:
     def metrics(self, stage: str) -> dict:
         return self.manifest.stage(stage).get("metrics", {})
 
+    def checkpoint_mirror(self) -> str:
+        """Where a training stage's checkpoints are mirrored when the storage root is remote (the run dir is then
+        local staging): <root>/<run>/<stage>/checkpoints; "" for a local root."""
+        import cluster
+
+        root = cluster.storage_root()
+        return f"{root.rstrip('/')}/{self.cfg.run.name}/{self.name}/checkpoints" if "://" in root else ""
+
 
 def upstream(cfg: PipelineConfig, name: str) -> list[str]:
     """The stages `name` reads: a fine-tune from an outside base does not read the pretrain stage."""

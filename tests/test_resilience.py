@@ -94,6 +94,29 @@ def test_async_checkpoints_are_atomic_kept_and_resume_bit_for_bit(tmp_path):
     assert latest_in(root) == root / "step_00000008"
 
 
+def test_checkpoints_mirrored_to_a_pyarrow_uri_resume_where_the_local_ones_are_gone(tmp_path):
+    """checkpoint.mirror: each complete checkpoint is uploaded (pyarrow.fs; file:// here, s3:// alike), the
+    newest `keep` kept there with the mirror's own `latest`; a run whose local checkpoints are lost downloads the
+    mirror's latest and repeats the uninterrupted losses."""
+    ref = _reference(tmp_path)
+    uri = f"file://{tmp_path / 'bucket' / 'run' / 'pretrain' / 'checkpoints'}"
+    tr = make_trainer()
+    _run(tr, _guardian(tmp_path / "a", tr, {"every": 3, "keep": 2, "mirror": uri}))
+    remote = tmp_path / "bucket" / "run" / "pretrain" / "checkpoints"
+    assert (remote / "latest").read_text() == "step_00000008"
+    assert sorted(p.name for p in remote.iterdir() if p.is_dir()) == ["step_00000006", "step_00000008"]
+    assert (remote / "step_00000006" / ".metadata").exists() and (remote / "step_00000006" / "meta.json").exists()
+    saves = [json.loads(line) for line in (tmp_path / "a" / "checkpoints" / "checkpoints.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in saves if "uploaded_to" in s] == [3, 6, 8]
+    import shutil
+
+    shutil.rmtree(tmp_path / "a" / "checkpoints")  # the machine is gone; the mirror is not
+    (remote / "latest").write_text("step_00000006")
+    tr2 = make_trainer()
+    rest = _run(tr2, _guardian(tmp_path / "a", tr2, {"every": 3, "keep": 2, "mirror": uri}))
+    assert [m["loss"] for m in rest] == ref[6:]
+
+
 def test_a_writer_killed_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
     """kill_writer_at_save=2: the second save SIGKILLs the process after it wrote its first shard file, before
     the index; the next start resumes from the first checkpoint and repeats the uninterrupted losses."""
@@ -252,7 +275,8 @@ def fsdp2_run(ray_session, packed, tmp_path_factory) -> tuple[Path, dict[int, fl
     from actors.train.stage import run_pretrain
 
     out = tmp_path_factory.mktemp("fsdp2") / "run"
-    run_pretrain(_pretrain_cfg(7, {"dp_shard": 2}, checkpoint={"every": 2, "keep": 4}), packed, out)
+    run_pretrain(_pretrain_cfg(7, {"dp_shard": 2}, checkpoint={"every": 2, "keep": 4, "export_every": 4}), packed,
+                 out)
     return out, _losses(out)
 
 
@@ -266,6 +290,10 @@ def test_checkpoints_resume_across_layouts(fsdp2_run, packed, tmp_path):
     from actors.train.stage import run_pretrain
 
     src, ref = fsdp2_run
+    # export_every: an HF folder of the step-4 weights beside the checkpoints, loadable in transformers
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(src / "exports" / "step_00000004").config.num_hidden_layers == 4
     meta = json.loads((src / "checkpoints" / "step_00000002" / "meta.json").read_text())
     assert meta["world"] == 2 and meta["layout"] == "pp1 x dp_replicate1 x dp_shard2 x tp1"
     three_d = {"pp": 2, "dp_shard": 2, "tp": 2, "pp_schedule": "interleaved_1f1b"}

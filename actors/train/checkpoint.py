@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -46,8 +47,8 @@ def step_dir_name(step: int) -> str:
 
 def is_complete(path: Path) -> bool:
     """A checkpoint folder every rank finished writing: rank 0 writes meta.json last, once every rank's shards
-    (and DCP's index) are on disk, before the rename."""
-    return (path / "meta.json").is_file() and not path.name.endswith(".tmp")
+    (and DCP's index) are on disk, before the rename to step_N (a .tmp or .download-* folder is never one)."""
+    return re.fullmatch(r"step_\d{8}", path.name) is not None and (path / "meta.json").is_file()
 
 
 def latest_in(root: Path) -> Path | None:
@@ -152,6 +153,72 @@ def saved_digest(path: Path, keys: list[str] | None = None) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the mirror: complete checkpoints copied to a pyarrow.fs URI (object store, HDFS, another disk)
+
+
+class Mirror:
+    """A copy of the complete checkpoints under a pyarrow.fs URI (s3://bucket/run/stage/checkpoints, gs://...,
+    file:///abs): each is uploaded after it landed locally, files first and the mirror's own `latest` last, so
+    the mirror too only ever names complete checkpoints; the newest `keep` are kept there. A run whose local
+    checkpoints are gone (a new machine, a new pod) downloads the mirror's latest before resuming."""
+
+    def __init__(self, uri: str, keep: int, log: Callable = print):
+        import pyarrow.fs as pafs
+
+        try:
+            self.fs, self.path = pafs.FileSystem.from_uri(uri)
+        except Exception as e:  # noqa: BLE001 - re-raised with the fix
+            raise ValueError(f"checkpoint.mirror={uri!r} is not a usable pyarrow.fs URI ({e}); use s3://bucket/prefix, "
+                             "gs://..., hdfs://... or file:///absolute/path") from e
+        self.uri, self.keep, self.log = uri, keep, log
+        self.path = self.path.rstrip("/")
+
+    def upload(self, local: Path) -> None:
+        import pyarrow.fs as pafs
+
+        dest = f"{self.path}/{local.name}"
+        self.fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(local), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        with self.fs.open_output_stream(f"{self.path}/{LATEST}") as f:  # last: names only complete uploads
+            f.write(local.name.encode())
+        sel = pafs.FileSelector(self.path, allow_not_found=True)
+        steps = sorted(i.base_name for i in self.fs.get_file_info(sel)
+                       if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")
+                       and not i.base_name.endswith(".tmp"))
+        for old in steps[:-self.keep]:
+            if old != local.name:
+                self.fs.delete_dir(f"{self.path}/{old}")
+
+    def latest(self) -> str | None:
+        import pyarrow.fs as pafs
+
+        info = self.fs.get_file_info(f"{self.path}/{LATEST}")
+        if info.type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(f"{self.path}/{LATEST}") as f:
+            return f.read().decode().strip() or None
+
+    def download(self, name: str, root: Path) -> Path:
+        """The mirror's `name` into root/name (each process downloads into its own folder and renames it into
+        place; another process's finished copy wins)."""
+        import pyarrow.fs as pafs
+
+        final = root / name
+        if is_complete(final):
+            return final
+        mine = root / f"{name}.download-{os.getpid()}"
+        shutil.rmtree(mine, ignore_errors=True)
+        mine.mkdir(parents=True)
+        pafs.copy_files(f"{self.path}/{name}", str(mine), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        try:
+            os.rename(mine, final)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(mine, ignore_errors=True)
+        return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # fault injection
 
 
@@ -194,8 +261,10 @@ class Checkpointer:
 
     def __init__(self, root: str | Path, d: Dist, keep: int = 2, async_save: bool = True,
                  fingerprint: str = "", info: dict | None = None, log: Callable = print,
-                 kill_writer_at_save: int = 0, fault_dir: Path | None = None):
+                 kill_writer_at_save: int = 0, fault_dir: Path | None = None, mirror: str = ""):
         self.root, self.d, self.keep, self.async_save = Path(root), d, keep, async_save
+        self.mirror = Mirror(mirror, keep, log) if mirror else None
+        self._uploads: list[threading.Thread] = []
         self.fingerprint, self.info, self.log = fingerprint, dict(info or {}), log
         self.kill_writer_at_save, self.fault_dir = kill_writer_at_save, fault_dir
         self.saves = 0
@@ -295,6 +364,22 @@ class Checkpointer:
         timing["bytes"] = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
         with open(self.root / "checkpoints.jsonl", "a") as f:
             f.write(json.dumps({**timing, "path": str(final)}) + "\n")
+        if self.mirror is not None:  # in the background: the next save waits for it, training does not
+            th = threading.Thread(target=self._upload, args=(final,), daemon=True)
+            th.start()
+            self._uploads.append(th)
+
+    def _upload(self, final: Path) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.mirror.upload(final)
+        except Exception as e:  # noqa: BLE001 - training goes on; the local checkpoint is complete
+            self.log(f"[checkpoint] upload of {final.name} to {self.mirror.uri} failed: {e!r}; the local copy "
+                     "stays current, the mirror keeps its previous latest")
+            return
+        with open(self.root / "checkpoints.jsonl", "a") as f:
+            f.write(json.dumps({"step": int(final.name[5:]), "uploaded_to": f"{self.mirror.uri}/{final.name}",
+                                "upload_ms": (time.perf_counter() - t0) * 1e3}) + "\n")
 
     def wait(self) -> None:
         """Block until the write in flight (if any) has landed."""
@@ -303,6 +388,9 @@ class Checkpointer:
             fut, landed = pending
             fut.result()
             landed.wait()
+        for th in self._uploads:
+            th.join()
+        self._uploads = []
 
     # ------------------------------------------------------------------------------------------ load
 
@@ -313,6 +401,9 @@ class Checkpointer:
             return None
         if resume == "auto":
             found = latest_in(self.root) if self.root.is_dir() else None
+            if found is None and self.mirror is not None and (name := self.mirror.latest()):
+                self.log(f"[checkpoint] no local checkpoint; downloading {name} from {self.mirror.uri}")
+                found = self.mirror.download(name, self.root)
             if found is None:
                 return None
             theirs = read_meta(found).get("fingerprint")

@@ -135,6 +135,10 @@ class CheckpointConfig:
     resume: str = "auto"
     # after a load, write resume.json with a sha256 of every loaded tensor gathered whole (costs a gather)
     verify_resume: bool = False
+    # a pyarrow.fs URI (s3://bucket/prefix, gs://..., file:///abs) each complete checkpoint is uploaded to in the
+    # background; `auto` resumes from it when the local checkpoints are gone. Drivers default it to
+    # <FULLCHAIN_STORAGE>/<run>/<stage>/checkpoints when the storage root is remote.
+    mirror: str = ""
 
     def __post_init__(self):
         check(self.every >= 0, "checkpoint.every", f"must be >= 0 (0 = only on stop), got {self.every}")
@@ -142,6 +146,8 @@ class CheckpointConfig:
         check(self.export_every >= 0, "checkpoint.export_every", "must be >= 0 (0 = only the final export)")
         check(isinstance(self.resume, str) and self.resume.strip() != "", "checkpoint.resume",
               "use auto, never, or the path of a checkpoint folder")
+        check(not self.mirror or "://" in self.mirror, "checkpoint.mirror",
+              f"{self.mirror!r}: a pyarrow.fs URI such as s3://bucket/prefix or file:///absolute/path")
 
 
 @dataclass

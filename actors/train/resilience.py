@@ -116,7 +116,8 @@ class Guardian:
         self.faults = self.dir / ".faults"
         self.ckpt = Checkpointer(self.dir / "checkpoints", d, keep=ckpt.keep, async_save=ckpt.async_save,
                                  fingerprint=fingerprint, info=info, log=log,
-                                 kill_writer_at_save=res.fault.kill_writer_at_save, fault_dir=self.faults)
+                                 kill_writer_at_save=res.fault.kill_writer_at_save, fault_dir=self.faults,
+                                 mirror=ckpt.mirror)
         self.watch = Watchdog(res, log, self._record if d.rank == 0 else None)
         self.stop_file = self.dir / res.stop_file
         self.resumed_from: Path | None = None
@@ -125,6 +126,7 @@ class Guardian:
             log(f"[resilience] removed a stale stop file {self.stop_file}")
 
     def _record(self, e: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "events.jsonl", "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **e}) + "\n")
 
