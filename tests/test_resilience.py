@@ -156,15 +156,18 @@ def test_nan_step_is_skipped_or_rolled_back_and_stalls_are_reported(tmp_path):
     same: list = []
     check = lambda t, m: t.step == 3 and same.append(all(torch.equal(before[k], v) for k, v in t.model.state_dict().items()))  # noqa: E731
     rows = _run(tr, _guardian(tmp_path / "skip", tr, {"resume": "never"},
-                              {"on_nan": "skip", "stall_factor": 10.0,
-                               "fault": {"nan_at_step": 3, "slow_step": 7, "slow_s": 1.0}}),
+                              {"on_nan": "skip", "stall_factor": 10.0, "spike_factor": 3.0,
+                               "fault": {"nan_at_step": 3, "spike_at_step": 7, "slow_step": 8, "slow_s": 1.0}}),
                 [snap, check])
     assert rows[2]["skipped"] == 1 and same == [True]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for i, m in enumerate(rows) if i != 2)
-    assert rows[6]["stall"] > 10  # 1 s against steps of a few ms
+    # a loss 10x the median of the steps before: skipped as well
+    assert rows[6]["skipped"] == 1 and all("skipped" not in m for i, m in enumerate(rows) if i not in (2, 6))
+    assert rows[7]["stall"] > 10  # 1 s against steps of a few ms
     events = [json.loads(line) for line in (tmp_path / "skip" / "events.jsonl").read_text().splitlines()]
-    assert ("bad_step", "skip", 3) in [(e["event"], e.get("action"), e["step"]) for e in events]
-    assert ("stall", 7) in [(e["event"], e["step"]) for e in events]
+    bad = [(e["action"], e["step"], e["reason"].split(" ")[0]) for e in events if e["event"] == "bad_step"]
+    assert bad == [("skip", 3, "non-finite"), ("skip", 7, "spike")]
+    assert ("stall", 8) in [(e["event"], e["step"]) for e in events]
     # rollback: checkpoints every 2 steps; the NaN at step 5 restores step 4's weights and the data goes on past
     # the bad batch, so steps 5.. see batches 6.. (one batch further than an uninterrupted run)
     tr = make_trainer()

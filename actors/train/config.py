@@ -155,12 +155,13 @@ class FaultConfig:
     """Fault injection for tests and `bench.chaos`; each fires once per stage dir (a marker under .faults/)."""
     kill_writer_at_save: int = 0         # the n-th checkpoint write SIGKILLs its last rank after its first shard
     nan_at_step: int = 0                 # that step's loss (and so its gradients) becomes NaN
+    spike_at_step: int = 0               # that step's loss is multiplied by 10
     slow_step: int = 0                   # that step sleeps `slow_s` more seconds
     slow_s: float = 0.0
     hang_at_step: int = 0                # the last rank never joins that step's collectives
 
     def __post_init__(self):
-        for k in ("kill_writer_at_save", "nan_at_step", "slow_step", "hang_at_step"):
+        for k in ("kill_writer_at_save", "nan_at_step", "spike_at_step", "slow_step", "hang_at_step"):
             check(getattr(self, k) >= 0, f"resilience.fault.{k}", "must be >= 0 (0 = off)")
 
 

@@ -88,8 +88,8 @@ class Watchdog:
 
 
 class FaultyLoss:
-    """A `loss_fn` with the configured faults injected (tests and bench.chaos): a NaN loss at one step, a slow
-    step. Each fires once per stage dir and rank."""
+    """A `loss_fn` with the configured faults injected (tests and bench.chaos): a NaN loss at one step, a loss
+    spike, a slow step. Each fires once per stage dir and rank."""
 
     def __init__(self, loss_fn, fault: FaultConfig, step: Callable[[], int], marker_dir: Path, rank: int):
         self.inner, self.fault, self.step, self.dir, self.rank = loss_fn, fault, step, marker_dir, rank
@@ -104,6 +104,8 @@ class FaultyLoss:
             time.sleep(self.fault.slow_s)
         if s == self.fault.nan_at_step and fire_once(self.dir, f"nan_at_step.rank{self.rank}"):
             loss_sum = loss_sum * float("nan")
+        if s == self.fault.spike_at_step and fire_once(self.dir, f"spike_at_step.rank{self.rank}"):
+            loss_sum = loss_sum * 10.0
         return loss_sum, n
 
 
@@ -134,7 +136,7 @@ class Guardian:
         """The watchdog judges the trainer's steps; the configured faults go into its loss_fn."""
         trainer.guard = lambda loss, gnorm: self.watch.guard(loss, gnorm, trainer.step + 1)
         f = self.res.fault
-        if f.nan_at_step or f.slow_step:
+        if f.nan_at_step or f.spike_at_step or f.slow_step:
             trainer.loss_fn = FaultyLoss(trainer.loss_fn, f, lambda: trainer.step + 1, self.faults, self.d.rank)
 
     def start(self, trainer: Trainer) -> dict | None:
