@@ -232,11 +232,16 @@ class Trainer:
         if verdict == "rollback":
             raise Rollback(self.step + 1, loss, gnorm)
         self.step += 1
+        out = self._step_metrics(loss, lr, gnorm, tokens, n_global, t0)
+        if verdict == "skip":
+            out["skipped"] = 1
+        return out
+
+    def _step_metrics(self, loss: float, lr: float, gnorm: float, tokens: float, n_global: float,
+                      t0: float) -> dict:
         dt = time.perf_counter() - t0
         out = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt, **self._loss_stats(n_global)}
-        if verdict == "skip":
-            out["skipped"] = 1
         if self.flops_per_token:
             achieved = self.flops_per_token * tokens / dt / self.d.world
             out["gflops_per_worker"] = achieved / 1e9
@@ -263,12 +268,8 @@ class Trainer:
         self.engine.step()
         self.consumed += 1
         self.step += 1
-        dt = time.perf_counter() - t0
         gnorm = self.engine.get_global_grad_norm()
-        out = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(gnorm) if gnorm is not None else 0.0,
-               "tokens": tokens, "tokens_per_s": tokens / dt, "step_s": dt, **self._loss_stats(n_global)}
-        out["peak_mem_gb"] = peak_memory_gb(self.d.device)
-        return out
+        return self._step_metrics(loss, lr, float(gnorm) if gnorm is not None else 0.0, tokens, n_global, t0)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]], max_batches: int | None = None) -> dict:

@@ -122,10 +122,9 @@ def elastic_layout(pc: ParallelConfig, world: int, grad_accum: int, min_workers:
         raise ValueError(f"{world} workers cannot run layout {pc.describe()} ({pc.world_size} workers): an elastic "
                          f"run (resilience.min_workers > 0) needs a multiple of pp x tp = {fixed} workers whose "
                          f"data-parallel size divides dp x grad_accum_steps = {pc.dp * grad_accum}")
+    # a sharded layout (FSDP2, HSDP) shards over every remaining data-parallel rank; replicas stay replicas
     shrunk = dataclasses.replace(pc, dp_shard=dp_new if pc.dp_shard > 1 else 1,
                                  dp_replicate=1 if pc.dp_shard > 1 else dp_new)
-    if shrunk.dp != dp_new:  # HSDP shrinking: keep it simple, shard over all remaining data-parallel ranks
-        shrunk = dataclasses.replace(shrunk, dp_shard=dp_new, dp_replicate=1)
     return shrunk, pc.dp * grad_accum // dp_new
 
 
