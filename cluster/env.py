@@ -19,6 +19,7 @@ class Settings:
     ci: bool                     # CI=true
     aten_cpu_capability: str     # ATEN_CPU_CAPABILITY: caps torch's CPU kernels (avx2 makes any CPU an AVX2 one)
     onednn_max_cpu_isa: str      # ONEDNN_MAX_CPU_ISA: caps oneDNN's (AVX2: no native bf16 matmuls)
+    api_keys: tuple[str, ...]    # FULLCHAIN_API_KEY: Bearer keys the served API requires (comma-separated)
 
 
 def settings() -> Settings:
@@ -34,6 +35,7 @@ def settings() -> Settings:
         ci=env.get("CI", "").lower() in ("1", "true", "yes"),
         aten_cpu_capability=env.get("ATEN_CPU_CAPABILITY", "").strip().lower(),
         onednn_max_cpu_isa=env.get("ONEDNN_MAX_CPU_ISA", "").strip().lower(),
+        api_keys=tuple(k.strip() for k in env.get("FULLCHAIN_API_KEY", "").split(",") if k.strip()),
     )
 
 

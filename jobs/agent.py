@@ -23,7 +23,10 @@ def run(ctx: StageContext) -> dict:
     if "search_docs" in cfg.tools and not options.get("search_docs", {}).get("index"):
         options["search_docs"] = {**options.get("search_docs", {}), "index": docs_index(ctx, data)}
     tools = start_tools(cfg.tools, cfg.mcp_servers, cfg.openapi_servers, options)
-    client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s)
+    from cluster.env import settings
+
+    keys = list(ctx.cfg.serve.api_keys) + list(settings().api_keys)
+    client = make_client(serve["base_url"], timeout_s=cfg.request_timeout_s, api_key=keys[0] if keys else "EMPTY")
     agent = STYLES[cfg.style].from_config(cfg, client, serve["model_name"], tools)
     report = evaluate_agent(agent, records, n_transcripts=cfg.n_transcripts, concurrency=cfg.concurrency)
     demo_prompt = ctx.cfg.serve.demo_prompt

@@ -17,12 +17,30 @@ def _port(requested: int) -> int:
         return s.getsockname()[1]
 
 
+def with_env_keys(cfg):
+    """`cfg` (a ServeConfig) with the API keys of FULLCHAIN_API_KEY added to its `api_keys`."""
+    from dataclasses import replace
+
+    from cluster.env import settings
+
+    extra = [k for k in settings().api_keys if k not in cfg.api_keys]
+    return replace(cfg, api_keys=[*cfg.api_keys, *extra]) if extra else cfg
+
+
+def build_app(args):
+    """`serve run configs/serve.yaml`'s builder: `actors.serve.deployment.build_app` with FULLCHAIN_API_KEY's
+    keys added."""
+    from actors.serve.deployment import build_app as build, parse_args
+
+    return build(with_env_keys(parse_args(args)))
+
+
 def _start(ctx: StageContext, port: int) -> str:
     from dataclasses import replace
 
     from actors.serve.deployment import start_server
 
-    cfg = replace(ctx.cfg.serve, model=served_model(ctx), port=port)
+    cfg = with_env_keys(replace(ctx.cfg.serve, model=served_model(ctx), port=port))
     root = start_server(cfg, host="127.0.0.1", app_name=APP_NAME)
     return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
 
@@ -44,7 +62,8 @@ def run(ctx: StageContext) -> dict:
     t0 = time.perf_counter()
     base_url = _start(ctx, _port(cfg.port))
     startup = time.perf_counter() - t0
-    client = openai.OpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120)
+    keys = with_env_keys(cfg).api_keys
+    client = openai.OpenAI(base_url=base_url, api_key=keys[0] if keys else "EMPTY", max_retries=0, timeout=120)
     tools = _demo_tools(ctx) if cfg.demo_with_tools else None
     t1 = time.perf_counter()
     resp = client.chat.completions.create(

@@ -82,3 +82,27 @@ def make_tiny_model(root: Path, steps: int = 200) -> TinyModel:
     finally:
         torch.set_num_threads(threads)
     return tm
+
+
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int, r: int = 8, targets: list[str] = ALL_PROJ,
+                 dora: bool = False, std: float = 0.05) -> Path:
+    """A peft LoRA (or DoRA) adapter folder over the HF model at `base_dir`, with random A and B (peft starts B
+    at zero, which would change nothing), saved by peft itself."""
+    from peft import LoraConfig, get_peft_model
+
+    from actors.model import load_hf
+
+    model = get_peft_model(load_hf(base_dir), LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets,
+                                                         use_dora=dora))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            elif "magnitude" in n:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(str(out))
+    return out

@@ -212,12 +212,12 @@ def test_engine_leaves_the_callers_model_untouched_and_trainable(tiny):
     assert list(model.state_dict()) == list(state)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads and all(grads.values())
-    assert all(layer.self_attn.qkv_weight is None and layer.mlp.gate_up_weight is None
+    assert all(layer.self_attn.qkv is None and layer.mlp.gate_up is None
                for layer in model.model.layers.values())
     # the engine's fused copies are its own tensors; every other tensor is shared, not copied
     twin = engines[0].runner.model
     assert twin is not model and not twin.training
-    fused = twin.model.layers["0"].self_attn.qkv_weight
+    fused = twin.model.layers["0"].self_attn.qkv.weight
     assert fused is not None and fused.data_ptr() != params["model.layers.0.self_attn.q_proj.weight"].data_ptr()
     assert twin.model.embed_tokens.weight is params["model.embed_tokens.weight"]
     # and it still trains: a gradient for every parameter, and a step moves the weights
@@ -281,3 +281,53 @@ def test_lazy_guide_masks_only_inside_each_call(loaded):
     allowed = bad.allowed()   # the arguments' first key, in the schema's order: only "color" may start here
     assert {tok.decode([i]) for i in allowed.nonzero()[:, 0].tolist()} <= {"c", "co", "col", "colo", "color"}
     assert not allowed[tok("expression", add_special_tokens=False)["input_ids"][0]]
+
+
+def test_many_adapters_in_one_batch_equal_each_merged_model(loaded, tiny, tmp_path):
+    """Requests for three adapters (LoRA on every projection, LoRA on two, DoRA) and the base run together in one
+    engine; each equals the engine over that adapter merged into the base: greedy tokens and first-step logprobs.
+    No KV block is shared across adapters; with max_loras=2 the third adapter waits for a free slot."""
+    from actors.engine import AdapterRef
+    from actors.model.lora import merge_lora_
+    from tests.helpers import make_adapter
+
+    model, tok = loaded
+    adapters = [AdapterRef("all", str(make_adapter(tiny.dir, tmp_path / "all", seed=1))),
+                AdapterRef("two", str(make_adapter(tiny.dir, tmp_path / "two", seed=2, r=4,
+                                                   targets=["q_proj", "down_proj"]))),
+                AdapterRef("dora", str(make_adapter(tiny.dir, tmp_path / "dora", seed=3, dora=True)))]
+    prompts = [prompt_ids(tok, tiny.prompt_messages), tok("To be or not to be")["input_ids"],
+               tok("Once upon a time there was")["input_ids"]]
+
+    def params(adapter=None):
+        return greedy(tok, max_tokens=12, logprobs=3, ignore_eos=True, adapter=adapter)
+
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_memory=SMALL_KV, max_loras=2))
+    jobs = [(p, a) for p in prompts for a in [None, *adapters]]
+    outs = engine.generate_many([p for p, _ in jobs], [params(a) for _, a in jobs])
+    assert engine.loras.loads >= 3 and len(engine.loras.loaded) <= 2 and engine.has_unfinished() is False
+    assert all(a.refs == 0 for a in engine.loras.loaded.values())
+    for adapter in [None, *adapters]:
+        reference = load_hf(tiny.dir)
+        if adapter is not None:
+            merge_lora_(reference, adapter.path)
+        ref_engine = LLMEngine(reference, tok, EngineConfig(kv_cache_memory=SMALL_KV))
+        for (p, a), out in zip(jobs, outs):
+            if a is not adapter:
+                continue
+            want = ref_engine.generate(p, params())
+            assert out.token_ids == want.token_ids, adapter
+            first, ref_first = out.logprobs[0], want.logprobs[0]
+            assert [t for t, _ in first.top] == [t for t, _ in ref_first.top]
+            assert max(abs(x - y) for (_, x), (_, y) in zip(first.top, ref_first.top)) < 1e-4
+    base = {i: o.token_ids for i, ((p, a), o) in enumerate(zip(jobs, outs)) if a is None}
+    assert any(o.token_ids != base[i - i % 4] for i, ((p, a), o) in enumerate(zip(jobs, outs)) if a is not None)
+    # the prefix cache is keyed by adapter: a prompt cached under the base is a miss for an adapter, a hit again
+    # for the base and, the second time, for the adapter
+    engine = LLMEngine(model, tok, EngineConfig(kv_cache_memory=SMALL_KV))
+    long = prompts[0]
+    assert engine.generate(long, params()).cached_tokens == 0
+    assert engine.generate(long, params(adapters[0])).cached_tokens == 0
+    assert engine.generate(long, params()).cached_tokens > 0
+    assert engine.generate(long, params(adapters[0])).cached_tokens > 0
+    assert engine.generate(long, params(adapters[1])).cached_tokens == 0

@@ -33,6 +33,8 @@ from actors.common.config import check
 from actors.engine.kv_cache import BlockManager
 from actors.engine.runner import ModelRunner, kv_bytes_per_block
 from actors.engine.guide import Guide, GuideFactory
+from actors.engine.lora import AdapterError, LoRAManager
+from actors.engine.metrics import EngineMetrics
 from actors.engine.sampling import SampleRow, SamplingParams, TokenLogprobs
 from actors.engine.scheduler import Request, Scheduler
 
@@ -148,6 +150,8 @@ class EngineConfig:
     kv_cache_memory: Any = "2GiB"     # KV pool size in bytes ("2GiB", 2147483648) or a fraction (0, 1] of free memory
     enable_prefix_caching: bool = True
     max_model_len: int = 0            # 0 = the model's max_position_embeddings
+    # LoRA adapters loaded at once (vLLM's max_loras); a request for another waits until one is idle and evicted
+    max_loras: int = 4
 
     def __post_init__(self):
         check(isinstance(self.name, str) and (self.name in ENGINES or ":" in self.name), "engine.name",
@@ -167,6 +171,8 @@ class EngineConfig:
               f"must be true or false, got {self.enable_prefix_caching!r}")
         check(_is_int(self.max_model_len) and self.max_model_len >= 0, "engine.max_model_len",
               f"must be an integer >= 0 (0 = the model's context length), got {self.max_model_len!r}")
+        check(_is_int(self.max_loras) and self.max_loras >= 1, "engine.max_loras",
+              f"must be an integer >= 1 (adapters loaded at once), e.g. 4, got {self.max_loras!r}")
 
     def kv_cache_bytes(self, device: torch.device) -> int:
         """The KV pool's size on `device`: the bytes given, or the fraction of its free memory now."""
@@ -225,6 +231,9 @@ class ReqState:
     emitted: int = 0                  # chars of `text` already handed out as deltas
     prompt_logprobs_sent: bool = False
     guide: Guide | None = None        # a grammar guide's state (SamplingParams.guide)
+    model: str = ""                   # its metrics' model label: "" (the base) or the adapter's name
+    arrival: float = 0.0              # time.monotonic() when it was added
+    last_token: float | None = None   # when its latest token was sampled
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
@@ -260,12 +269,16 @@ class LLMEngine(Engine):
         self.kv = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(model, num_blocks, cfg.block_size)
+        self.loras = LoRAManager(self.runner.model.lora_projs, cfg.max_loras, p.dtype, p.device)
+        self._lora_waiting: collections.deque[Request] = collections.deque()  # their adapter has no room yet
+        self.failed: list[tuple[str, Exception]] = []   # requests dropped inside a step, for the driver to report
         self.vocab_size = int(model.config.vocab_size)
         self.eos_ids = frozenset(int(t) for t in (stop_token_ids(tokenizer) if eos_token_ids is None
                                                   else eos_token_ids))
         self._skip_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
         self._guides: GuideFactory | None = None   # built on the first guided request
         self.num_steps, self.step_seconds = 0, 0.0
+        self.metrics = EngineMetrics()
 
     @property
     def max_model_len(self) -> int:
@@ -277,10 +290,14 @@ class LLMEngine(Engine):
                 "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_total": kv.usable_blocks, "kv_blocks_free": kv.num_free_blocks,
                 "prefix_cache_queries": kv.queries, "prefix_cache_hits": kv.hits,
-                "preemptions": self.scheduler.num_preemptions}
+                "preemptions": self.scheduler.num_preemptions,
+                "lora_loaded": [a.ref.name for a in self.loras.loaded.values()], "lora_loads": self.loras.loads,
+                "lora_running": sorted({r.adapter.ref.name for r in self.scheduler.running if r.adapter}),
+                "lora_waiting": sorted({r.params.adapter.name for r in self._lora_waiting}),
+                "max_loras": self.loras.max_loras, "metrics": self.metrics.snapshot()}
 
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
-        if request_id in self.scheduler:
+        if request_id in self.scheduler or any(r.request_id == request_id for r in self._lora_waiting):
             raise ValueError(f"request_id {request_id!r} is already running; use a unique id")
         ids = [int(t) for t in prompt_token_ids]
         if not ids:
@@ -297,15 +314,44 @@ class LLMEngine(Engine):
             gen.seed()  # fresh nondeterministic seed
         else:
             gen.manual_seed(params.seed)
-        state = ReqState(gen, IncrementalDetokenizer(self.tokenizer, self._skip_ids))
+        state = ReqState(gen, IncrementalDetokenizer(self.tokenizer, self._skip_ids),
+                         model=params.adapter.name if params.adapter is not None else "", arrival=time.monotonic())
         if params.guide is not None:
             if self._guides is None:
                 self._guides = GuideFactory(self.tokenizer, self.vocab_size)
             state.guide = self._guides.start(params.guide)
-        self.scheduler.add(Request(request_id, ids, params, state=state))
+        req = Request(request_id, ids, params, state=state)
+        if params.adapter is None:
+            self.scheduler.add(req)
+        elif self._lora_waiting or not self._take_adapter(req):
+            self._lora_waiting.append(req)
+
+    def _take_adapter(self, req: Request) -> bool:
+        """Load (or share) the request's adapter and queue it; False when every adapter slot is in use."""
+        try:
+            a = self.loras.acquire(req.params.adapter)
+        except AdapterError as e:
+            raise ValueError(str(e)) from None
+        if a is None:
+            return False
+        req.adapter, req.kv.root = a, a.root
+        self.scheduler.add(req)
+        return True
+
+    def _release(self, req: Request) -> None:
+        if req.adapter is not None:
+            self.loras.release(req.adapter)
+            req.adapter = None
 
     def step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
+        while self._lora_waiting:
+            try:
+                if not self._take_adapter(self._lora_waiting[0]):
+                    break
+            except ValueError as e:  # the adapter's folder went bad while the request waited: it fails alone
+                self.failed.append((self._lora_waiting[0].request_id, e))
+            self._lora_waiting.popleft()
         sched = self.scheduler.schedule()
         out = self.runner.execute(sched, self._to_sample(sched))
         outputs = self.update(sched, out)
@@ -328,6 +374,7 @@ class LLMEngine(Engine):
 
     def update(self, sched, out) -> list[RequestOutput]:
         outputs = []
+        now = time.monotonic()
         for req, n in sched.scheduled:
             self.scheduler.computed(req, n)
             if req.request_id in out.prompt_logprobs:
@@ -340,6 +387,7 @@ class LLMEngine(Engine):
                 tok, lp = out.sampled[req.request_id]
                 new = [tok]
                 req.token_ids.append(tok)
+                self._count_token(req, now)
                 if lp is not None:
                     lps.append(lp)
                     req.logprobs.append(lp)
@@ -351,6 +399,23 @@ class LLMEngine(Engine):
             outputs.append(self._output(req, new, lps))
         return outputs
 
+    def _count_token(self, req: Request, now: float) -> None:
+        st, m = req.state, self.metrics
+        if st.last_token is None:
+            m.observe("time_to_first_token_seconds", st.model, now - st.arrival)
+            m.prompt_tokens[st.model] += len(req.prompt_ids)
+        else:
+            m.observe("inter_token_latency_seconds", st.model, now - st.last_token)
+        st.last_token = now
+        m.generation_tokens[st.model] += 1
+
+    def _count_finish(self, req: Request, reason: str) -> None:
+        st, m = req.state, self.metrics
+        if st.last_token is None and reason != "abort":   # scored the prompt only
+            m.prompt_tokens[st.model] += len(req.prompt_ids)
+        m.success[(st.model, reason)] += 1
+        m.observe("e2e_request_latency_seconds", st.model, time.monotonic() - st.arrival)
+
     def _apply_stop_rules(self, req: Request, tok: int) -> None:
         p, st = req.params, req.state
         if tok in self._stop_ids(p):
@@ -360,6 +425,8 @@ class LLMEngine(Engine):
             _check_stop_strings(req)
             if st.guide is not None:
                 st.guide.advance(tok, st.text)
+                if st.guide.done and req.finish_reason is None:
+                    req.finish_reason = "stop"    # a whole-output grammar completed (response_format)
         if req.finish_reason is None and (req.num_output >= p.max_tokens or req.num_tokens >= self.max_model_len):
             req.finish_reason = "length"
 
@@ -369,6 +436,8 @@ class LLMEngine(Engine):
         if finished:
             ready = len(st.text)
             self.scheduler.finish(req)
+            self._release(req)
+            self._count_finish(req, req.finish_reason)
         else:  # hold back a tail that might be the start of a stop string
             ready = len(st.text) - _stop_prefix_len(st.text, p.stop) if p.stop else len(st.text)
         ready = max(ready, st.emitted)
@@ -383,10 +452,18 @@ class LLMEngine(Engine):
             prompt_logprobs=prompt_lps, cached_tokens=req.num_cached_tokens)
 
     def abort(self, request_id: str) -> bool:
-        return self.scheduler.abort(request_id) is not None
+        for req in self._lora_waiting:
+            if req.request_id == request_id:
+                self._lora_waiting.remove(req)
+                return True
+        req = self.scheduler.abort(request_id)
+        if req is not None:
+            self._release(req)
+            self._count_finish(req, "abort")
+        return req is not None
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self._lora_waiting)
 
 
 def _check_stop_strings(req: Request) -> None:
@@ -478,6 +555,13 @@ class AsyncEngine:
     def max_model_len(self) -> int:
         return self.engine.max_model_len
 
+    async def stats(self) -> dict:
+        """The engine's counters, read on its step thread (between steps, never during one)."""
+        fn = getattr(self.engine, "stats", None)
+        if fn is None:
+            return {}
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     def loop_error(self) -> BaseException | None:
         """Why the background loop died, if it did (a health check should then fail)."""
         t = self._task
@@ -547,6 +631,9 @@ class AsyncEngine:
                 self.engine.abort(rid)
         if self.engine.has_unfinished():
             results.extend((o.request_id, o) for o in self.engine.step())
+        failed = getattr(self.engine, "failed", None)
+        while failed:
+            results.append(failed.pop())
         return results
 
     async def _run(self) -> None:

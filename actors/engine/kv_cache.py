@@ -35,6 +35,7 @@ class KVSeq:
     blocks: list[Block] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)   # chain keys of the full blocks computed so far
     num_registered: int = 0                           # leading blocks registered in the prefix cache
+    root: int | None = None           # the chain's root: a LoRA adapter's key, so no block is shared across adapters
 
 
 class BlockManager:
@@ -70,7 +71,7 @@ class BlockManager:
         """Keys of the first `upto_blocks` full blocks of `token_ids` (extending the ones already computed)."""
         bs = self.block_size
         for i in range(len(seq.keys), upto_blocks):
-            parent = seq.keys[i - 1] if i else None
+            parent = seq.keys[i - 1] if i else seq.root
             seq.keys.append(hash((parent, tuple(token_ids[i * bs:(i + 1) * bs]))))
         return seq.keys[:upto_blocks]
 
@@ -91,7 +92,7 @@ class BlockManager:
         keys = self._chain(seq, token_ids, full)
         hits: list[Block] = []
         for i, key in enumerate(keys):
-            b = self._lookup(key, keys[i - 1] if i else None, tuple(token_ids[i * bs:(i + 1) * bs]))
+            b = self._lookup(key, keys[i - 1] if i else seq.root, tuple(token_ids[i * bs:(i + 1) * bs]))
             if b is None:
                 break
             hits.append(b)
@@ -143,7 +144,7 @@ class BlockManager:
         for i in range(seq.num_registered, full):
             b = seq.blocks[i]
             if keys[i] not in self.cached and b.key is None:
-                b.key, b.parent, b.tokens = keys[i], keys[i - 1] if i else None, tuple(token_ids[i * bs:(i + 1) * bs])
+                b.key, b.parent, b.tokens = keys[i], keys[i - 1] if i else seq.root, tuple(token_ids[i * bs:(i + 1) * bs])
                 self.cached[b.key] = b
         seq.num_registered = full
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from actors.engine.lora import LoRABatch, Proj
 from actors.engine.sampling import SampleRow, TokenLogprobs, logprobs_of, sample
 from actors.engine.scheduler import Request, SchedulerOutput
 from kernels.paged_attention import DecodeMeta, decode_meta, gather_blocks, gather_index, paged_decode_attention, write_kv
@@ -104,34 +105,45 @@ def _plain_linear(m) -> bool:
 @torch.no_grad()
 def inference_model(model: nn.Module) -> nn.Module:
     """A copy of `model`'s module tree for inference, in eval mode, sharing its parameters and buffers; `model`
-    itself is left as it was (names, requires_grad, values, train/eval mode). Where a layer's projections are plain
-    bias-free linears, the copy computes q/k/v and gate/up as one matmul each over its own concatenated weights
-    (fewer, larger matmuls: at 64 rows a bf16 576x1536 projection runs ~330 GFLOP/s, a 576x192 one ~230). Those
-    concatenations are the only tensors copied (about the size of those weights), and so the only ones that do not
-    follow later in-place changes of `model`'s weights: build a new engine for new weights."""
+    itself is left as it was (names, requires_grad, values, train/eval mode). Each layer's plain bias-free
+    projections become `Proj`s (actors.engine.lora), which add the step's LoRA adapters to the rows that use them;
+    q/k/v and gate/up become one `Proj` each over their own concatenated weights (fewer, larger matmuls: at 64 rows
+    a bf16 576x1536 projection runs ~330 GFLOP/s, a 576x192 one ~230). Those concatenations are the only tensors
+    copied (about the size of those weights), and so the only ones that do not follow later in-place changes of
+    `model`'s weights: build a new engine for new weights. `twin.lora_batch` is the projections' shared
+    per-step adapter rows, `twin.lora_projs` the projections in order (their `pid`)."""
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     twin = copy.deepcopy(model, memo=shared).eval()
+    batch, projs = LoRABatch(), []
+
+    def proj(prefix: str, owner: nn.Module, names: list[str]) -> Proj:
+        linears = [getattr(owner, n) for n in names]
+        weight = torch.cat([lin.weight.detach() for lin in linears]) if len(linears) > 1 else linears[0].weight
+        p = Proj(weight, [f"{prefix}.{n}.weight" for n in names], [lin.weight.shape[0] for lin in linears],
+                 batch, len(projs))
+        projs.append(p)
+        if len(linears) > 1:  # the twin's own linears become views into the fused weight
+            start = 0
+            for lin in linears:
+                n = lin.weight.shape[0]
+                lin.weight = nn.Parameter(p.weight[start:start + n], requires_grad=False)
+                start += n
+        return p
+
     layers = getattr(getattr(twin, "model", None), "layers", None)
-    for layer in (layers.values() if isinstance(layers, nn.ModuleDict) else ()):
+    for key, layer in (layers.items() if isinstance(layers, nn.ModuleDict) else ()):
         a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if a is not None and hasattr(a, "qkv_weight") and all(
-                _plain_linear(getattr(a, n, None)) for n in ("q_proj", "k_proj", "v_proj")):
-            a.qkv_weight = _fuse(a.q_proj, a.k_proj, a.v_proj)
-        if m is not None and hasattr(m, "gate_up_weight") and all(
-                _plain_linear(getattr(m, n, None)) for n in ("gate_proj", "up_proj")):
-            m.gate_up_weight = _fuse(m.gate_proj, m.up_proj)
+        pre = f"model.layers.{key}"
+        if a is not None and hasattr(a, "qkv") and all(
+                _plain_linear(getattr(a, n, None)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            a.qkv = proj(f"{pre}.self_attn", a, ["q_proj", "k_proj", "v_proj"])
+            a.o_proj = proj(f"{pre}.self_attn", a, ["o_proj"])
+        if m is not None and hasattr(m, "gate_up") and all(
+                _plain_linear(getattr(m, n, None)) for n in ("gate_proj", "up_proj", "down_proj")):
+            m.gate_up = proj(f"{pre}.mlp", m, ["gate_proj", "up_proj"])
+            m.down_proj = proj(f"{pre}.mlp", m, ["down_proj"])
+    twin.lora_batch, twin.lora_projs = batch, projs
     return twin
-
-
-def _fuse(*linears: nn.Linear) -> torch.Tensor:
-    """One concatenated weight; the twin's own linears become views into it (the caller's keep their tensors)."""
-    fused = torch.cat([lin.weight.detach() for lin in linears])
-    start = 0
-    for lin in linears:
-        n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start:start + n], requires_grad=False)
-        start += n
-    return fused
 
 
 class ModelRunner:
@@ -163,9 +175,12 @@ class ModelRunner:
         sample_at: list[tuple[str, int]] = []      # (request id, index into need)
         prompt_at: list[tuple[Request, int, int, int]] = []  # (request, first need index, count, first position)
         chunks: list[Chunk] = []
+        lora_spans: list = []                      # (first row, rows, LoadedAdapter) of requests with an adapter
         for req, n in items:
             start, row = req.num_computed, len(ids)
             ids.extend(req.token_ids[start:start + n])
+            if req.adapter is not None:
+                lora_spans.append((row, n, req.adapter))
             positions.extend(range(start, start + n))
             slots.extend(self._slot(req, p) for p in range(start, start + n))
             if n > 1:
@@ -196,8 +211,13 @@ class ModelRunner:
         out = ModelOutput()
         mask = torch.zeros(1, len(ids), dtype=torch.bool, device=dev)
         mask[0, need] = True
-        logits = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([positions], device=dev),
-                            logits_mask=mask, attention=attention)  # (len(need), V)
+        lora = self.model.lora_batch
+        lora.set(lora_spans, dev)
+        try:
+            logits = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([positions], device=dev),
+                                logits_mask=mask, attention=attention)  # (len(need), V)
+        finally:
+            lora.active = []
         if not need:
             return out
         logits = logits.float()

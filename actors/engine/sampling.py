@@ -14,6 +14,7 @@ import torch
 
 from actors.common.config import check
 from actors.engine.guide import GrammarSpec
+from actors.engine.lora import AdapterRef
 
 
 def _int(v) -> bool:
@@ -45,6 +46,7 @@ class SamplingParams:
     logprobs: int | None = None       # logprob of each sampled token and this many top alternatives
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (no prefix-cache reuse)
     guide: GrammarSpec | None = None  # tokens masked to a grammar (actors.engine.guide), lazily from a trigger
+    adapter: AdapterRef | None = None  # generate with this LoRA adapter over the base (actors.engine.lora)
 
     def __post_init__(self):
         check(_num(self.temperature) and self.temperature >= 0, "temperature",

@@ -44,6 +44,7 @@ class Request:
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     state: Any = None                 # the engine's per-request state (generator, detokenizer, text)
+    adapter: Any = None               # its LoRA adapter as the engine loaded it (actors.engine.lora), None: base
 
     def __post_init__(self):
         if not self.token_ids:

@@ -96,17 +96,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
-        # one (q|k|v) weight for the `attention=` path: set only on the serving engine's own copy of a model
-        # (actors.engine.runner.inference_model); a model never fuses itself
-        self.qkv_weight: torch.Tensor | None = None
+        # one (q|k|v) projection for the `attention=` path, x -> (N, (nh + 2 nkv) hd): set only on the serving
+        # engine's own copy of a model (actors.engine.runner.inference_model, which also adds adapters there);
+        # a model never fuses itself
+        self.qkv: nn.Module | None = None
 
     def forward(self, x, cos, sin, attn_mask: torch.Tensor | None = None,
                 attention: "AttentionBackend | None" = None):
         B, T, _ = x.shape
         if attention is not None:  # tokens of many sequences flattened; the backend owns their KV storage
             N = B * T
-            if self.qkv_weight is not None:
-                q, k, v = F.linear(x, self.qkv_weight).split([self.nh * self.hd, self.nkv * self.hd,
+            if self.qkv is not None:
+                q, k, v = self.qkv(x).split([self.nh * self.hd, self.nkv * self.hd,
                                                               self.nkv * self.hd], dim=-1)
             else:
                 q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -139,11 +140,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.gate_up_weight: torch.Tensor | None = None  # (gate|up): likewise, the engine's copy only
+        self.gate_up: nn.Module | None = None  # (gate|up) in one projection: likewise, the engine's copy only
 
     def forward(self, x):
-        if self.gate_up_weight is not None:
-            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 

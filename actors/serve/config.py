@@ -49,6 +49,20 @@ class ServeConfig:
     # tool-call grammars): offered names, required arguments, schema types and enums
     guided_tool_calls: bool = True
     graceful_shutdown_timeout_s: float = 30.0
+    # Bearer keys every route but /health requires (empty: open); `jobs.serve` and `serve run configs/serve.yaml`
+    # add the keys of FULLCHAIN_API_KEY (comma-separated) to these
+    api_keys: list[str] = field(default_factory=list)
+    # LoRA adapters served from the start, {name: peft folder} (vLLM's --lora-modules name=path; a list of
+    # "name=path" strings works too); clients send `model: "<model_name>:<name>"` or `"<name>"`
+    lora_modules: dict[str, str] = field(default_factory=dict)
+    # Ray Serve's autoscaling_config for the engine replicas (min_replicas, max_replicas,
+    # target_ongoing_requests, upscale_delay_s, downscale_delay_s, ...); set, it replaces num_replicas
+    autoscaling: dict | None = None
+    # route a request to the replica that served its prompt's first `prefix_routing_tokens` tokens before
+    # (rendezvous hashing; the less loaded of two when that one is `prefix_routing_imbalance` requests busier)
+    prefix_routing: bool = True
+    prefix_routing_tokens: int = 256
+    prefix_routing_imbalance: int = 8
     engine: EngineConfig = field(default_factory=EngineConfig)
     # the pipeline's serve stage only
     keep_alive: bool = False           # leave the endpoint up after the pipeline (Ctrl-C stops it)
@@ -91,6 +105,43 @@ class ServeConfig:
         check(self.graceful_shutdown_timeout_s >= 0, "serve.graceful_shutdown_timeout_s",
               f"must be >= 0 seconds, got {self.graceful_shutdown_timeout_s}")
         check(self.demo_max_tokens >= 1, "serve.demo_max_tokens", f"must be >= 1, got {self.demo_max_tokens}")
+        if isinstance(self.api_keys, str):
+            self.api_keys = [k for k in self.api_keys.split(",") if k.strip()]
+        check(isinstance(self.api_keys, list) and all(isinstance(k, str) and k.strip() for k in self.api_keys),
+              "serve.api_keys", f"must be a list of non-empty strings, got {self.api_keys!r}")
+        self.api_keys = [k.strip() for k in self.api_keys]
+        if isinstance(self.lora_modules, (list, str)):
+            items = [self.lora_modules] if isinstance(self.lora_modules, str) else self.lora_modules
+            check(all(isinstance(i, str) and "=" in i for i in items), "serve.lora_modules",
+                  f"{self.lora_modules!r}: give {{name: path}} or a list of 'name=path' strings")
+            self.lora_modules = dict(i.split("=", 1) for i in items)
+        check(isinstance(self.lora_modules, dict) and all(
+            isinstance(k, str) and k and ":" not in k and isinstance(v, str) and v
+            for k, v in self.lora_modules.items()), "serve.lora_modules",
+            f"{self.lora_modules!r}: give {{name: peft adapter folder}}; names may not contain ':'")
+        if self.autoscaling is not None:
+            check(isinstance(self.autoscaling, dict), "serve.autoscaling",
+                  f"must be a mapping of Ray Serve autoscaling_config fields, got {self.autoscaling!r}")
+            from pydantic import ValidationError
+            from ray.serve.config import AutoscalingConfig
+
+            fields = set(getattr(AutoscalingConfig, "model_fields", None) or AutoscalingConfig.__fields__)
+            unknown = sorted(set(self.autoscaling) - fields)
+            check(not unknown, f"serve.autoscaling.{unknown[0] if unknown else ''}",
+                  f"is not a Ray Serve autoscaling_config field; use min_replicas, max_replicas, "
+                  "target_ongoing_requests, upscale_delay_s, downscale_delay_s, ...")
+            try:
+                AutoscalingConfig(**self.autoscaling)
+            except (ValidationError, TypeError, ValueError) as e:
+                errs = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
+                where = ".".join(str(x) for x in errs[0]["loc"])
+                check(False, f"serve.autoscaling{'.' + where if where else ''}",
+                      f"{errs[0]['msg']} (Ray Serve's autoscaling_config: min_replicas, max_replicas, "
+                      "target_ongoing_requests, upscale_delay_s, downscale_delay_s)")
+        check(self.prefix_routing_tokens >= 1, "serve.prefix_routing_tokens",
+              f"must be >= 1, got {self.prefix_routing_tokens}")
+        check(self.prefix_routing_imbalance >= 1, "serve.prefix_routing_imbalance",
+              f"must be >= 1, got {self.prefix_routing_imbalance}")
 
     @property
     def device(self) -> str:

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 from ray import serve
 
@@ -51,6 +52,7 @@ class LLMServer:
         model = load_hf(cfg.model, dtype=dtype, device=cfg.device)
         tokenizer = load_tokenizer(cfg.model)
         self.engine = AsyncEngine(make_engine(model, tokenizer, cfg.engine), thread_niceness=cfg.engine_niceness)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def generate(self, prompt_token_ids: list[int], params):
         """Streams lists of RequestOutput deltas: everything ready since the last message (a slow consumer costs
@@ -62,10 +64,9 @@ class LLMServer:
     async def complete(self, prompt_token_ids: list[int], params):
         return await self.engine.complete(prompt_token_ids, params)
 
-    def stats(self) -> dict:
-        """The engine's counters and the dtype `serve.dtype` resolved to on this replica."""
-        engine = self.engine.engine.stats() if hasattr(self.engine.engine, "stats") else {}
-        return {**engine, **self.precision}
+    async def stats(self) -> dict:
+        """The engine's counters and metrics, this replica's id and the dtype `serve.dtype` resolved to."""
+        return {**await self.engine.stats(), **self.precision, "replica": self.replica_id}
 
     def check_health(self) -> None:
         """Serve restarts a replica whose engine loop died (it would hang every request)."""
@@ -104,6 +105,14 @@ class EngineClient:
                 raise
             await asyncio.sleep(self.backoff_s * (attempt + 1))  # let Serve drop the dead replica
 
+    async def stats(self) -> list[dict]:
+        """Every live replica's `stats()` (a replica that does not answer in 10 s is left out)."""
+        try:
+            out = await self.handle.broadcast("stats").results_async(timeout_s=10, return_exceptions=True)
+        except TimeoutError:
+            return []
+        return [r for r in out if isinstance(r, dict)]
+
     async def complete(self, prompt_token_ids: list[int], params):
         for attempt in range(self.retries + 1):
             try:
@@ -121,10 +130,18 @@ class OpenAIIngress:
         from actors.model.tokenizer import load_tokenizer
         from actors.serve.openai_api import create_app
 
+        from actors.serve.adapters import AdapterRegistry
+
         tokenizer = load_tokenizer(cfg.model)
         client = EngineClient(engine_handle, cfg.max_len(), cfg.request_retries)
+        adapters = AdapterRegistry(cfg.model_name, cfg.model)
+        for name, path in cfg.lora_modules.items():
+            try:
+                adapters.add(name, path)
+            except ValueError as e:
+                raise ConfigError(f"serve.lora_modules.{name}: {e}") from None
         # not `self.app`: the ingress wrapper owns that name (a read-only property)
-        self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls)
+        self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls, adapters, cfg.api_keys)
 
     def __serve_build_asgi_app__(self):
         return self.api
@@ -154,19 +171,47 @@ def _nest_dotted(args: dict) -> dict:
     return out
 
 
+def check_adapters(cfg: ServeConfig) -> ServeConfig:
+    """`cfg` with `lora_modules` as absolute folders, each checked against the served model (before any replica
+    starts: an error names `serve.lora_modules.<name>` and the fix)."""
+    import types
+
+    from actors.engine import adapter_problem
+
+    model_config = types.SimpleNamespace(**json.loads((Path(cfg.model) / "config.json").read_text()))
+    mods = {}
+    for name, path in cfg.lora_modules.items():
+        p = Path(path).expanduser().resolve()
+        why = adapter_problem(p, model_config)
+        check(why is None, f"serve.lora_modules.{name}", f"{why}")
+        mods[name] = str(p)
+    return replace(cfg, lora_modules=mods)
+
+
 def build_app(args: ServeConfig | dict) -> serve.Application:
     """Application builder for `serve run` (YAML `applications[].args` or `key=value` on the command line)."""
-    a = resolve_model_dir(parse_args(args))
+    from ray.serve.config import RequestRouterConfig
+
+    a = check_adapters(resolve_model_dir(parse_args(args)))
     opts: dict = {"num_cpus": a.num_cpus}
     if a.num_gpus:
         opts["num_gpus"] = a.num_gpus
+    scaling: dict = ({"autoscaling_config": a.autoscaling} if a.autoscaling is not None
+                     else {"num_replicas": a.num_replicas})
+    if a.prefix_routing:
+        from actors.serve.router import PrefixRouter
+
+        scaling["request_router_config"] = RequestRouterConfig(
+            request_router_class=PrefixRouter,
+            request_router_kwargs={"tokens": a.prefix_routing_tokens, "imbalance": a.prefix_routing_imbalance})
     engine = LLMServer.options(
-        num_replicas=a.num_replicas, max_ongoing_requests=a.max_ongoing_requests, ray_actor_options=opts,
-        graceful_shutdown_timeout_s=a.graceful_shutdown_timeout_s,
+        max_ongoing_requests=a.max_ongoing_requests, ray_actor_options=opts,
+        graceful_shutdown_timeout_s=a.graceful_shutdown_timeout_s, **scaling,
     ).bind(a)
+    most = (a.autoscaling or {}).get("max_replicas", a.num_replicas)
     # the ingress only tokenizes and reshapes: no CPU reserved, so it never blocks an engine replica's placement
     return OpenAIIngress.options(ray_actor_options={"num_cpus": 0},
-                                 max_ongoing_requests=a.num_replicas * a.max_ongoing_requests,
+                                 max_ongoing_requests=most * a.max_ongoing_requests,
                                  ).bind(engine, a)
 
 

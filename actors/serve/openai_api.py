@@ -1,4 +1,6 @@
-"""OpenAI-compatible HTTP API over an engine client: chat + text completions (with SSE streaming), models, health.
+"""OpenAI-compatible HTTP API over an engine client: chat + text completions (with SSE streaming, `response_format`
+JSON), models and LoRA adapters (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`), `/tokenize`, `/detokenize`,
+Prometheus `/metrics`, health, and an optional Bearer API-key check on every route but /health.
 
 `create_app(engine, tokenizer, model_name)` returns a FastAPI app; it knows nothing about Ray, so it runs
 under Ray Serve (deployment.py) or plain uvicorn alike. Every client error comes back as HTTP 400 (404 for
@@ -8,6 +10,7 @@ never leaks.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import re
 import time
@@ -16,19 +19,24 @@ from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.common.config import ConfigError
 from actors.engine import GrammarSpec, RequestOutput, SamplingParams
-from actors.engine.guide import grammar_error
+from actors.engine import AdapterRef
+from actors.engine.guide import grammar_error, json_grammar
+from actors.serve.adapters import AdapterNotFound, AdapterRegistry
+from actors.serve.metrics import CONTENT_TYPE as METRICS_TYPE
+from actors.serve.metrics import render as render_metrics
 from actors.model.chat import ChatTemplateError, encode_chat
 from actors.tooltask import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, call_grammar, parse_tool_calls
 from actors.serve.protocol import (
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, CompletionChoice, CompletionLogprobs,
-    CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, ErrorInfo,
-    ErrorResponse, FunctionCall, ModelCard, ModelList, NamedToolChoice, ResponseMessage, TokenLogprob, ToolCall,
-    TopLogprob, Usage, new_id, new_tool_call_id,
+    CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall, DetokenizeRequest,
+    ErrorInfo, ErrorResponse, FunctionCall, LoadLoRARequest, ModelCard, ModelList, NamedToolChoice, ResponseFormat,
+    ResponseMessage, TokenizeRequest, TokenLogprob, ToolCall, TopLogprob, UnloadLoRARequest, Usage, new_id,
+    new_tool_call_id,
 )
 
 
@@ -177,20 +185,41 @@ class OpenAIServing:
     `complete(ids, params)` and `max_model_len`: an in-process `AsyncEngine` or the Serve handle of an engine
     deployment."""
 
-    def __init__(self, engine, tokenizer, model_name: str, guided_tool_calls: bool = True):
+    def __init__(self, engine, tokenizer, model_name: str, guided_tool_calls: bool = True,
+                 adapters: AdapterRegistry | None = None):
         self.engine = engine
         self.tok = tokenizer
         self.model_name = model_name
         self.guided_tool_calls = guided_tool_calls
+        self.adapters = adapters
         self.vocab_size = len(tokenizer)
         self._token_text: dict[int, str] = {}
 
     # -- shared --------------------------------------------------------------------------------------
 
-    def check_model(self, name: str) -> None:
-        if name != self.model_name:
-            raise APIError(f"model {name!r} does not exist; this server serves {self.model_name!r} "
-                           "(see GET /v1/models)", param="model", status=404, code="model_not_found")
+    def resolve_model(self, name: str | None) -> AdapterRef | None:
+        """The LoRA adapter `model` names ("base:adapter" or "adapter"), None for the base; 404 otherwise."""
+        if name is None or name == self.model_name:
+            return None
+        try:
+            if self.adapters is None:
+                raise AdapterNotFound(f"model {name!r} does not exist; this server serves {self.model_name!r} "
+                                      "(see GET /v1/models)")
+            return self.adapters.resolve(name)
+        except AdapterNotFound as e:
+            raise APIError(str(e), param="model", status=404, code="model_not_found") from None
+
+    def format_guide(self, fmt: ResponseFormat | None) -> GrammarSpec | None:
+        """`response_format` json_object / json_schema: the whole output decoded under that JSON grammar."""
+        if fmt is None or fmt.type == "text":
+            return None
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        grammar = json_grammar(schema)
+        why = grammar_error(grammar)
+        if why:
+            raise APIError(f"response_format.json_schema.schema cannot be decoded: {why}",
+                           param="response_format.json_schema.schema")
+        return GrammarSpec(grammar)
 
     def sampling_params(self, req, n_prompt: int, prompt_param: str, limit: int | None, limit_param: str,
                         limit_is_default: bool = False, **extra) -> SamplingParams:
@@ -269,21 +298,27 @@ class OpenAIServing:
                                      for x in lps])
 
     async def chat(self, req: ChatCompletionRequest):
-        self.check_model(req.model)
+        adapter = self.resolve_model(req.model)
         ids = self.render_chat(req)
         prefix = self.forced_prefix(req)
         if prefix:
             ids = ids + list(self.tok(prefix, add_special_tokens=False)["input_ids"])
         limit_param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         params = self.sampling_params(req, len(ids), "messages", req.token_limit(), limit_param,
-                                      logprobs=req.num_logprobs())
+                                      logprobs=req.num_logprobs(), adapter=adapter)
         tools_on = req.template_tools() is not None
-        if tools_on and self.guided_tool_calls:
+        fmt = self.format_guide(req.response_format)
+        if fmt is not None:
+            if prefix:
+                raise APIError("response_format JSON cannot be combined with tool_choice 'required' or a named "
+                               "function; drop one of them", param="response_format")
+            params, tools_on = replace(params, guide=fmt), False   # the answer is the JSON value itself
+        elif tools_on and self.guided_tool_calls:
             params = replace(params, guide=self.tool_call_guide(req.template_tools(), prefix))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._stream(self._chat_stream(ids, self.fan_out(params, req.n), tools_on, include_usage,
-                                                  prefix, req.logprobs))
+                                                  prefix, req.logprobs, req.model))
         outs = await self._gather([(ids, p) for p in self.fan_out(params, req.n)])
         choices = []
         for i, out in enumerate(outs):
@@ -297,12 +332,12 @@ class OpenAIServing:
             choices.append(ChatChoice(index=i, message=message, finish_reason=finish,
                                       logprobs=self.chat_logprobs(out.logprobs) if req.logprobs else None))
         return ChatCompletionResponse(
-            model=self.model_name, choices=choices,
+            model=req.model, choices=choices,
             usage=Usage.of(outs[0].prompt_tokens, sum(o.completion_tokens for o in outs), outs[0].cached_tokens),
         ).model_dump()
 
     async def _chat_stream(self, ids, params_list, tools_on: bool, include_usage: bool, prefix: str,
-                           logprobs: bool | None) -> AsyncIterator[str]:
+                           logprobs: bool | None, model: str) -> AsyncIterator[str]:
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def chunk(index: int | None, delta: DeltaMessage | None, finish=None, usage: Usage | None = None,
@@ -310,7 +345,7 @@ class OpenAIServing:
             choices = [] if delta is None else [{"index": index, "delta": delta.model_dump(exclude_none=True),
                                                   "finish_reason": finish,
                                                   "logprobs": lps.model_dump() if lps is not None else None}]
-            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
@@ -395,7 +430,8 @@ class OpenAIServing:
         return lp
 
     async def completion(self, req: CompletionRequest):
-        self.check_model(req.model)
+        adapter = self.resolve_model(req.model)
+        guide = self.format_guide(req.response_format)
         if req.max_tokens == 0 and not req.echo:
             raise APIError("'max_tokens' 0 returns nothing without echo; set echo: true (with logprobs to score the "
                            "prompt) or max_tokens >= 1", param="max_tokens")
@@ -408,7 +444,8 @@ class OpenAIServing:
             params = self.sampling_params(
                 req, len(ids), param, req.max_tokens, "max_tokens",
                 limit_is_default="max_tokens" not in req.model_fields_set, logprobs=req.logprobs,
-                prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
+                prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None, adapter=adapter,
+                guide=guide)
             jobs += [(k, ids, p) for p in self.fan_out(params, req.n)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -424,7 +461,7 @@ class OpenAIServing:
             choices.append(CompletionChoice(index=i, text=echo + out.text, finish_reason=out.finish_reason,
                                             logprobs=lps))
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
-        return CompletionResponse(model=self.model_name, choices=choices,
+        return CompletionResponse(model=req.model, choices=choices,
                                   usage=Usage.of(prompt_tokens, sum(o.completion_tokens for o in outs),
                                                  sum(o.cached_tokens for o in outs[::req.n]))).model_dump()
 
@@ -435,7 +472,7 @@ class OpenAIServing:
         def chunk(index: int | None, text: str | None, finish=None, usage: Usage | None = None, lps=None) -> str:
             choices = [] if text is None else [{"index": index, "text": text, "finish_reason": finish,
                                                  "logprobs": lps.model_dump() if lps is not None else None}]
-            obj = {"id": cid, "object": "text_completion", "created": created, "model": self.model_name,
+            obj = {"id": cid, "object": "text_completion", "created": created, "model": req.model,
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
@@ -476,7 +513,61 @@ class OpenAIServing:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def models(self) -> dict:
-        return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.engine.max_model_len)]).model_dump()
+        """The base, then each adapter as "base:adapter" with its folder (`root`) and base (`parent`), as vLLM
+        lists them."""
+        cards = [ModelCard(id=self.model_name, root=self.model_name, max_model_len=self.engine.max_model_len)]
+        for name, ref in sorted((self.adapters.adapters if self.adapters else {}).items()):
+            cards.append(ModelCard(id=f"{self.model_name}:{name}", root=ref.path, parent=self.model_name,
+                                   max_model_len=self.engine.max_model_len))
+        return ModelList(data=cards).model_dump()
+
+    # -- tokenizer and adapters ---------------------------------------------------------------------------
+
+    def tokenize(self, req: TokenizeRequest) -> dict:
+        self.resolve_model(req.model)
+        if req.messages is not None:
+            tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+            try:
+                ids = encode_chat(self.tok, [m.for_template() for m in req.messages], tools,
+                                  add_generation_prompt=req.add_generation_prompt)
+            except ChatTemplateError as e:
+                raise APIError(f"cannot render messages with the chat template: {e}", param="messages") from None
+        else:
+            ids = list(self.tok(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
+        out = {"count": len(ids), "max_model_len": self.engine.max_model_len, "tokens": ids}
+        if req.return_token_strs:
+            out["token_strs"] = self.tok.convert_ids_to_tokens(ids)
+        return out
+
+    def detokenize(self, req: DetokenizeRequest) -> dict:
+        self.resolve_model(req.model)
+        bad = [t for t in req.tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise APIError(f"'tokens' {bad[:5]} are outside the vocabulary [0, {self.vocab_size})", param="tokens")
+        return {"prompt": self.tok.decode(req.tokens)}
+
+    def load_adapter(self, req: LoadLoRARequest) -> dict:
+        if self.adapters is None:
+            raise APIError("this server has no adapter registry", status=400)
+        try:
+            ref = self.adapters.add(req.lora_name, req.lora_path, req.load_inplace)
+        except ValueError as e:
+            raise APIError(str(e), param="lora_path" if "already" not in str(e) else "lora_name") from None
+        return {"status": "ok", "lora_name": ref.name, "lora_path": ref.path, "version": ref.version,
+                "model": f"{self.model_name}:{ref.name}"}
+
+    def unload_adapter(self, req: UnloadLoRARequest) -> dict:
+        try:
+            if self.adapters is None:
+                raise AdapterNotFound(f"no adapter named {req.lora_name!r} is loaded")
+            ref = self.adapters.remove(req.lora_name)
+        except AdapterNotFound as e:
+            raise APIError(str(e), param="lora_name", status=404, code="model_not_found") from None
+        return {"status": "ok", "lora_name": ref.name}
+
+    async def metrics(self) -> str:
+        replicas = await self.engine.stats() if hasattr(self.engine, "stats") else []
+        return render_metrics([r for r in replicas if isinstance(r, dict)], self.model_name)
 
 
 async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
@@ -513,10 +604,22 @@ async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]
             t.cancel()
 
 
-def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = True) -> FastAPI:
-    serving = OpenAIServing(engine, tokenizer, model_name, guided_tool_calls)
+def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = True,
+               adapters: AdapterRegistry | None = None, api_keys: list[str] | tuple[str, ...] = ()) -> FastAPI:
+    """The API over `engine`. `adapters`: the LoRA adapters it may serve (None: the base only). `api_keys`: when
+    given, every route but /health needs `Authorization: Bearer <key>` (401 otherwise, in OpenAI's error shape)."""
+    serving = OpenAIServing(engine, tokenizer, model_name, guided_tool_calls, adapters)
     app = FastAPI(title="fullchain OpenAI-compatible API")
     app.state.serving = serving
+    keys = frozenset(api_keys)
+
+    if keys:
+        @app.middleware("http")
+        async def _check_key(request: Request, call_next):
+            if request.url.path != "/health" and not key_ok(request.headers.get("authorization"), keys):
+                return APIError("invalid or missing API key; send the header 'Authorization: Bearer <key>' with "
+                                "one of the server's api_keys", status=401, code="invalid_api_key").response()
+            return await call_next(request)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -529,7 +632,7 @@ def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = Tru
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         msg = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}; " \
-            "use /v1/chat/completions, /v1/completions, /v1/models or /health"
+            "use /v1/chat/completions, /v1/completions, /v1/models, /tokenize, /detokenize, /metrics or /health"
         return APIError(str(msg), status=exc.status_code).response()
 
     @app.exception_handler(Exception)
@@ -552,4 +655,32 @@ def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = Tru
     async def completions(req: CompletionRequest):
         return await serving.completion(req)
 
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        return serving.tokenize(req)
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        return serving.detokenize(req)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(req: LoadLoRARequest):
+        return serving.load_adapter(req)
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(req: UnloadLoRARequest):
+        return serving.unload_adapter(req)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(await serving.metrics(), media_type=METRICS_TYPE)
+
     return app
+
+
+def key_ok(header: str | None, keys: frozenset[str]) -> bool:
+    """`Authorization: Bearer <key>` with a key in `keys` (compared in constant time)."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    given = header[len("Bearer "):].strip().encode()
+    return any(hmac.compare_digest(given, k.encode()) for k in keys)

@@ -94,6 +94,27 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Strict):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON valid under a schema (both decoded under
+    the grammar, so the output always parses)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _needs_schema(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object: {\"name\": ..., \"schema\": {...}}")
+        return self
+
+
 class _SamplingFields(_Strict):
     """Fields shared by chat and text completions (OpenAI's, plus vLLM's sampling extensions)."""
 
@@ -116,6 +137,7 @@ class _SamplingFields(_Strict):
     min_tokens: int | None = Field(default=None, ge=0)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -343,6 +365,45 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "fullchain"
     max_model_len: int | None = None
+    root: str | None = None           # vLLM: the base model's name, or an adapter's folder
+    parent: str | None = None         # vLLM: an adapter's base model
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's /tokenize: a text prompt, or chat messages rendered through the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[ToolSpec] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' (text) or 'messages' (a chat)")
+        return self
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = None
+    tokens: list[int]
+
+
+class LoadLoRARequest(_Strict):
+    """vLLM's /v1/load_lora_adapter; `load_inplace` replaces an adapter of the same name (requests in flight
+    finish on the one they started with)."""
+
+    lora_name: str = Field(min_length=1, pattern=r"^[^:/\s]+$")
+    lora_path: str = Field(min_length=1)
+    load_inplace: bool = False
+
+
+class UnloadLoRARequest(_Strict):
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None
 
 
 class ModelList(BaseModel):
