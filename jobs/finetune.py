@@ -39,7 +39,41 @@ def run(ctx: StageContext) -> dict:
     res = run_finetune(cfg, base, sources, ctx.dir, lineage=[{"stage": "base", "spec": cfg.base, "hf": base}],
                        data_root=cluster.data_root())
     res["outputs"].update(base=cfg.base, base_hf=str(base))
+    if cfg.publish:
+        res["outputs"]["published"] = publish_adapter(cfg.publish, cfg.publish_name or ctx.cfg.run.name,
+                                                      snapshot_adapter(res["outputs"]["adapter"], ctx.dir))
     return res
+
+
+def snapshot_adapter(adapter_dir: str, stage_dir: Path) -> Path:
+    """A copy of the adapter under <stage>/published/<UTC time>: a later run rewrites `adapter/`, and a replica
+    that loads the published adapter later must read what was published."""
+    import shutil
+    import time
+
+    dest = Path(stage_dir) / "published" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    shutil.copytree(adapter_dir, dest, dirs_exist_ok=True)
+    return dest
+
+
+def publish_adapter(url: str, name: str, adapter_dir: str, timeout_s: float = 60.0) -> dict:
+    """Load `adapter_dir` into the running Serve app at `url` as `name`, replacing an adapter of that name (requests
+    in flight finish on the old one). The key of FULLCHAIN_API_KEY goes along when set."""
+    import httpx
+
+    from cluster.env import settings
+
+    keys = settings().api_keys
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+    try:
+        r = httpx.post(url.rstrip("/").removesuffix("/v1") + "/v1/load_lora_adapter", headers=headers,
+                       json={"lora_name": name, "lora_path": str(Path(adapter_dir).resolve()), "load_inplace": True},
+                       timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"finetune.publish: cannot reach the Serve app at {url} ({e}); is it running?") from None
+    if r.status_code != 200:
+        raise RuntimeError(f"finetune.publish: {url} refused the adapter ({r.status_code}): {r.text[:300]}")
+    return r.json()
 
 
 def finetune_base(ctx: StageContext) -> str:

@@ -194,9 +194,16 @@ def resolve_run_dir(cfg: PipelineConfig, run_dir: str | None) -> Path:
 
 def main_for(stages: list[str] | None, prog: str, argv: list[str] | None = None) -> Manifest:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = base_parser(prog).parse_args(argv)
+    parser = base_parser(prog)
+    if stages and "finetune" in stages:
+        parser.add_argument("--publish", default=None, metavar="URL",
+                            help="after training, load the adapter into the Serve app at URL (its base, e.g. "
+                                 "http://127.0.0.1:8000) under finetune.publish_name, replacing one of that name "
+                                 "(same as --set finetune.publish=URL)")
+    args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides + resume_overrides(args.resume, stages))
+        publish = [f"finetune.publish={args.publish}"] if getattr(args, "publish", None) else []
+        cfg = load_config(args.config, args.overrides + resume_overrides(args.resume, stages) + publish)
         inputs = parse_inputs(args.inputs)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ APP = "fullchain-features"
 MODEL = "feat"
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+GRPC_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def base_url(ray_session, tiny, adapters):
     from actors.serve.deployment import start_server, stop_server
 
     url = start_server({"model": str(tiny.dir), "model_name": MODEL, "port": free_port(), "num_replicas": 2,
+                        "grpc_port": GRPC_PORT,
                         "num_cpus": 0.5, "api_keys": [KEY], "lora_modules": {"a1": str(adapters["a1"])},
                         "prefix_routing_tokens": 32, "engine": {"kv_cache_memory": "64MiB"}}, app_name=APP)
     yield url
@@ -185,6 +187,25 @@ def test_hot_swap_under_20_streaming_requests(base_url, http, adapters):
     assert _complete(http, f"{MODEL}:hs", prompt, n_tok)["choices"][0]["text"] == want_new
 
 
+def test_a_finetune_job_publishes_its_adapter_into_the_running_app(base_url, http, adapters, monkeypatch, tmp_path):
+    """What `python -m jobs.finetune --publish URL` does after training: snapshot the adapter, load it under the
+    publish name with load_inplace (the key from FULLCHAIN_API_KEY)."""
+    from jobs.finetune import publish_adapter, snapshot_adapter
+
+    monkeypatch.setenv("FULLCHAIN_API_KEY", KEY)
+    first = publish_adapter(base_url, "pub", snapshot_adapter(str(adapters["a1"]), tmp_path / "v1"))
+    assert _complete(http, f"{MODEL}:pub")["choices"][0]["text"] == _complete(http, f"{MODEL}:a1")["choices"][0]["text"]
+    second = publish_adapter(base_url, "pub", snapshot_adapter(str(adapters["a3"]), tmp_path / "v2"))
+    assert second["version"] > first["version"] and "published" in second["lora_path"]
+    http.post("/v1/load_lora_adapter", json={"lora_name": "ref3", "lora_path": str(adapters["a3"]),
+                                             "load_inplace": True})
+    assert _complete(http, f"{MODEL}:pub")["choices"][0]["text"] == \
+        _complete(http, f"{MODEL}:ref3")["choices"][0]["text"]
+    monkeypatch.setenv("FULLCHAIN_API_KEY", "wrong")
+    with pytest.raises(RuntimeError, match="refused the adapter \\(401\\)"):
+        publish_adapter(base_url, "pub", adapters["a1"])
+
+
 def test_tokenize_and_detokenize(http, tiny):
     r = http.post("/tokenize", json={"model": MODEL, "prompt": "To be or not to be", "return_token_strs": True})
     body = r.json()
@@ -256,3 +277,50 @@ def test_prefix_aware_routing_keeps_a_shared_prefix_on_one_replica(http):
     busy = max(q, key=q.get)
     assert sorted(q.values())[0] == 0 and q[busy] > 0, q
     assert hits[busy] >= 7 * 32, hits  # the 7 later prompts each reuse at least the routed 32 tokens
+
+
+def _http_stream(http, body: dict) -> tuple[str, str]:
+    text, finish = "", ""
+    with http.stream("POST", "/v1/chat/completions" if "messages" in body else "/v1/completions",
+                     json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for c in json.loads(line[6:])["choices"]:
+                    text += c.get("text") or (c.get("delta") or {}).get("content") or ""
+                    finish = c.get("finish_reason") or finish
+    return text, finish
+
+
+def test_grpc_streams_what_http_streams_and_checks_the_key(http, tiny):
+    import grpc
+
+    from actors.serve.grpc_api import stubs
+
+    pb2, pb2_grpc = stubs()
+    meta = [("authorization", f"Bearer {KEY}")]
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = pb2_grpc.LLMStub(channel)
+        for body, req in (
+                ({"model": MODEL, "prompt": "To be or not", "max_tokens": 12, "temperature": 0, "ignore_eos": True},
+                 pb2.GenerateRequest(model=MODEL, prompt="To be or not", max_tokens=12, temperature=0,
+                                     ignore_eos=True)),
+                ({"model": f"{MODEL}:a1", "messages": tiny.prompt_messages, "max_tokens": 16, "temperature": 0},
+                 pb2.GenerateRequest(model=f"{MODEL}:a1", max_tokens=16, temperature=0, messages=[
+                     pb2.Message(role=m["role"], content=m["content"]) for m in tiny.prompt_messages]))):
+            chunks = list(stub.Generate(req, metadata=meta, timeout=60))
+            want_text, want_finish = _http_stream(http, body)
+            assert "".join(c.text for c in chunks) == want_text and want_text
+            assert [c.finish_reason for c in chunks if c.finish_reason] == [want_finish]
+            assert chunks[-1].completion_tokens > 0 and json.loads(chunks[0].json)["model"] == body["model"]
+        models = stub.ListModels(pb2.ListModelsRequest(), metadata=meta, timeout=30)
+        assert {m.id for m in models.models} >= {MODEL, f"{MODEL}:a1"}
+        for bad_meta in ([], [("authorization", "Bearer wrong")]):
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.Generate(pb2.GenerateRequest(model=MODEL, prompt="hi"), metadata=bad_meta, timeout=30))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ListModels(pb2.ListModelsRequest(), metadata=bad_meta, timeout=30)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(pb2.GenerateRequest(model="nope", prompt="hi"), metadata=meta, timeout=30))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "does not exist" in e.value.details()

@@ -35,6 +35,7 @@ class ServeConfig:
     model_cache: str = "runs/models"   # where a registry name / .gguf is imported (once)
     model_name: str = "fullchain"      # the `model` clients must send
     port: int = 8000                   # HTTP port on 127.0.0.1; 0 in the pipeline: any free port
+    grpc_port: int = 0                 # gRPC port of Ray Serve's gRPC proxy (actors/serve/proto); 0 = no gRPC
     num_replicas: int = 1
     num_cpus: float = 1.0              # per engine replica (the ingress reserves none)
     num_gpus: float = 0.0              # per engine replica; > 0 also puts the model on cuda
@@ -89,6 +90,7 @@ class ServeConfig:
         check(isinstance(self.model_name, str) and self.model_name.strip() != "", "serve.model_name",
               "must be a non-empty string (clients send it as `model`), e.g. fullchain")
         check(0 <= self.port < 65536, "serve.port", f"must be a TCP port (0 = any free port), got {self.port}")
+        check(0 <= self.grpc_port < 65536, "serve.grpc_port", f"must be a TCP port (0 = no gRPC), got {self.grpc_port}")
         check(self.num_replicas >= 1, "serve.num_replicas", f"must be >= 1, got {self.num_replicas}")
         check(self.num_cpus >= 0, "serve.num_cpus", f"must be >= 0, got {self.num_cpus}")
         check(self.num_gpus >= 0, "serve.num_gpus", f"must be >= 0, got {self.num_gpus}")

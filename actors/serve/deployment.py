@@ -142,9 +142,19 @@ class OpenAIIngress:
                 raise ConfigError(f"serve.lora_modules.{name}: {e}") from None
         # not `self.app`: the ingress wrapper owns that name (a read-only property)
         self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls, adapters, cfg.api_keys)
+        self.grpc = None
+        if cfg.grpc_port:  # a task on this replica's event loop: the API's logic, no extra hop
+            from actors.serve.grpc_api import start_grpc
+
+            self.grpc = asyncio.get_running_loop().create_task(
+                start_grpc(self.api.state.serving, cfg.api_keys, cfg.grpc_port))
 
     def __serve_build_asgi_app__(self):
         return self.api
+
+    def check_health(self) -> None:
+        if self.grpc is not None and self.grpc.done() and not self.grpc.cancelled() and self.grpc.exception():
+            raise RuntimeError(f"the gRPC server failed: {self.grpc.exception()!r}")
 
 
 def parse_args(args: ServeConfig | dict | None) -> ServeConfig:
@@ -237,6 +247,10 @@ def start_server(cfg: ServeConfig | dict, host: str = "127.0.0.1", app_name: str
     check(cfg.port != 0, "serve.port", "start_server needs a port: pick a free one first (the pipeline does)")
     port = cfg.port
     app = build_app(cfg)
+    if cfg.grpc_port:
+        from actors.serve.grpc_api import stubs
+
+        stubs()  # generated once here (a source checkout), not by each replica
     serve.start(http_options={"host": host, "port": port})
     actual = _proxy_port(port)
     if actual != port:

@@ -297,7 +297,8 @@ class OpenAIServing:
                                                   top_logprobs=[TopLogprob(**entry(t, v)) for t, v in x.top])
                                      for x in lps])
 
-    async def chat(self, req: ChatCompletionRequest):
+    async def chat(self, req: ChatCompletionRequest, raw: bool = False):
+        """The response body; streamed, an SSE response (`raw`: the async iterator of its chunk dicts)."""
         adapter = self.resolve_model(req.model)
         ids = self.render_chat(req)
         prefix = self.forced_prefix(req)
@@ -317,8 +318,9 @@ class OpenAIServing:
             params = replace(params, guide=self.tool_call_guide(req.template_tools(), prefix))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(self._chat_stream(ids, self.fan_out(params, req.n), tools_on, include_usage,
-                                                  prefix, req.logprobs, req.model))
+            events = self._chat_stream(ids, self.fan_out(params, req.n), tools_on, include_usage, prefix,
+                                       req.logprobs, req.model)
+            return events if raw else self._stream(events)
         outs = await self._gather([(ids, p) for p in self.fan_out(params, req.n)])
         choices = []
         for i, out in enumerate(outs):
@@ -337,11 +339,11 @@ class OpenAIServing:
         ).model_dump()
 
     async def _chat_stream(self, ids, params_list, tools_on: bool, include_usage: bool, prefix: str,
-                           logprobs: bool | None, model: str) -> AsyncIterator[str]:
+                           logprobs: bool | None, model: str) -> AsyncIterator[dict]:
         cid, created = new_id("chatcmpl"), int(time.time())
 
         def chunk(index: int | None, delta: DeltaMessage | None, finish=None, usage: Usage | None = None,
-                  lps=None) -> str:
+                  lps=None) -> dict:
             choices = [] if delta is None else [{"index": index, "delta": delta.model_dump(exclude_none=True),
                                                   "finish_reason": finish,
                                                   "logprobs": lps.model_dump() if lps is not None else None}]
@@ -349,7 +351,7 @@ class OpenAIServing:
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
-            return _sse(obj)
+            return obj
 
         n = len(params_list)
         for i in range(n):
@@ -429,7 +431,7 @@ class OpenAIServing:
                 lp.top_logprobs.append({name(t): v for t, v in x.top})
         return lp
 
-    async def completion(self, req: CompletionRequest):
+    async def completion(self, req: CompletionRequest, raw: bool = False):
         adapter = self.resolve_model(req.model)
         guide = self.format_guide(req.response_format)
         if req.max_tokens == 0 and not req.echo:
@@ -449,7 +451,8 @@ class OpenAIServing:
             jobs += [(k, ids, p) for p in self.fan_out(params, req.n)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(self._completion_stream(req, prompts, jobs, include_usage))
+            events = self._completion_stream(req, prompts, jobs, include_usage)
+            return events if raw else self._stream(events)
         outs = await self._gather([(ids, p) for _, ids, p in jobs])
         choices = []
         for i, ((k, ids, _), out) in enumerate(zip(jobs, outs)):
@@ -466,17 +469,17 @@ class OpenAIServing:
                                                  sum(o.cached_tokens for o in outs[::req.n]))).model_dump()
 
     async def _completion_stream(self, req: CompletionRequest, prompts, jobs, include_usage: bool
-                                 ) -> AsyncIterator[str]:
+                                 ) -> AsyncIterator[dict]:
         cid, created = new_id("cmpl"), int(time.time())
 
-        def chunk(index: int | None, text: str | None, finish=None, usage: Usage | None = None, lps=None) -> str:
+        def chunk(index: int | None, text: str | None, finish=None, usage: Usage | None = None, lps=None) -> dict:
             choices = [] if text is None else [{"index": index, "text": text, "finish_reason": finish,
                                                  "logprobs": lps.model_dump() if lps is not None else None}]
             obj = {"id": cid, "object": "text_completion", "created": created, "model": req.model,
                    "system_fingerprint": None, "choices": choices}
             if usage is not None or include_usage:
                 obj["usage"] = usage.model_dump() if usage else None
-            return _sse(obj)
+            return obj
 
         sent = [0] * len(jobs)  # chars streamed per choice (text_offset of the next token)
         if req.echo:
@@ -500,11 +503,11 @@ class OpenAIServing:
     # -- plumbing -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _stream(events: AsyncIterator[str]) -> StreamingResponse:
+    def _stream(events: AsyncIterator[dict]) -> StreamingResponse:
         async def body():
             try:
                 async for e in events:
-                    yield e
+                    yield _sse(e)
             except Exception as e:  # headers are gone: report in-band, as OpenAI does
                 yield _sse({"error": {"message": f"generation failed: {e}", "type": "server_error",
                                       "param": None, "code": None}})
@@ -520,6 +523,18 @@ class OpenAIServing:
             cards.append(ModelCard(id=f"{self.model_name}:{name}", root=ref.path, parent=self.model_name,
                                    max_model_len=self.engine.max_model_len))
         return ModelList(data=cards).model_dump()
+
+    async def stream_events(self, body: dict) -> AsyncIterator[dict]:
+        """The chunks a streamed HTTP request with this JSON body would send (a `prompt`: a completion, else a
+        chat), for other transports (gRPC). Raises APIError as the HTTP route would answer."""
+        from pydantic import ValidationError
+
+        kind = CompletionRequest if "prompt" in body else ChatCompletionRequest
+        try:
+            req = kind.model_validate(body)
+        except ValidationError as e:
+            raise validation_error(RequestValidationError(e.errors())) from None
+        return await (self.completion(req, raw=True) if kind is CompletionRequest else self.chat(req, raw=True))
 
     # -- tokenizer and adapters ---------------------------------------------------------------------------
 

@@ -326,6 +326,11 @@ class FinetuneConfig:
     # What to fine-tune: "pretrain" (this run's pretrain stage output), a registry name
     # (`python -m jobs.models list`), a .gguf file, or a Llama-family Hugging Face folder.
     base: str = "pretrain"
+    # after training, the job driver loads the adapter into a running Serve app (its base URL, e.g.
+    # http://127.0.0.1:8000) through /v1/load_lora_adapter with load_inplace: a hot swap, no restart; the name
+    # clients then send as "<model>:<publish_name>" ('' = the run's name)
+    publish: str = ""
+    publish_name: str = ""
     objective: str = "sft"               # sft | dpo | kto | rm (reward model: scalar head, pairwise loss)
     method: str = "lora"                 # lora | qlora (4-bit frozen base) | full
     # dtype of the frozen base weights under LoRA. auto: bfloat16 on a GPU or a CPU with native bf16 (a bf16
@@ -371,6 +376,12 @@ class FinetuneConfig:
               f"{self.method!r}: use 'lora', 'qlora' or 'full'")
         check(isinstance(self.base, str) and self.base.strip() != "", "finetune.base",
               "must be 'pretrain', a registry name (python -m jobs.models list), a .gguf file or an HF folder")
+        check(not self.publish or self.publish.startswith(("http://", "https://")), "finetune.publish",
+              f"{self.publish!r}: give the Serve app's base URL, e.g. http://127.0.0.1:8000 ('' = do not publish)")
+        check(not self.publish or self.method != "full", "finetune.publish",
+              "publishes a LoRA adapter; method 'full' makes none (serve its merged folder instead)")
+        check(not self.publish_name or (":" not in self.publish_name and "/" not in self.publish_name),
+              "finetune.publish_name", f"{self.publish_name!r}: a name without ':' or '/', e.g. sql-v2")
         if self.base != "pretrain":
             from actors.model.registry import spec_problem
 
