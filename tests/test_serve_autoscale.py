@@ -63,14 +63,16 @@ def test_replicas_scale_from_1_to_2_under_load_and_back(ray_session, tmp_path_fa
             task = asyncio.create_task(load(stop))
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(None, _wait, lambda: _running() == 2, 90, "scaling up to 2 replicas")
+                up = await loop.run_in_executor(None, _wait, lambda: _running() == 2, 90, "scaling up to 2 replicas")
+                print(f"scaled up in {up:.1f} s")
             finally:
                 stop.set()
                 await task
 
         asyncio.run(main())
         assert done > 0
-        _wait(lambda: _running() == 1, 90, "scaling back down to 1 replica")
+        down = _wait(lambda: _running() == 1, 90, "scaling back down to 1 replica")
+        print(f"scaled down in {down:.1f} s")
         r = httpx.post(f"{url}/v1/completions", json={"model": "auto", "prompt": "hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200  # the remaining replica serves
     finally:
