@@ -41,7 +41,10 @@ def parse(argv=None):
     ap.add_argument("--output-len-min", type=int, default=16)
     ap.add_argument("--output-len-max", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--baseline", choices=["hf", "none"], default="none")
+    ap.add_argument("--baseline", choices=["hf", "llamacpp", "none"], default="none",
+                    help="hf: transformers generate as one static batch; llamacpp: llama.cpp's server (xllamacpp, "
+                         "its own venv) on the same requests, F32 vs our fp32 and Q8_0 vs our int8")
+    ap.add_argument("--ppl-tokens", type=int, default=16384, help="held-out tokens for the int8 perplexity delta")
     ap.add_argument("--greedy-check", type=int, default=16, help="requests compared with HF greedy, one by one")
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
@@ -147,23 +150,17 @@ def hf_baseline(model_dir: str, requests, a) -> tuple[float, list[list[int]]]:
     return hf_s, alone
 
 
-def main(argv=None) -> dict:
-    a = parse(argv)
-    import cluster
-    from actors.model.registry import resolve_model
+def serve_run(model_dir: str, requests, a, dtype: str, quantization: str = "none"):
+    """Our replica on Ray Serve over the request list: (results, seconds, the engine's stats)."""
     from actors.engine import EngineConfig
     from actors.serve.config import ServeConfig
     from actors.serve.deployment import start_server, stop_server
 
-    cluster.connect()
-    model_dir = str(resolve_model(a.model, cluster.model_cache()))
-    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
-    requests = make_requests(a, vocab)
     app = "bench-serve"
-    cfg = ServeConfig(model=model_dir, model_name="bench", port=_free_port(), dtype=a.dtype, torch_threads=a.threads,
+    cfg = ServeConfig(model=model_dir, model_name="bench", port=_free_port(), dtype=dtype, torch_threads=a.threads,
                       num_cpus=a.threads, max_ongoing_requests=max(a.max_concurrency, 64),
                       engine=EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-                                          kv_cache_memory=a.kv_cache_memory))
+                                          kv_cache_memory=a.kv_cache_memory, quantization=quantization))
     url = start_server(cfg, app_name=app, timeout_s=600)
     try:
         asyncio.run(run_load(url, "bench", [(requests[0][0][:16], 4)], a))  # warm-up
@@ -173,6 +170,22 @@ def main(argv=None) -> dict:
         engine_stats = serve.get_deployment_handle("LLMServer", app_name=app).stats.remote().result()
     finally:
         stop_server(app)
+    engine_stats.pop("metrics", None)
+    return results, dur, engine_stats
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    import cluster
+    from actors.model.registry import resolve_model
+
+    cluster.connect()
+    model_dir = str(resolve_model(a.model, cluster.model_cache()))
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+    requests = make_requests(a, vocab)
+    if a.baseline == "llamacpp":
+        return llamacpp_main(a, model_dir, requests)
+    results, dur, engine_stats = serve_run(model_dir, requests, a, a.dtype)
     out_tokens = sum(r["n_tokens"] for r in results)
     assert out_tokens == sum(n for _, n in requests), "a request produced a different number of tokens"
     report = {
@@ -212,6 +225,139 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps({"summary": summary, "report": report}, indent=2))
     print(json.dumps(summary))
     return summary
+
+
+def peak_gemm_gflops(threads: int, dtype: str = "float32") -> float:
+    """The best fp32 GEMM rate torch reaches here on `threads` threads over the model's projection shapes at
+    2048 rows (the prefill-sized matmul; decode batches only reach less)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    best = 0.0
+    for k, n in ((576, 1536), (1536, 576), (576, 960), (576, 4608)):
+        x = torch.randn(2048, k, dtype=getattr(torch, dtype))
+        w = torch.randn(n, k, dtype=getattr(torch, dtype))
+        for _ in range(2):
+            x @ w.t()
+        t0, reps = time.perf_counter(), 8
+        for _ in range(reps):
+            x @ w.t()
+        best = max(best, 2 * 2048 * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def linear_flops(model_dir: str, requests) -> float:
+    """Multiply-adds x 2 of every projection over every prompt and output token, plus the vocabulary projection
+    of each sampled token (the engine computes logits only where it samples)."""
+    c = json.loads((Path(model_dir) / "config.json").read_text())
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    hd = c.get("head_dim") or h // c["num_attention_heads"]
+    per_token = layers * (h * hd * (c["num_attention_heads"] * 2 + c["num_key_value_heads"] * 2) + 3 * h * inter)
+    tokens = sum(len(p) + n for p, n in requests)
+    sampled = sum(n for _, n in requests)
+    return 2.0 * (per_token * tokens + h * c["vocab_size"] * sampled)
+
+
+def perplexity(model_dir: str, quantization: str, n_tokens: int, threads: int) -> float:
+    """Perplexity through the serving engine (prompt logprobs, the served path) on held-out Wikipedia text:
+    the last `n_tokens` tokens of pretrain_demo_llamafactory/wiki_demo.txt in 1024-token windows."""
+    import math
+
+    import torch
+
+    import cluster
+    from actors.engine import EngineConfig, LLMEngine, SamplingParams
+    from actors.model import load_hf
+    from actors.model.tokenizer import load_tokenizer
+
+    torch.set_num_threads(threads)
+    tok = load_tokenizer(model_dir)
+    text = (Path(cluster.data_root()) / "pretrain_demo_llamafactory" / "wiki_demo.txt").read_text()
+    ids = tok(text[-n_tokens * 8:], add_special_tokens=False)["input_ids"][-n_tokens:]
+    engine = LLMEngine(load_hf(model_dir, dtype=torch.float32), tok,
+                       EngineConfig(kv_cache_memory="1GiB", quantization=quantization, enable_prefix_caching=False))
+    windows = [ids[i:i + 1024] for i in range(0, len(ids), 1024)]
+    outs = engine.generate_many(windows, SamplingParams(max_tokens=0, prompt_logprobs=0))
+    lps = [lp.logprob for o in outs for lp in o.prompt_logprobs if lp is not None]
+    return math.exp(-sum(lps) / len(lps))
+
+
+def hf_greedy_alone(model_dir: str, requests, threads: int) -> list[list[int]]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return [hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                            do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
+                            eos_token_id=None)[0, len(p):].tolist() for p, n in requests]
+
+
+def llamacpp_main(a, model_dir: str, requests) -> dict:
+    """Ours (fp32, then int8) and llama.cpp's server (F32, then Q8_0) on the same requests, one after another in
+    this run; the int8 perplexity delta; our fp32 greedy against HF greedy; the fp32 run against the GEMM floor."""
+    from actors.model.registry import REGISTRY, registry_gguf
+    from bench.llamacpp import LlamaServer, convert_gguf, ensure_venv
+
+    root = Path("runs/bench")
+    root.mkdir(parents=True, exist_ok=True)
+    if a.model not in REGISTRY:
+        raise SystemExit("--baseline llamacpp needs a registry model (its GGUF is converted for llama.cpp)")
+    _, gguf_path = registry_gguf(a.model)
+    out_tokens = sum(n for _, n in requests)
+    report: dict = {"model": a.model, **precision_info("float32"), "threads": a.threads,
+                    "num_prompts": a.num_prompts, "max_concurrency": a.max_concurrency,
+                    "input_len": [a.input_len_min, a.input_len_max], "output_len": [a.output_len_min, a.output_len_max],
+                    "total_input_tokens": sum(len(p) for p, _ in requests), "total_output_tokens": out_tokens}
+
+    def record(name, results, dur, extra=None):
+        assert sum(r["n_tokens"] for r in results) == out_tokens, f"{name}: a request produced another length"
+        report[name] = {"duration_s": dur, "output_throughput": out_tokens / dur,
+                        "ttft_ms": stats_ms([r["ttft"] for r in results]),
+                        "tpot_ms": stats_ms([r["tpot"] for r in results if r["tpot"] is not None]), **(extra or {})}
+        print(f"{name}: {dur:.1f} s, {out_tokens / dur:.1f} output tok/s", flush=True)
+
+    res32, dur32, st32 = serve_run(model_dir, requests, a, "float32")
+    record("ours_fp32", res32, dur32, {"engine": st32})
+    res8, dur8, st8 = serve_run(model_dir, requests, a, "float32", "int8")
+    record("ours_int8", res8, dur8, {"engine": st8})
+    py = ensure_venv(root)
+    ctx = max(len(p) + n for p, n in requests) + 64
+    plain = argparse.Namespace(**{**vars(a), "greedy_check": 0})
+    for name, qtype in (("llamacpp_f32", "F32"), ("llamacpp_q8", "Q8_0")):
+        gg = convert_gguf(gguf_path, root / f"{a.model}-{qtype}.gguf", qtype)
+        with LlamaServer(py, gg, _free_port(), a.threads, a.max_concurrency, ctx) as srv:
+            asyncio.run(run_load(srv.url, "llamacpp", [(requests[0][0][:16], 4)], plain))  # warm-up
+            results, dur = asyncio.run(run_load(srv.url, "llamacpp", requests, plain))
+        record(name, results, dur, {"gguf": str(gg)})
+    n_check = min(a.greedy_check, len(requests))
+    hf = hf_greedy_alone(model_dir, requests[:n_check], a.threads)
+    ours32 = [r["tokens"] for r in res32[:n_check]]
+    ours8 = [r["tokens"] for r in res8[:n_check]]
+    agree8 = sum(x == y for o, f in zip(ours8, ours32) for x, y in zip(o, f)) / max(1, sum(map(len, ours32)))
+    ppl32 = perplexity(model_dir, "none", a.ppl_tokens, a.threads)
+    ppl8 = perplexity(model_dir, "int8", a.ppl_tokens, a.threads)
+    peak = peak_gemm_gflops(a.threads)
+    flops = linear_flops(model_dir, requests)
+    report.update(hf_greedy_requests_equal=sum(o == h for o, h in zip(ours32, hf)), greedy_checked=n_check,
+                  ppl_fp32=ppl32, ppl_int8=ppl8, peak_gemm_gflops=peak, linear_tflop=flops / 1e12)
+    s = {"ours_fp32_tok_s": round(out_tokens / dur32, 2),
+         "llamacpp_f32_tok_s": round(report["llamacpp_f32"]["output_throughput"], 2),
+         "ours_int8_tok_s": round(out_tokens / dur8, 2),
+         "llamacpp_q8_tok_s": round(report["llamacpp_q8"]["output_throughput"], 2)}
+    s.update(ratio_fp32=round(s["ours_fp32_tok_s"] / s["llamacpp_f32_tok_s"], 3),
+             ratio_int8=round(s["ours_int8_tok_s"] / s["llamacpp_q8_tok_s"], 3),
+             ppl_delta_int8=round(ppl8 / ppl32 - 1, 5),
+             floor_fraction_fp32=round(flops / (dur32 * peak * 1e9), 4),
+             greedy_equal=all(o == h for o, h in zip(ours32, hf)),
+             int8_greedy_agreement=round(agree8, 4), threads=a.threads, **precision_info("float32"))
+    s["passes"] = bool(s["ratio_fp32"] >= 1.5 and s["ratio_int8"] >= 1.5 and s["ppl_delta_int8"] <= 0.02
+                       and s["greedy_equal"])
+    out = Path(a.out or "runs/bench/serve-llamacpp.json")
+    out.write_text(json.dumps({"summary": s, "report": report}, indent=2))
+    print(json.dumps(s))
+    return s
 
 
 def _free_port() -> int:

@@ -6,15 +6,23 @@ The cache of one layer is a pool of fixed-size blocks shared by all sequences, s
 moving data and blocks holding a shared prefix can sit in several tables at once.
 
 `paged_decode_attention` is the Triton kernel on CUDA (one program per (sequence, query head), an online softmax
-over the sequence's blocks, grouped-query heads read their KV head's blocks directly), and the torch reference
-elsewhere: gather the sequences' blocks once into (n_kv, B, S, hd) and run two batched matmuls whose batch dims
-are (kv head, sequence), so no repeat of K/V per query head and no further copy.
+over the sequence's blocks, grouped-query heads read their KV head's blocks directly); on CPU in fp32 a C++
+kernel (csrc/paged_decode_cpu.cpp, built by torch's extension loader on first use and cached) that reads each
+sequence's keys and values once in place, per (sequence, KV head) for all query heads sharing it; and the torch
+reference elsewhere: gather the sequences' blocks once into (n_kv, B, S, hd) and run two batched matmuls whose
+batch dims are (kv head, sequence), so no repeat of K/V per query head and no further copy.
 """
 from __future__ import annotations
 
+import logging
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
+_CPU_KERNEL: bool | None = None    # the C++ decode kernel: None = not tried yet
 
 try:
     import triton
@@ -69,7 +77,7 @@ class DecodeMeta:
 def decode_meta(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
                 pool: torch.Tensor) -> DecodeMeta:
     meta = DecodeMeta(block_tables, seq_lens, block_size)
-    if not (HAVE_TRITON and pool.is_cuda):
+    if not (HAVE_TRITON and pool.is_cuda) and not in_place_cpu(pool):
         B, nb = block_tables.shape
         nkv, slots, hd = pool.shape
         S = nb * block_size
@@ -157,9 +165,42 @@ def paged_decode_attention_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
     return out
 
 
+def cpu_kernel_available() -> bool:
+    """Build (once per machine: torch caches it under its extensions dir, ~20 s) and load the C++ decode kernel;
+    False, logged, where it cannot be built (no compiler): the gather path serves then."""
+    global _CPU_KERNEL
+    if _CPU_KERNEL is None:
+        try:
+            from torch.utils.cpp_extension import load
+
+            flags = ["-O3", "-fopenmp-simd"] + (["-mavx2", "-mfma"] if platform.machine() in ("x86_64", "AMD64")
+                                                else [])
+            load(name="fullchain_paged_decode", sources=[str(Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp")],
+                 extra_cflags=flags, is_python_module=False, verbose=False)
+            _CPU_KERNEL = True
+        except (OSError, RuntimeError, ImportError) as e:
+            log.warning("the C++ paged decode kernel could not be built (%s); decode attention gathers blocks", e)
+            _CPU_KERNEL = False
+    return _CPU_KERNEL
+
+
+def in_place_cpu(pool: torch.Tensor) -> bool:
+    """Decode attention for this pool runs the C++ kernel (CPU, fp32): no gather buffers, no padding."""
+    return pool.device.type == "cpu" and pool.dtype == torch.float32 and cpu_kernel_available()
+
+
+def paged_decode_attention_cpu(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: DecodeMeta,
+                               scale: float) -> torch.Tensor:
+    return torch.ops.fullchain.paged_decode(q.contiguous(), k_pool, v_pool, meta.block_tables.contiguous(),
+                                            meta.seq_lens.contiguous(), meta.block_size, scale)
+
+
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: DecodeMeta,
                            scale: float) -> torch.Tensor:
-    """Triton on CUDA, the torch reference elsewhere (same signature, same result)."""
+    """Triton on CUDA, the C++ kernel on CPU in fp32, the torch reference elsewhere (same signature, same
+    result)."""
     if HAVE_TRITON and q.is_cuda:
         return paged_decode_attention_triton(q, k_pool, v_pool, meta, scale)
+    if meta.index is None and in_place_cpu(k_pool):
+        return paged_decode_attention_cpu(q, k_pool, v_pool, meta, scale)
     return paged_decode_attention_reference(q, k_pool, v_pool, meta, scale)

@@ -60,11 +60,16 @@ def _dispatch_cases():
 
 def test_dispatch_picks_triton_on_cuda_tensors_and_the_reference_elsewhere(monkeypatch):
     """Each public entry point runs the Triton kernel for CUDA tensors and the torch reference for any other
-    (TRITON_INTERPRET=1, set for this test session, must not send CPU tensors to the interpreter)."""
-    want = "triton" if DEVICE == "cuda" else "reference"
+    (TRITON_INTERPRET=1, set for this test session, must not send CPU tensors to the interpreter), except paged
+    decode attention in fp32 on CPU, which runs its C++ kernel."""
     for mod, dispatch, t_name, r_name, args in _dispatch_cases():
         calls = []
-        for kind, name in (("triton", t_name), ("reference", r_name)):
+        kinds = [("triton", t_name), ("reference", r_name)]
+        want = "triton" if DEVICE == "cuda" else "reference"
+        if mod.__name__ == "kernels.paged_attention":
+            kinds.append(("cpu", "paged_decode_attention_cpu"))
+            want = "cpu" if DEVICE == "cpu" else want
+        for kind, name in kinds:
             real = getattr(mod, name)
             monkeypatch.setattr(mod, name, lambda *a, _k=kind, _f=real: calls.append(_k) or _f(*a))
         dispatch(*args)
@@ -191,3 +196,27 @@ def test_linear_token_losses_forward_and_grads(dtype):
     torch.testing.assert_close(out, ref.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(gh.float(), h.grad.float(), atol=tol, rtol=tol)
     torch.testing.assert_close(gw, w.grad, atol=tol * 10, rtol=tol)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 7, 40), (13, 33, 96), (64, 48, 576)])
+def test_int8_linear_kernels_match_the_dequantized_reference(m, n, k):
+    """Per-channel int8: the Triton kernel (interpreted on CPU) and torch's weight-only kernel equal the
+    dequantized fp32 matmul; fbgemm's dynamic kernel (activations quantized too) stays within its rounding; the
+    round trip stays within half a step of each row's scale."""
+    from kernels.int8 import Int8Weight, int8_linear_reference, int8_linear_triton, quantize_int8
+
+    torch.manual_seed(0)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    w[0] = 0.0  # an all-zero row
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and s[0] == 1.0
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-6).all()
+    ref = int8_linear_reference(x, q, s)
+    if HAVE_TRITON:
+        torch.testing.assert_close(int8_linear_triton(x, q, s), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(Int8Weight(w, "weight_only").linear(x), ref, atol=1e-4, rtol=1e-4)
+    dyn = Int8Weight(w, "dynamic").linear(x[None])[0]   # leading dims are kept
+    assert dyn.shape == ref.shape
+    assert (dyn - ref).norm() / ref.norm() < 0.03
+    with pytest.raises(ValueError, match="int8 kernel"):
+        Int8Weight(w, "nope")

@@ -15,7 +15,8 @@ from actors.engine.runner import kv_bytes_per_block
 from actors.engine.sampling import SampleRow, sample
 from actors.engine.scheduler import Request, Scheduler
 from kernels.paged_attention import (
-    HAVE_TRITON, DecodeMeta, decode_meta, paged_decode_attention_reference, paged_decode_attention_triton, write_kv,
+    HAVE_TRITON, DecodeMeta, cpu_kernel_available, decode_meta, paged_decode_attention_cpu,
+    paged_decode_attention_reference, paged_decode_attention_triton, write_kv,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +172,9 @@ def test_paged_decode_attention_matches_plain_attention(lens, nh, nkv, hd, bs):
     if HAVE_TRITON:
         tri = paged_decode_attention_triton(q, k_pool, v_pool, DecodeMeta(bt, seq_lens, bs), scale)
         torch.testing.assert_close(tri, expected, atol=1e-5, rtol=1e-5)
+    assert cpu_kernel_available()  # g++ is on every machine here: the C++ kernel must build
+    cpp = paged_decode_attention_cpu(q, k_pool, v_pool, DecodeMeta(bt, seq_lens, bs), scale)
+    torch.testing.assert_close(cpp, expected, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

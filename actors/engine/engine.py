@@ -152,6 +152,9 @@ class EngineConfig:
     max_model_len: int = 0            # 0 = the model's max_position_embeddings
     # LoRA adapters loaded at once (vLLM's max_loras); a request for another waits until one is idle and evicted
     max_loras: int = 4
+    # base weights of every projection (q/k/v, o, gate/up, down, the vocabulary head): none (the model's dtype),
+    # int8 (per-channel int8 through the default CPU kernel), int8:dynamic or int8:weight_only (kernels.int8)
+    quantization: str = "none"
 
     def __post_init__(self):
         check(isinstance(self.name, str) and (self.name in ENGINES or ":" in self.name), "engine.name",
@@ -171,6 +174,8 @@ class EngineConfig:
               f"must be true or false, got {self.enable_prefix_caching!r}")
         check(_is_int(self.max_model_len) and self.max_model_len >= 0, "engine.max_model_len",
               f"must be an integer >= 0 (0 = the model's context length), got {self.max_model_len!r}")
+        check(self.quantization in QUANTIZATIONS, "engine.quantization",
+              f"{self.quantization!r}: use one of {list(QUANTIZATIONS)}")
         check(_is_int(self.max_loras) and self.max_loras >= 1, "engine.max_loras",
               f"must be an integer >= 1 (adapters loaded at once), e.g. 4, got {self.max_loras!r}")
 
@@ -179,6 +184,9 @@ class EngineConfig:
         if self._kv_fraction is not None:
             return int(_available_bytes(device) * self._kv_fraction)
         return self._kv_bytes
+
+
+QUANTIZATIONS = ("none", "int8", "int8:dynamic", "int8:weight_only")
 
 
 def _is_int(v) -> bool:
@@ -268,7 +276,7 @@ class LLMEngine(Engine):
                 "max_model_len")
         self.kv = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(model, num_blocks, cfg.block_size)
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size, cfg.quantization)
         self.loras = LoRAManager(self.runner.model.lora_projs, cfg.max_loras, p.dtype, p.device)
         self._lora_waiting: collections.deque[Request] = collections.deque()  # their adapter has no room yet
         self.failed: list[tuple[str, Exception]] = []   # requests dropped inside a step, for the driver to report

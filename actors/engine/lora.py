@@ -64,9 +64,16 @@ class Proj(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.names, self.slices, self.batch, self.pid = names, slices, batch, pid
+        self.int8 = None          # a kernels.int8.Int8Weight when the engine serves int8 weights
+
+    def quantize(self, kernel: str) -> None:
+        """Run the base matmul on per-channel int8 weights (adapters stay in the compute dtype)."""
+        from kernels.int8 import Int8Weight
+
+        self.int8 = Int8Weight(self.weight.detach(), kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = self.int8.linear(x) if self.int8 is not None else F.linear(x, self.weight)
         if not self.batch.active:
             return y
         x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])  # (N, in), (N, out)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from actors.engine.lora import LoRABatch, Proj
 from actors.engine.sampling import SampleRow, TokenLogprobs, logprobs_of, sample
 from actors.engine.scheduler import Request, SchedulerOutput
-from kernels.paged_attention import DecodeMeta, decode_meta, gather_blocks, gather_index, paged_decode_attention, write_kv
+from kernels.paged_attention import (DecodeMeta, decode_meta, gather_blocks, gather_index, in_place_cpu,
+                                     paged_decode_attention, write_kv)
 
 
 @dataclass
@@ -142,13 +143,21 @@ def inference_model(model: nn.Module) -> nn.Module:
                 _plain_linear(getattr(m, n, None)) for n in ("gate_proj", "up_proj", "down_proj")):
             m.gate_up = proj(f"{pre}.mlp", m, ["gate_proj", "up_proj"])
             m.down_proj = proj(f"{pre}.mlp", m, ["down_proj"])
+    head = getattr(twin, "lm_head", None)
+    if _plain_linear(head):  # a Proj too, so int8 serving covers the vocabulary projection (no adapter targets it)
+        twin.lm_head = Proj(head.weight.detach(), ["lm_head.weight"], [head.weight.shape[0]], batch, -1)
     twin.lora_batch, twin.lora_projs = batch, projs
     return twin
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int):
+    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int, quantization: str = "none"):
         self.model = inference_model(model)
+        if quantization != "none":   # "int8" or "int8:<kernel>" (kernels.int8.INT8_CPU_KERNELS)
+            kernel = quantization.partition(":")[2] or "dynamic"
+            for m in self.model.modules():
+                if isinstance(m, Proj):
+                    m.quantize(kernel)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.block_size = block_size
@@ -166,7 +175,10 @@ class ModelRunner:
         """`sample_rows`: the requests that sample a token after this step (their last token is computed)."""
         bs, dev = self.block_size, self.device
         decodes = [(req, n) for req, n in sched.scheduled if n == 1]
-        groups_idx = decode_groups([req.num_computed + 1 for req, _ in decodes], bs)
+        if in_place_cpu(self.k_pools[0]):  # the C++ kernel loops over each sequence's own length: no padding
+            groups_idx = [list(range(len(decodes)))] if decodes else []
+        else:
+            groups_idx = decode_groups([req.num_computed + 1 for req, _ in decodes], bs)
         items = [decodes[i] for g in groups_idx for i in g] + [(r, n) for r, n in sched.scheduled if n != 1]
         ids: list[int] = []
         positions: list[int] = []
