@@ -84,7 +84,7 @@ def convert_gguf(src: Path, out: Path, qtype: str) -> Path:
     for t in reader.tensors:
         data = quants.dequantize(t.data, t.tensor_type).astype(np.float32)   # (.., rows, cols) numpy order
         if target == T.Q8_0 and data.ndim == 2 and data.shape[-1] % 32 == 0:
-            writer.add_tensor(t.name, quants.quantize(data, T.Q8_0), raw_shape=data.shape, raw_dtype=T.Q8_0)
+            writer.add_tensor(t.name, quants.quantize(data, T.Q8_0), raw_dtype=T.Q8_0)  # byte shape in, logical out
         else:
             writer.add_tensor(t.name, data)
     writer.write_header_to_file()
@@ -97,8 +97,9 @@ def convert_gguf(src: Path, out: Path, qtype: str) -> Path:
 
 class LlamaServer:
     def __init__(self, python: Path, model: Path, port: int, threads: int, parallel: int, ctx_per_slot: int,
-                 batch: int = 2048):
+                 batch: int = 2048, log: Path | None = None):
         self.python, self.port = python, port
+        self.log = log or Path(model).with_suffix(".server.log")
         self.args = {"model": str(model), "port": port, "threads": threads, "parallel": parallel,
                      "ctx": parallel * ctx_per_slot, "batch": batch}
         self.proc: subprocess.Popen | None = None
@@ -109,12 +110,14 @@ class LlamaServer:
 
     def __enter__(self) -> "LlamaServer":
         env = {**os.environ, "OMP_NUM_THREADS": str(self.args["threads"])}
+        # its log goes to a file: a pipe nobody reads fills up (64 KiB) and blocks the server mid-run
+        self._log = open(self.log, "w")
         self.proc = subprocess.Popen([str(self.python), "-c", _SERVER, json.dumps(self.args)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self._log, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited: {self.proc.stdout.read()[-2000:]}")
+                raise RuntimeError(f"llama.cpp server exited: {self.log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -131,3 +134,5 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
