@@ -174,15 +174,20 @@ def serve_run(model_dir: str, requests, a, dtype: str, quantization: str = "none
     return results, dur, engine_stats
 
 
-def main(argv=None) -> dict:
-    a = parse(argv)
+def setup(a) -> tuple[str, list[tuple[list[int], int]]]:
+    """Ray connected; (the model's HF folder, the request list)."""
     import cluster
     from actors.model.registry import resolve_model
 
     cluster.connect()
     model_dir = str(resolve_model(a.model, cluster.model_cache()))
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
-    requests = make_requests(a, vocab)
+    return model_dir, make_requests(a, vocab)
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    model_dir, requests = setup(a)
     if a.baseline == "llamacpp":
         return llamacpp_main(a, model_dir, requests)
     results, dur, engine_stats = serve_run(model_dir, requests, a, a.dtype)

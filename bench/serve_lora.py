@@ -17,7 +17,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bench.serve import _free_port, make_requests, run_load
+from bench.serve import _free_port, run_load, setup
 from cluster.hardware import precision_info
 
 
@@ -66,19 +66,14 @@ def main(argv=None) -> dict:
     a = parse(argv)
     import torch
 
-    import cluster
     from actors.engine import EngineConfig, LLMEngine, SamplingParams
     from actors.model import load_hf
     from actors.model.lora import merge_lora_
-    from actors.model.registry import resolve_model
     from actors.model.tokenizer import load_tokenizer
     from actors.serve.config import ServeConfig
     from actors.serve.deployment import start_server, stop_server
 
-    cluster.connect()
-    model_dir = str(resolve_model(a.model, cluster.model_cache()))
-    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
-    requests = make_requests(a, vocab)
+    model_dir, requests = setup(a)
     adapters = make_adapters(model_dir, Path("runs/bench/lora-adapters"), a.adapters, a.rank)
     names = [f"a{i}" for i in range(a.adapters)]
     cfg = ServeConfig(model=model_dir, model_name="bench", port=_free_port(), dtype="float32",
