@@ -7,8 +7,8 @@ Three implementations of one contract:
 - `int8_linear_reference`: dequantize in torch and matmul in fp32 (the oracle and the fallback);
 - `int8_linear_triton`: the Triton kernel (GPU): tiles of x and q, q dequantized by its row scale inside the loop;
 - on CPU, `Int8Weight.linear` uses the kernel `INT8_CPU_KERNEL` names, both of them torch's own:
-  "dynamic" - fbgemm's int8 x int8 GEMM with the activations quantized per row block on the fly
-  (`quantized.linear_dynamic`), or "weight_only" - `aten._weight_int8pack_mm` (fp32 activations, int8 weights
+  "dynamic" - fbgemm's int8 x int8 GEMM with the activations quantized on the fly (`quantized.linear_dynamic`;
+  rows scaled to one absmax first, so per row in effect), or "weight_only" - `aten._weight_int8pack_mm` (fp32 activations, int8 weights
   widened in the kernel). bench/int8_kernels.py measures both against the fp32 matmul.
 """
 from __future__ import annotations

@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 
 from ray import serve
 
@@ -182,20 +181,17 @@ def _nest_dotted(args: dict) -> dict:
 
 
 def check_adapters(cfg: ServeConfig) -> ServeConfig:
-    """`cfg` with `lora_modules` as absolute folders, each checked against the served model (before any replica
-    starts: an error names `serve.lora_modules.<name>` and the fix)."""
-    import types
+    """`cfg` with `lora_modules` as absolute folders, each checked against the served model by the registry the
+    ingress uses (before any replica starts: an error names `serve.lora_modules.<name>` and the fix)."""
+    from actors.serve.adapters import AdapterRegistry
 
-    from actors.engine import adapter_problem
-
-    model_config = types.SimpleNamespace(**json.loads((Path(cfg.model) / "config.json").read_text()))
-    mods = {}
+    registry = AdapterRegistry(cfg.model_name, cfg.model)
     for name, path in cfg.lora_modules.items():
-        p = Path(path).expanduser().resolve()
-        why = adapter_problem(p, model_config)
-        check(why is None, f"serve.lora_modules.{name}", f"{why}")
-        mods[name] = str(p)
-    return replace(cfg, lora_modules=mods)
+        try:
+            registry.add(name, path)
+        except ValueError as e:
+            raise ConfigError(f"serve.lora_modules.{name}: {e}") from None
+    return replace(cfg, lora_modules={name: ref.path for name, ref in registry.adapters.items()})
 
 
 def build_app(args: ServeConfig | dict) -> serve.Application:
