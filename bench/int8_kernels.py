@@ -1,5 +1,6 @@
-"""Which CPU kernel serves int8 weights: torch's fp32 matmul (the baseline) against fbgemm's dynamic int8 x int8
-GEMM and aten's weight-only int8 kernel, on SmolLM2-135M's projection shapes at decode (64 rows) and prefill (2048
+"""Which CPU kernel serves int8 weights: torch's fp32 matmul (the baseline) against oneDNN's int8 x int8 GEMM
+(`_int_mm`), fbgemm's dynamic one, aten's weight-only int8 kernel, and what the engine runs (the faster of the
+first two with 32 outlier channels in fp32), on SmolLM2-135M's projection shapes at decode (64 rows) and prefill (2048
 rows) batch sizes, same threads. Last line: JSON with each kernel's GFLOP/s-equivalent and its ratio to fp32.
 
     .venv/bin/python -m bench.int8_kernels --threads 2
@@ -13,7 +14,8 @@ import time
 import torch
 
 from cluster.hardware import precision_info
-from kernels.int8 import INT8_CPU_KERNELS, Int8Weight
+from actors.engine.runner import OUTLIER_CHANNELS
+from kernels.int8 import INT8_CPU_KERNELS, Int8Weight, auto_cpu_kernel
 
 SHAPES = {"qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576), "head": (576, 49152)}
 
@@ -34,12 +36,15 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    rows, total = [], {k: {m: 0.0 for m in a.rows} for k in ("fp32", *INT8_CPU_KERNELS)}
+    names = ["fp32", *INT8_CPU_KERNELS, "auto+outliers"]
+    rows, total = [], {k: {m: 0.0 for m in a.rows} for k in names}
     for name, (k, n) in SHAPES.items():
         w = torch.randn(n, k) * 0.02
         kernels = {"fp32": lambda x, w=w: x @ w.t()}
         for kern in INT8_CPU_KERNELS:
             kernels[kern] = Int8Weight(w, kern).linear
+        # what the engine serves: the auto kernel with OUTLIER_CHANNELS input channels in fp32
+        kernels["auto+outliers"] = Int8Weight(w, "auto", torch.randperm(k)[:OUTLIER_CHANNELS]).linear
         for m in a.rows:
             if name == "head" and m > 64:
                 continue  # logits are computed only for sampled rows
@@ -52,8 +57,8 @@ def main(argv=None) -> dict:
                              "gflops": round(2 * m * k * n / s / 1e9, 1)})
                 print(rows[-1], flush=True)
     summary = {f"{kern}_vs_fp32_rows{m}": round(total["fp32"][m] / total[kern][m], 3)
-               for kern in INT8_CPU_KERNELS for m in a.rows}
-    summary.update(threads=a.threads, **precision_info(torch.float32))
+               for kern in names[1:] for m in a.rows}
+    summary.update(auto_kernel=auto_cpu_kernel(), threads=a.threads, **precision_info(torch.float32))
     print(json.dumps(summary))
     return summary
 

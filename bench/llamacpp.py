@@ -58,8 +58,8 @@ def ensure_venv(root: Path) -> Path:
 
 
 def convert_gguf(src: Path, out: Path, qtype: str) -> Path:
-    """`src` with every tensor as F32 (`qtype` "F32") or the 2-D ones as Q8_0 ("Q8_0"); skipped when `out`
-    already exists."""
+    """`src` with every tensor as F32 (`qtype` "F32"), or the 2-D ones as Q8_0 ("Q8_0") or BF16 ("BF16") and the
+    norms F32, as llama.cpp's own converter writes them; skipped when `out` already exists."""
     import gguf
     import numpy as np
     from gguf import GGMLQuantizationType as T
@@ -67,7 +67,7 @@ def convert_gguf(src: Path, out: Path, qtype: str) -> Path:
 
     if out.exists():
         return out
-    target = {"F32": T.F32, "Q8_0": T.Q8_0}[qtype]
+    target = {"F32": T.F32, "Q8_0": T.Q8_0, "BF16": T.BF16}[qtype]
     reader = gguf.GGUFReader(str(src))
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     tmp = out.with_suffix(".tmp")
@@ -79,12 +79,12 @@ def convert_gguf(src: Path, out: Path, qtype: str) -> Path:
         sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
         value = field.contents()
         if field.name == gguf.Keys.General.FILE_TYPE:
-            value = {"F32": 0, "Q8_0": 7}[qtype]   # llama_ftype: ALL_F32, MOSTLY_Q8_0
+            value = {"F32": 0, "Q8_0": 7, "BF16": 32}[qtype]   # llama_ftype: ALL_F32, MOSTLY_Q8_0, MOSTLY_BF16
         writer.add_key_value(field.name, value, val_type, sub_type=sub_type)
     for t in reader.tensors:
         data = quants.dequantize(t.data, t.tensor_type).astype(np.float32)   # (.., rows, cols) numpy order
-        if target == T.Q8_0 and data.ndim == 2 and data.shape[-1] % 32 == 0:
-            writer.add_tensor(t.name, quants.quantize(data, T.Q8_0), raw_dtype=T.Q8_0)  # byte shape in, logical out
+        if target != T.F32 and data.ndim == 2 and data.shape[-1] % 32 == 0:
+            writer.add_tensor(t.name, quants.quantize(data, target), raw_dtype=target)  # byte shape in, logical out
         else:
             writer.add_tensor(t.name, data)
     writer.write_header_to_file()

@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from cluster.hardware import precision_info, resolve_dtype
+from cluster.hardware import cpu_bf16_native, precision_info, resolve_dtype
 
 
 def parse(argv=None):
@@ -43,7 +43,8 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline", choices=["hf", "llamacpp", "none"], default="none",
                     help="hf: transformers generate as one static batch; llamacpp: llama.cpp's server (xllamacpp, "
-                         "its own venv) on the same requests, F32 vs our fp32 and Q8_0 vs our int8")
+                         "its own venv) on the same requests, F32 vs our fp32 and Q8_0 vs our int8 (and BF16 vs our bf16 "
+                         "on a CPU with native bf16)")
     ap.add_argument("--ppl-tokens", type=int, default=16384, help="held-out tokens for the int8 perplexity delta")
     ap.add_argument("--greedy-check", type=int, default=16, help="requests compared with HF greedy, one by one")
     ap.add_argument("--max-num-seqs", type=int, default=64)
@@ -327,10 +328,15 @@ def llamacpp_main(a, model_dir: str, requests) -> dict:
     record("ours_fp32", res32, dur32, {"engine": st32})
     res8, dur8, st8 = serve_run(model_dir, requests, a, "float32", "int8")
     record("ours_int8", res8, dur8, {"engine": st8})
+    legs = [("llamacpp_f32", "F32"), ("llamacpp_q8", "Q8_0")]
+    if cpu_bf16_native():   # bf16 is only worth serving where the CPU computes it natively (AVX512_BF16/AMX)
+        res16, dur16, st16 = serve_run(model_dir, requests, a, "bfloat16")
+        record("ours_bf16", res16, dur16, {"engine": st16})
+        legs.append(("llamacpp_bf16", "BF16"))
     py = ensure_venv(root)
     ctx = max(len(p) + n for p, n in requests) + 64
     plain = argparse.Namespace(**{**vars(a), "greedy_check": 0})
-    for name, qtype in (("llamacpp_f32", "F32"), ("llamacpp_q8", "Q8_0")):
+    for name, qtype in legs:
         gg = convert_gguf(gguf_path, root / f"{a.model}-{qtype}.gguf", qtype)
         with LlamaServer(py, gg, _free_port(), a.threads, a.max_concurrency, ctx) as srv:
             asyncio.run(run_load(srv.url, "llamacpp", [(requests[0][0][:16], 4)], plain))  # warm-up
@@ -357,6 +363,10 @@ def llamacpp_main(a, model_dir: str, requests) -> dict:
              floor_fraction_fp32=round(flops / (dur32 * peak * 1e9), 4),
              greedy_equal=all(o == h for o, h in zip(ours32, hf)),
              int8_greedy_agreement=round(agree8, 4), threads=a.threads, **precision_info("float32"))
+    if "ours_bf16" in report:
+        s.update(ours_bf16_tok_s=round(report["ours_bf16"]["output_throughput"], 2),
+                 llamacpp_bf16_tok_s=round(report["llamacpp_bf16"]["output_throughput"], 2))
+        s["ratio_bf16"] = round(s["ours_bf16_tok_s"] / s["llamacpp_bf16_tok_s"], 3)
     s["passes"] = bool(s["ratio_fp32"] >= 1.5 and s["ratio_int8"] >= 1.5 and s["ppl_delta_int8"] <= 0.02
                        and s["greedy_equal"])
     out = Path(a.out or "runs/bench/serve-llamacpp.json")

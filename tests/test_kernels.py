@@ -201,9 +201,10 @@ def test_linear_token_losses_forward_and_grads(dtype):
 @pytest.mark.parametrize("m, n, k", [(1, 7, 40), (13, 33, 96), (64, 48, 576)])
 def test_int8_linear_kernels_match_the_dequantized_reference(m, n, k):
     """Per-channel int8: the Triton kernel (interpreted on CPU) and torch's weight-only kernel equal the
-    dequantized fp32 matmul; fbgemm's dynamic kernel (activations quantized too) stays within its rounding; the
-    round trip stays within half a step of each row's scale."""
-    from kernels.int8 import Int8Weight, int8_linear_reference, int8_linear_triton, quantize_int8
+    dequantized fp32 matmul; the int8 x int8 kernels (activations quantized per row too) stay within their
+    rounding, with and without outlier channels (those exact: a channel 100x the rest costs nothing); the round
+    trip stays within half a step of each row's scale."""
+    from kernels.int8 import INT8_CPU_KERNELS, Int8Weight, int8_linear_reference, int8_linear_triton, quantize_int8
 
     torch.manual_seed(0)
     w, x = torch.randn(n, k), torch.randn(m, k)
@@ -215,8 +216,20 @@ def test_int8_linear_kernels_match_the_dequantized_reference(m, n, k):
     if HAVE_TRITON:
         torch.testing.assert_close(int8_linear_triton(x, q, s), ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(Int8Weight(w, "weight_only").linear(x), ref, atol=1e-4, rtol=1e-4)
-    dyn = Int8Weight(w, "dynamic").linear(x[None])[0]   # leading dims are kept
-    assert dyn.shape == ref.shape
-    assert (dyn - ref).norm() / ref.norm() < 0.03
+    q7, s7 = quantize_int8(w, 63)
+    assert q7.abs().max() <= 63 and ((q7.float() * s7[:, None] - w).abs() <= s7[:, None] / 2 + 1e-6).all()
+    exact = x @ w.t()
+    spiky = x.clone()
+    spiky[:, [1, k - 1]] *= 100.0                          # two massive channels
+    for kern in ("int_mm", "dynamic", "auto"):
+        y = Int8Weight(w, kern).linear(x[None])[0]          # leading dims are kept
+        assert y.shape == ref.shape and y.dtype == x.dtype
+        assert (y - exact).norm() / exact.norm() < 0.03, kern
+        plain = Int8Weight(w, kern).linear(spiky)
+        split = Int8Weight(w, kern, torch.tensor([1, k - 1])).linear(spiky)
+        want = spiky @ w.t()
+        assert (split - want).norm() < (plain - want).norm(), kern
+        assert (split - want).norm() / want.norm() < 0.03, kern
     with pytest.raises(ValueError, match="int8 kernel"):
         Int8Weight(w, "nope")
+    assert set(INT8_CPU_KERNELS) >= {"auto", "int_mm", "dynamic", "weight_only"}

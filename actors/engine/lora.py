@@ -3,12 +3,12 @@
 Every projection of the engine's twin is a `Proj`: one matmul over its (fused) base weight, then, for each adapter
 that rows of this step use, the low-rank update of those rows only:
 
-    y = x W^T;   y[rows_a] += (x[rows_a] A_a^T) B_a^T        (scale folded into B_a; DoRA: y[rows_a] *= g_a)
+    y = x W^T;   y[run_a] += (x[run_a] A_a^T) B_a^T          (scale folded into B_a; DoRA: y[run_a] *= g_a)
 
 A fused projection (q|k|v, gate|up) keeps one A per adapter stacked over its slices, (k r, in), and a block-diagonal
 B, (out, k r): two matmuls per adapter instead of 2k (the zero blocks cost k r out multiply-adds a row, ~3% of the
-base matmul at r = 16). The rows of an adapter are gathered once per step (`LoRABatch`) and shared by every
-projection; a step without adapters costs nothing extra.
+base matmul at r = 16). The runner orders each step's rows by adapter, so an adapter's rows are contiguous runs
+(`LoRABatch`, shared by every projection) updated in place; a step without adapters costs nothing extra.
 
 `LoRAManager` keeps at most `max_loras` adapters loaded (LRU over those no unfinished request uses), each read once
 from a peft folder (actors.model.lora). A request names its adapter by `AdapterRef` (name, path, version): a new
@@ -41,19 +41,27 @@ class AdapterRef:
 
 
 class LoRABatch:
-    """This step's rows per adapter, shared by every `Proj` of the engine's twin (set by the runner)."""
+    """This step's rows per adapter, shared by every `Proj` of the engine's twin (set by the runner). The runner
+    orders a step's requests by adapter, so each adapter's rows are a few contiguous runs: a run is a view of the
+    activations and its update one `addmm_` in place, with no gather or scatter."""
 
     def __init__(self):
-        self.active: list[tuple[torch.Tensor, "LoadedAdapter"]] = []   # (row indices, adapter)
+        self.active: list[tuple[int, int, "LoadedAdapter"]] = []   # (first row, end row, adapter), runs merged
 
-    def set(self, spans: list[tuple[int, int, "LoadedAdapter"]], device) -> None:
-        """`spans`: (first row, rows, adapter) of the step's requests that use an adapter."""
-        rows: dict[int, list[int]] = collections.defaultdict(list)
-        by_id: dict[int, LoadedAdapter] = {}
+    def set(self, spans: list[tuple[int, int, "LoadedAdapter"]]) -> None:
+        """`spans`: (first row, rows, adapter) of the step's requests that use an adapter, in row order."""
+        runs: list[list] = []
         for start, n, a in spans:
-            rows[id(a)].extend(range(start, start + n))
-            by_id[id(a)] = a
-        self.active = [(torch.tensor(r, dtype=torch.long, device=device), by_id[k]) for k, r in rows.items()]
+            if runs and runs[-1][2] is a and runs[-1][1] == start:
+                runs[-1][1] = start + n
+            else:
+                runs.append([start, start + n, a])
+        self.active = [tuple(r) for r in runs]
+
+
+def adapter_order(adapter) -> tuple[int, int]:
+    """Sort key that puts requests of one adapter next to each other (base requests first)."""
+    return (0, 0) if adapter is None else (1, id(adapter))
 
 
 class Proj(nn.Module):
@@ -66,28 +74,27 @@ class Proj(nn.Module):
         self.names, self.slices, self.batch, self.pid = names, slices, batch, pid
         self.int8 = None          # a kernels.int8.Int8Weight when the engine serves int8 weights
 
-    def quantize(self, kernel: str) -> None:
-        """Run the base matmul on per-channel int8 weights (adapters stay in the compute dtype)."""
+    def quantize(self, kernel: str, outliers: torch.Tensor | None = None) -> None:
+        """Run the base matmul on per-channel int8 weights, the `outliers` input channels excepted (adapters stay
+        in the compute dtype)."""
         from kernels.int8 import Int8Weight
 
-        self.int8 = Int8Weight(self.weight.detach(), kernel)
+        self.int8 = Int8Weight(self.weight.detach(), kernel, outliers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.int8.linear(x) if self.int8 is not None else F.linear(x, self.weight)
         if not self.batch.active:
             return y
         x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])  # (N, in), (N, out)
-        for rows, adapter in self.batch.active:
+        for start, end, adapter in self.batch.active:
             w = adapter.weights.get(self.pid)
             if w is None:
                 continue
             a, b, g = w
-            xs = x2.index_select(0, rows)
-            d = (xs @ a.t()) @ b.t()                  # (n, out)
-            if g is None:
-                y2.index_add_(0, rows, d)
-            else:   # DoRA: the adapted rows rescaled to the learned magnitude
-                y2.index_copy_(0, rows, (y2.index_select(0, rows) + d) * g)
+            ys = y2[start:end]
+            ys.addmm_(x2[start:end] @ a.t(), b.t())     # (n, k r) @ (k r, out), into the rows' own view
+            if g is not None:   # DoRA: the adapted rows rescaled to the learned magnitude
+                ys.mul_(g)
         return y
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from actors.engine.lora import LoRABatch, Proj
+from actors.engine.lora import LoRABatch, Proj, adapter_order
 from actors.engine.sampling import SampleRow, TokenLogprobs, logprobs_of, sample
 from actors.engine.scheduler import Request, SchedulerOutput
 from kernels.paged_attention import (DecodeMeta, decode_meta, gather_blocks, gather_index, in_place_cpu,
@@ -150,14 +150,56 @@ def inference_model(model: nn.Module) -> nn.Module:
     return twin
 
 
+OUTLIER_CHANNELS = 32     # per projection kept out of int8 (kernels.int8.Int8Weight): +3.7% -> +0.9% perplexity
+
+
+@torch.no_grad()
+def outlier_channels(twin: nn.Module, k: int | None = None, seed: int = 0) -> dict[int, torch.Tensor]:
+    """id(Proj) -> the `k` input channels with the largest |activation| over a calibration pass of 4 x 512
+    random token ids (seeded, so the same on every replica). The channels that dominate are the model's own, not
+    the text's: measured on SmolLM2-135M, channels picked on random ids serve Wikipedia text as well as channels
+    picked on Wikipedia (+0.90% vs +0.82% perplexity) and need no calibration data shipped."""
+    amax: dict[int, torch.Tensor] = {}
+
+    def hook_for(pid: int):
+        def hook(mod, args):
+            a = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+            amax[pid] = torch.maximum(amax[pid], a) if pid in amax else a
+        return hook
+
+    # a plain forward runs each Proj itself, except fused q|k|v: attention without the engine's backend runs
+    # q_proj, k_proj, v_proj apart, so the first slice's own linear sees that input
+    handles = []
+    for p in [m for m in twin.modules() if isinstance(m, Proj)]:
+        for mod in {id(m): m for m in (p, twin.get_submodule(p.names[0].removesuffix(".weight")))}.values():
+            handles.append(mod.register_forward_pre_hook(hook_for(id(p))))
+    try:
+        g = torch.Generator().manual_seed(seed)
+        dev = next(twin.parameters()).device
+        c = twin.config
+        T = min(512, c.max_position_embeddings)
+        # above the special and byte tokens (the first ~1000 of a 49k vocabulary)
+        ids = torch.randint(min(1000, c.vocab_size // 2), c.vocab_size, (4, T), generator=g).to(dev)
+        last = torch.zeros(1, T, dtype=torch.bool, device=dev)
+        last[0, -1] = True                    # the head sees one row per sequence, as in serving
+        for row in ids:                       # one sequence at a time: one (1, T) forward's activations alive
+            twin(row[None], logits_mask=last)
+    finally:
+        for h in handles:
+            h.remove()
+    k = OUTLIER_CHANNELS if k is None else k
+    return {i: a.topk(min(k, a.numel())).indices for i, a in amax.items()}
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int, quantization: str = "none"):
         self.model = inference_model(model)
         if quantization != "none":   # "int8" or "int8:<kernel>" (kernels.int8.INT8_CPU_KERNELS)
-            kernel = quantization.partition(":")[2] or "dynamic"
+            kernel = quantization.partition(":")[2] or "auto"
+            outliers = outlier_channels(self.model)
             for m in self.model.modules():
                 if isinstance(m, Proj):
-                    m.quantize(kernel)
+                    m.quantize(kernel, outliers.get(id(m)))
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.block_size = block_size
@@ -179,7 +221,10 @@ class ModelRunner:
             groups_idx = [list(range(len(decodes)))] if decodes else []
         else:
             groups_idx = decode_groups([req.num_computed + 1 for req, _ in decodes], bs)
-        items = [decodes[i] for g in groups_idx for i in g] + [(r, n) for r, n in sched.scheduled if n != 1]
+        # within a decode group and among prefills, one adapter's requests side by side: contiguous LoRA runs
+        groups_idx = [sorted(g, key=lambda i: adapter_order(decodes[i][0].adapter)) for g in groups_idx]
+        prefills = sorted(((r, n) for r, n in sched.scheduled if n != 1), key=lambda rn: adapter_order(rn[0].adapter))
+        items = [decodes[i] for g in groups_idx for i in g] + prefills
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -224,7 +269,7 @@ class ModelRunner:
         mask = torch.zeros(1, len(ids), dtype=torch.bool, device=dev)
         mask[0, need] = True
         lora = self.model.lora_batch
-        lora.set(lora_spans, dev)
+        lora.set(lora_spans)
         try:
             logits = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([positions], device=dev),
                                 logits_mask=mask, attention=attention)  # (len(need), V)
