@@ -173,8 +173,10 @@ def cpu_kernel_available() -> bool:
         try:
             from torch.utils.cpp_extension import load
 
-            flags = ["-O3", "-fopenmp-simd"] + (["-mavx2", "-mfma"] if platform.machine() in ("x86_64", "AMD64")
-                                                else [])
+            # -fopenmp: at::parallel_for is an OpenMP pragma in the header, serial without it (2.4 vs 4.0 ms a
+            # layer for 64 sequences of ~350 tokens on 2 threads)
+            flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma", "-mf16c"]
+                                           if platform.machine() in ("x86_64", "AMD64") else [])
             load(name="fullchain_paged_decode", sources=[str(Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp")],
                  extra_cflags=flags, is_python_module=False, verbose=False)
             _CPU_KERNEL = True

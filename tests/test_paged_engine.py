@@ -144,7 +144,8 @@ def _plain_attention(q, ks, vs, scale):
 
 
 @pytest.mark.parametrize("lens, nh, nkv, hd, bs", [([1, 17, 5], 6, 2, 16, 4), ([33, 8], 9, 3, 24, 8),
-                                                   ([3], 4, 4, 8, 2)])
+                                                   ([3], 4, 4, 8, 2), ([70, 3, 16], 9, 3, 64, 16),
+                                                   ([9, 2], 2, 1, 12, 4)])
 def test_paged_decode_attention_matches_plain_attention(lens, nh, nkv, hd, bs):
     torch.manual_seed(0)
     num_blocks = 1 + sum(math.ceil(n / bs) for n in lens) + 3
@@ -175,6 +176,10 @@ def test_paged_decode_attention_matches_plain_attention(lens, nh, nkv, hd, bs):
     assert cpu_kernel_available()  # g++ is on every machine here: the C++ kernel must build
     cpp = paged_decode_attention_cpu(q, k_pool, v_pool, DecodeMeta(bt, seq_lens, bs), scale)
     torch.testing.assert_close(cpp, expected, atol=1e-5, rtol=1e-5)
+    # fp16 pools: the same attention over the fp16-rounded keys and values
+    cpp16 = paged_decode_attention_cpu(q, k_pool.half(), v_pool.half(), DecodeMeta(bt, seq_lens, bs), scale)
+    expected16 = _plain_attention(q, [k.half().float() for k in ks], [v.half().float() for v in vs], scale)
+    torch.testing.assert_close(cpp16, expected16, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -352,8 +352,8 @@ class LLMEngine(Engine):
             self.loras.release(req.adapter)
             req.adapter = None
 
-    def step(self) -> list[RequestOutput]:
-        t0 = time.perf_counter()
+    def _admit_lora_waiting(self) -> None:
+        """Queue the requests whose adapter now has a slot, oldest first (the rest keep waiting in order)."""
         while self._lora_waiting:
             try:
                 if not self._take_adapter(self._lora_waiting[0]):
@@ -361,6 +361,10 @@ class LLMEngine(Engine):
             except ValueError as e:  # the adapter's folder went bad while the request waited: it fails alone
                 self.failed.append((self._lora_waiting[0].request_id, e))
             self._lora_waiting.popleft()
+
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        self._admit_lora_waiting()
         sched = self.scheduler.schedule()
         out = self.runner.execute(sched, self._to_sample(sched))
         outputs = self.update(sched, out)
