@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m jobs.pipeline --config $(CONFIG) --run-dir $(RUN)
+	$(BIN)/fullchain demo --config $(CONFIG) --run-dir $(RUN)
 
 test: install
 	$(BIN)/python -m pytest -q tests

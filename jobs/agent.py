@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from jobs.runner import StageContext, main_for
 
@@ -69,5 +70,10 @@ def docs_index(ctx: StageContext, data: dict) -> str:
     return str(out)
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.agent") -> int:
+    main_for(["agent"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main_for(["agent"], "python -m jobs.agent")
+    sys.exit(main())

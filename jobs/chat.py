@@ -80,8 +80,8 @@ def chat_loop(engine, tok, params, lines, write, system: str = "") -> list[dict]
     return messages
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobs.chat", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.chat") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="registry name, .gguf file, HF folder, or peft adapter folder")
     ap.add_argument("--base", default="", help="the adapter's base (default: the one its adapter_config names)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import cluster
 from jobs.runner import StageContext, main_for
@@ -65,5 +66,10 @@ def _pack(ctx: StageContext, data) -> dict:
     return run_data_stage(data, ctx.dir, cluster.data_root(), base_model_dir=base)
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.data") -> int:
+    main_for(["data"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main_for(["data"], "python -m jobs.data")
+    sys.exit(main())

@@ -177,7 +177,13 @@ def standalone(argv: list[str]) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.evaluate") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--model" or a.startswith("--model=") or a == "--list-tasks" for a in argv):
+        return standalone(argv)
+    main_for(["evaluate"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    if any(a == "--model" or a.startswith("--model=") or a == "--list-tasks" for a in sys.argv[1:]):
-        sys.exit(standalone(sys.argv[1:]))
-    main_for(["evaluate"], "python -m jobs.evaluate")
+    sys.exit(main())

@@ -136,7 +136,13 @@ def check_dataset_main(argv: list[str]) -> int:
     return 1 if rep["problems"] else 0
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.finetune") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check-dataset"]:
+        return check_dataset_main(argv[1:])
+    main_for(["finetune"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "check-dataset":
-        sys.exit(check_dataset_main(sys.argv[2:]))
-    main_for(["finetune"], "python -m jobs.finetune")
+    sys.exit(main())

@@ -69,8 +69,8 @@ def build_index(docs: str, out: str, text_field: str = "text", id_field: str = "
             "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.index") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", required=True, help="a folder, file or glob of .parquet / .jsonl documents")
     ap.add_argument("--out", required=True)

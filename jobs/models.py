@@ -10,10 +10,10 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.models") -> int:
     from actors.model.registry import ModelSpecError, import_model, list_registry, resolve_model
 
-    p = argparse.ArgumentParser(prog="python -m jobs.models")
+    p = argparse.ArgumentParser(prog=prog)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the registry of pretrained bases")
     imp = sub.add_parser("import", help="write a registry model as an HF folder")

@@ -13,9 +13,9 @@ from jobs.runner import main_for
 from jobs.summary import write_summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.pipeline") -> int:
     t0 = time.perf_counter()
-    manifest = main_for(None, "python -m jobs.pipeline", argv)
+    manifest = main_for(None, prog, argv)
     inv = manifest.data.get("last_invocation", {})
     if inv.get("ran"):  # the time to produce this run's results: this invocation plus the stages it reused
         reused = sum(manifest.stage(s).get("seconds", 0.0) or 0.0 for s in inv.get("skipped", []))

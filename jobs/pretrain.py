@@ -1,6 +1,8 @@
 """`python -m jobs.pretrain`: Ray Train workers pretrain the model on the data stage's shards."""
 from __future__ import annotations
 
+import sys
+
 from jobs.runner import StageContext, main_for
 
 
@@ -23,5 +25,10 @@ def run(ctx: StageContext) -> dict:
                         init_dir=init_dir)
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.pretrain") -> int:
+    main_for(["pretrain"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main_for(["pretrain"], "python -m jobs.pretrain")
+    sys.exit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 from jobs.runner import StageContext, main_for
@@ -125,5 +126,10 @@ def stop() -> None:
     stop_server(APP_NAME)
 
 
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.serve") -> int:
+    main_for(["serve"], prog, argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main_for(["serve"], "python -m jobs.serve")
+    sys.exit(main())

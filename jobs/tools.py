@@ -28,8 +28,8 @@ def build_registry(names: list[str] | None = None, index: str = ""):
     return ToolRegistry(make_tool(n, **({"index": index} if n == "search_docs" else {})) for n in names)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jobs.tools", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.tools") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["list", "mcp", "openapi"])
     ap.add_argument("--tools", default="", help="comma-separated tool names (default: calculator, python, and "
