@@ -101,8 +101,9 @@ def test_arc_doc_matches_lm_eval(data_root):
 # (c) backend loglikelihood = manual log-softmax; batched = unbatched ---------------------------------------
 def test_backend_loglikelihood_matches_manual(tiny):
     ckpt = tiny["ckpts"]["pretrain"]
-    b1 = LocalModelBackend(ckpt, device="cpu", batch_size=1, progress=False)
-    b4 = LocalModelBackend(ckpt, device="cpu", batch_size=4, progress=False)
+    # fp32, the parity reference (auto is bf16 on a CPU with native bf16)
+    b1 = LocalModelBackend(ckpt, device="cpu", dtype="float32", batch_size=1, progress=False)
+    b4 = LocalModelBackend(ckpt, device="cpu", dtype="float32", batch_size=4, progress=False)
     tok, model = b1.tokenizer, b1.model
     reqs = [LoglikelihoodRequest("Question: Who loves Juliet?\nAnswer:", " Romeo"),
             LoglikelihoodRequest("Question: Who loves Juliet?\nAnswer:", " the prince of Verona"),

@@ -203,7 +203,8 @@ def test_batch_size_does_not_change_predictions_or_loglikelihoods(debug_smollm2,
     cfg = EvalConfig(tasks=names, limit=12)
     runs = []
     for bs in (1, 32):
-        backend = LocalModelBackend(debug_smollm2, device="cpu", batch_size=bs, progress=False)
+        # fp32, the parity reference (auto is bf16 on a CPU with native bf16)
+        backend = LocalModelBackend(debug_smollm2, device="cpu", dtype="float32", batch_size=bs, progress=False)
         runs.append(run_tasks(backend, build_tasks(names, cfg, data_root)))
     worst = 0.0
     for name in names:

@@ -41,7 +41,8 @@ def _pool_run(model: str, cfg: EvalConfig, data_root, cache: Path | None = None,
 
 @pytest.mark.ray
 def test_one_vs_two_workers_same_predictions_and_cache_resume(debug_smollm2, ray_session, data_root, tmp_path):
-    base = dict(tasks=NAMES, limit=10, gen_kwargs={"max_gen_toks": 24}, device="cpu", progress=False)
+    base = dict(tasks=NAMES, limit=10, gen_kwargs={"max_gen_toks": 24}, device="cpu", dtype="float32",
+                progress=False)
     one, _ = _pool_run(str(debug_smollm2), EvalConfig(workers=1, batch_size=1, **base), data_root)
     two, _ = _pool_run(str(debug_smollm2), EvalConfig(workers=2, batch_size=16, **base), data_root)
     worst = 0.0
@@ -84,9 +85,9 @@ def test_openai_backend_against_our_serve_matches_local(debug_smollm2, ray_sessi
     from tests.conftest import free_port
 
     cfg = EvalConfig(tasks=["arc_easy"], limit=40, progress=False)
-    local = run_tasks(LocalModelBackend(debug_smollm2, device="cpu", progress=False),
+    local = run_tasks(LocalModelBackend(debug_smollm2, device="cpu", dtype="float32", progress=False),
                       build_tasks(["arc_easy"], cfg, data_root))["arc_easy"]
-    url = start_server({"model": str(debug_smollm2), "model_name": "dbg", "port": free_port(),
+    url = start_server({"model": str(debug_smollm2), "model_name": "dbg", "port": free_port(), "dtype": "float32",
                         "engine": {"kv_cache_memory": "64MiB"}}, app_name="evaltest")
     try:
         remote_backend = OpenAIBackend(f"{url}/v1", "dbg", batch_size=8, progress=False, concurrency=2)

@@ -67,7 +67,7 @@ def test_acc_and_loglikelihoods_equal_lm_eval(debug_smollm2, data_root, tmp_path
         "mmlu": str(tmp_path / "mmlu_test_first5_per_subject.jsonl")})
     tasks = build_tasks(cfg.tasks, cfg, data_root)
     # exemplars from the same dev rows: the registry's file is the full dev split, of which these are anatomy's
-    backend = LocalModelBackend(debug_smollm2, device="cpu", batch_size=8, progress=False)
+    backend = LocalModelBackend(debug_smollm2, device="cpu", dtype="float32", batch_size=8, progress=False)
     ours = run_tasks(backend, tasks)
     for lm_name, name in pairs.items():
         mine = ours[name]

@@ -52,7 +52,8 @@ def tiny(tmp_path_factory):
 def base_url(ray_session, tiny):
     from actors.serve.deployment import start_server, stop_server
 
-    url = start_server({"model": str(tiny.dir), "model_name": MODEL, "port": free_port(),
+    # fp32: scores here are checked against an fp32 forward (auto is bf16 on a CPU with native bf16)
+    url = start_server({"model": str(tiny.dir), "model_name": MODEL, "port": free_port(), "dtype": "float32",
                         "engine": {"kv_cache_memory": "64MiB"}}, app_name=APP)
     yield url
     stop_server(APP)
