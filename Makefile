@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fullchain-installed
 RUN ?= runs/demo
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo test head stop-head clean-runs
+.PHONY: install demo test browser head stop-head clean-runs
 
 install: $(STAMP)
 
@@ -25,8 +25,17 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/fullchain demo --config $(CONFIG) --run-dir $(RUN)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
+
+# tests/test_ui.py drives Debian's Chromium through its chromedriver, with CJK fonts for the Chinese check: apt,
+# once (nothing downloads a browser)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
+	    ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends chromium chromium-driver fonts-noto-cjk; fi
 
 # A local Ray head on loopback for `ray job submit` (see README).
 head: install

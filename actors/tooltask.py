@@ -44,6 +44,8 @@ from typing import Any, Callable
 # ---------------------------------------------------------------------------------------------------------
 # Tool specs of the arithmetic task
 # ---------------------------------------------------------------------------------------------------------
+# the longest expression the evaluator takes; the calculator's schema says so, and a guided call is held to it
+EXPRESSION_MAX_CHARS = 500
 CALCULATOR_SPEC = {
     "type": "function",
     "function": {
@@ -51,7 +53,8 @@ CALCULATOR_SPEC = {
         "description": "Evaluate an arithmetic expression with + - * / and parentheses.",
         "parameters": {
             "type": "object",
-            "properties": {"expression": {"type": "string", "description": "e.g. 12 * (3 + 4)"}},
+            "properties": {"expression": {"type": "string", "maxLength": EXPRESSION_MAX_CHARS,
+                                          "description": "e.g. 12 * (3 + 4)"}},
             "required": ["expression"],
         },
     },
@@ -154,7 +157,7 @@ class SafeArithmetic:
     """
 
     def __init__(self, functions: dict[str, Callable] | None = None, max_bits: int = 4096,
-                 max_length: int = 500):
+                 max_length: int = EXPRESSION_MAX_CHARS):
         self.functions = dict(functions or {})
         self.max_bits = max_bits
         self.max_length = max_length

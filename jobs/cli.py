@@ -36,6 +36,8 @@ COMMANDS: dict[str, Command] = {
     "index": Command("index", "a retrieval index (BM25 + vectors) over document shards, for search_docs"),
     "tools": Command("tools", "the agents' tools for other programs: list, an MCP server, an OpenAPI server"),
     "models": Command("models", "the registry of pretrained bases: list, import, resolve"),
+    "ui": Command("ui", "the web console on 127.0.0.1: chat with the run's model and adapter (tools run on the "
+                        "server), runs with curves, eval tables, data card and lineage"),
     "runs": Command(None, "the runs under the storage root with their stages' status"),
 }
 

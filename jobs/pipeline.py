@@ -33,7 +33,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m jobs.pipeline") -
             pass
     else:
         stop_serving(manifest)
+    print(f"\nrun folder: {manifest.run_dir}\nopen the console on this run (chat with its model, curves, eval, "
+          f"lineage):\n\n    {console_command(manifest.run_dir)}\n", flush=True)
     return 0
+
+
+def console_command(run_dir) -> str:
+    """`fullchain ui RUN_DIR`, with the run folder relative to here when it is below."""
+    import os
+    from pathlib import Path
+
+    p = Path(run_dir).resolve()
+    rel = os.path.relpath(p) if p.is_relative_to(Path.cwd()) else str(p)
+    return f"fullchain ui {rel}"
 
 
 def stop_serving(manifest) -> None:

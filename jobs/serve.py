@@ -41,7 +41,9 @@ def _start(ctx: StageContext, port: int) -> str:
 
     from actors.serve.deployment import start_server
 
-    cfg = with_env_keys(replace(ctx.cfg.serve, model=served_model(ctx), port=port))
+    # the console at /ui/ lists the runs beside this one
+    cfg = with_env_keys(replace(ctx.cfg.serve, model=served_model(ctx), port=port,
+                                runs_root=ctx.cfg.serve.runs_root or str(ctx.run_dir.resolve().parent)))
     root = start_server(cfg, host="127.0.0.1", app_name=APP_NAME)
     return root.rstrip("/") + "/v1"  # OpenAI clients take the /v1 root as base_url
 

@@ -168,6 +168,25 @@ def ray_session():
         cluster.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory) -> Path:
+    """The whole chain on configs/tiny.yaml, once per session (the pipeline tests and the console's read it; a test
+    that re-runs stages copies it first). Its Serve app is stopped once the run is written."""
+    from jobs.config import load_config
+    from jobs.manifest import Manifest
+    from jobs.pipeline import stop_serving
+    from jobs.runner import run_stages
+    from jobs.summary import write_summary
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
+    try:
+        write_summary(run_stages(cfg, run_dir))
+    finally:  # the Serve app goes also when a later stage failed
+        stop_serving(Manifest(run_dir))
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def tool_actors(ray_session):
     """The agent's two tool actors, killed when the module is done."""

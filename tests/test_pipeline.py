@@ -1,6 +1,6 @@
 """The whole chain on the tiny config: manifest hand-offs, resume, HF interop of the fine-tuned export.
 
-`tiny_run` is built once and only read: a test that runs stages again works on its own copy of the run dir
+`tiny_run` (conftest, one per session) is built once and only read: a test that runs stages again works on its own copy of the run dir
 (fingerprints do not depend on the path), so the tests pass in any order or alone."""
 from __future__ import annotations
 
@@ -14,23 +14,6 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 STAGES = ["data", "pretrain", "finetune", "evaluate", "serve", "agent"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(ray_session, tmp_path_factory):
-    from jobs.config import load_config
-    from jobs.manifest import Manifest
-    from jobs.pipeline import stop_serving
-    from jobs.runner import run_stages
-    from jobs.summary import write_summary
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = load_config(str(REPO / "configs" / "tiny.yaml"))
-    try:
-        write_summary(run_stages(cfg, run_dir))
-    finally:  # the Serve app goes also when a later stage failed
-        stop_serving(Manifest(run_dir))
-    return run_dir
 
 
 def _manifest(run_dir):

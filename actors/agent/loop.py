@@ -127,11 +127,16 @@ class Agent:
 
     def __init__(self, client: openai.OpenAI, model: str, tools: dict[str, Any], max_steps: int = 4,
                  temperature: float = 0.0, max_tokens: int = 64, tool_timeout_s: float = 10.0,
-                 hooks: list[Callable[[str, Any], None]] | None = None):
+                 hooks: list[Callable[[str, Any], None]] | None = None, tool_choice: str = "auto"):
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         if not tools:
             raise ValueError("tools must map at least one tool name to a ToolActor handle")
+        if tool_choice not in ("auto", "required", "none", *tools):
+            raise ValueError(f"tool_choice must be auto, required, none or a tool's name {list(tools)}, got "
+                             f"{tool_choice!r}")
+        # the first reply to a user turn; after a tool answered, always "auto" ("required" would never stop)
+        self.tool_choice = tool_choice
         self.client, self.model = client, model
         self.tools = dict(tools)
         self.max_steps, self.temperature, self.max_tokens = max_steps, temperature, max_tokens
@@ -217,12 +222,22 @@ class Agent:
     def complete(self, messages: list[dict]) -> tuple[str, list, str | None]:
         """(reply text, its tool calls, finish reason) for the conversation so far."""
         resp = self.client.chat.completions.create(
-            model=self.model, messages=messages, tools=self.specs, tool_choice="auto",
+            model=self.model, messages=messages, tools=self.specs, tool_choice=self.choice_for(messages),
             temperature=self.temperature, max_tokens=self.max_tokens)
         if not resp.choices:
             raise NoReply("the server returned no choices")
         choice = resp.choices[0]
         return choice.message.content or "", list(choice.message.tool_calls or []), choice.finish_reason
+
+    def choice_for(self, messages: list[dict]) -> str | dict:
+        """`tool_choice` for the next reply: the configured one (a tool's name: that function, OpenAI's named
+        choice) until a tool has answered in this turn."""
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        if any(m.get("role") == "tool" for m in messages[last_user + 1:]):
+            return "auto"
+        if self.tool_choice in ("auto", "required", "none"):
+            return self.tool_choice
+        return {"type": "function", "function": {"name": self.tool_choice}}
 
     def act(self, messages: list[dict], rec: StepRecord, calls: list, session: dict) -> str | None:
         """Carry out one reply: append it and what it caused to `messages`; the final answer, or None to go on."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from actors.tooltask import CALCULATOR_SPEC, PYTHON_SPEC, SafeArithmetic, ToolError, format_number
+from actors.tooltask import (CALCULATOR_SPEC, EXPRESSION_MAX_CHARS, PYTHON_SPEC, SafeArithmetic, ToolError,
+                             format_number)
 
 
 class ToolArgumentError(ValueError):
@@ -118,7 +119,7 @@ class Calculator(Tool):
     description = CALCULATOR_SPEC["function"]["description"]
     parameters = CALCULATOR_SPEC["function"]["parameters"]
 
-    def __init__(self, max_bits: int = 4096, max_length: int = 500):
+    def __init__(self, max_bits: int = 4096, max_length: int = EXPRESSION_MAX_CHARS):
         self.evaluator = SafeArithmetic(functions=None, max_bits=max_bits, max_length=max_length)
 
     def run(self, expression: str) -> str:

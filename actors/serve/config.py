@@ -65,6 +65,10 @@ class ServeConfig:
     prefix_routing_tokens: int = 256
     prefix_routing_imbalance: int = 8
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # the web console at /ui/ (chat, runs, lineage; actors/serve/console.py) over the run folders in `runs_root`
+    # ("" = chat only); `fullchain ui RUN_DIR` sets both
+    console: bool = True
+    runs_root: str = ""
     # the pipeline's serve stage only
     keep_alive: bool = False           # leave the endpoint up after the pipeline (Ctrl-C stops it)
     demo_prompt: str = "What is 4821 + 937?"

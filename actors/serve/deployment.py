@@ -125,7 +125,7 @@ class EngineClient:
 @serve.deployment
 @serve.ingress()
 class OpenAIIngress:
-    def __init__(self, engine_handle, cfg: ServeConfig):
+    def __init__(self, engine_handle, cfg: ServeConfig, agent_handle=None):
         from actors.model.tokenizer import load_tokenizer
         from actors.serve.openai_api import create_app
 
@@ -140,7 +140,9 @@ class OpenAIIngress:
             except ValueError as e:
                 raise ConfigError(f"serve.lora_modules.{name}: {e}") from None
         # not `self.app`: the ingress wrapper owns that name (a read-only property)
-        self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls, adapters, cfg.api_keys)
+        self.api = create_app(client, tokenizer, cfg.model_name, cfg.guided_tool_calls, adapters, cfg.api_keys,
+                              model_dir=cfg.model, console=cfg.console, runs_root=cfg.runs_root or None,
+                              agent=agent_handle)
         self.grpc = None
         if cfg.grpc_port:  # a task on this replica's event loop: the API's logic, no extra hop
             from actors.serve.grpc_api import start_grpc
@@ -194,8 +196,10 @@ def check_adapters(cfg: ServeConfig) -> ServeConfig:
     return replace(cfg, lora_modules={name: ref.path for name, ref in registry.adapters.items()})
 
 
-def build_app(args: ServeConfig | dict) -> serve.Application:
-    """Application builder for `serve run` (YAML `applications[].args` or `key=value` on the command line)."""
+def build_app(args: ServeConfig | dict, agent: serve.Application | None = None) -> serve.Application:
+    """Application builder for `serve run` (YAML `applications[].args` or `key=value` on the command line).
+    `agent`: a bound agent deployment (actors.agent.server.AgentServer) for /v1/agent/chat, bound by the job that
+    composes the app."""
     from ray.serve.config import RequestRouterConfig
 
     a = check_adapters(resolve_model_dir(parse_args(args)))
@@ -218,7 +222,7 @@ def build_app(args: ServeConfig | dict) -> serve.Application:
     # the ingress only tokenizes and reshapes: no CPU reserved, so it never blocks an engine replica's placement
     return OpenAIIngress.options(ray_actor_options={"num_cpus": 0},
                                  max_ongoing_requests=most * a.max_ongoing_requests,
-                                 ).bind(engine, a)
+                                 ).bind(engine, a, agent)
 
 
 def _wait_healthy(base_url: str, timeout_s: float) -> None:
@@ -236,13 +240,14 @@ def _wait_healthy(base_url: str, timeout_s: float) -> None:
 
 
 def start_server(cfg: ServeConfig | dict, host: str = "127.0.0.1", app_name: str = "fullchain",
-                 timeout_s: float = 180.0) -> str:
+                 timeout_s: float = 180.0, agent: serve.Application | None = None) -> str:
     """Deploy the app on the connected Ray cluster (caller ran `cluster.connect()`) on `cfg.port`; returns the
-    base URL. `cfg`: a `ServeConfig`, or a dict of its fields (`{"model": DIR, "engine": {...}}`)."""
+    base URL. `cfg`: a `ServeConfig`, or a dict of its fields (`{"model": DIR, "engine": {...}}`). `agent`: see
+    `build_app`."""
     cfg = parse_args(cfg)
     check(cfg.port != 0, "serve.port", "start_server needs a port: pick a free one first (the pipeline does)")
     port = cfg.port
-    app = build_app(cfg)
+    app = build_app(cfg, agent)
     if cfg.grpc_port:
         from actors.serve.grpc_api import stubs
 

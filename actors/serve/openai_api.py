@@ -186,8 +186,9 @@ class OpenAIServing:
     deployment."""
 
     def __init__(self, engine, tokenizer, model_name: str, guided_tool_calls: bool = True,
-                 adapters: AdapterRegistry | None = None):
+                 adapters: AdapterRegistry | None = None, model_dir: str | None = None):
         self.engine = engine
+        self.model_dir = model_dir
         self.tok = tokenizer
         self.model_name = model_name
         self.guided_tool_calls = guided_tool_calls
@@ -517,11 +518,12 @@ class OpenAIServing:
 
     def models(self) -> dict:
         """The base, then each adapter as "base:adapter" with its folder (`root`) and base (`parent`), as vLLM
-        lists them."""
-        cards = [ModelCard(id=self.model_name, root=self.model_name, max_model_len=self.engine.max_model_len)]
+        lists them; each with its `lineage` (where its weights come from)."""
+        cards = [ModelCard(id=self.model_name, root=self.model_name, max_model_len=self.engine.max_model_len,
+                           lineage=_lineage(self.model_dir))]
         for name, ref in sorted((self.adapters.adapters if self.adapters else {}).items()):
             cards.append(ModelCard(id=f"{self.model_name}:{name}", root=ref.path, parent=self.model_name,
-                                   max_model_len=self.engine.max_model_len))
+                                   max_model_len=self.engine.max_model_len, lineage=_lineage(ref.path)))
         return ModelList(data=cards).model_dump()
 
     async def stream_events(self, body: dict) -> AsyncIterator[dict]:
@@ -585,6 +587,18 @@ class OpenAIServing:
         return render_metrics([r for r in replicas if isinstance(r, dict)], self.model_name)
 
 
+def _lineage(path: str | None) -> dict | None:
+    """A model folder's lineage; a folder whose run files cannot be read says so instead of failing /v1/models."""
+    if not path:
+        return None
+    from actors.common.runs import lineage
+
+    try:
+        return lineage(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return {"path": str(path), "error": f"lineage unreadable: {type(e).__name__}: {e}"}
+
+
 async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
     """Items of several async iterators as they come, tagged with the iterator's index."""
     if len(gens) == 1:
@@ -620,10 +634,17 @@ async def _merge(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]
 
 
 def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = True,
-               adapters: AdapterRegistry | None = None, api_keys: list[str] | tuple[str, ...] = ()) -> FastAPI:
+               adapters: AdapterRegistry | None = None, api_keys: list[str] | tuple[str, ...] = (),
+               model_dir: str | None = None, console: bool = False, runs_root: str | None = None,
+               agent=None) -> FastAPI:
     """The API over `engine`. `adapters`: the LoRA adapters it may serve (None: the base only). `api_keys`: when
-    given, every route but /health needs `Authorization: Bearer <key>` (401 otherwise, in OpenAI's error shape)."""
-    serving = OpenAIServing(engine, tokenizer, model_name, guided_tool_calls, adapters)
+    given, every route but /health and the console's static shell needs `Authorization: Bearer <key>` (401
+    otherwise, in OpenAI's error shape). `model_dir`: the served folder, for /v1/models' lineage. `console`: the web
+    console under /ui (actors/serve/console.py) over the runs in `runs_root`; `agent`: an AgentServer handle for
+    /v1/agent/chat."""
+    from actors.serve.console import add_agent_routes, add_console, is_open
+
+    serving = OpenAIServing(engine, tokenizer, model_name, guided_tool_calls, adapters, model_dir)
     app = FastAPI(title="fullchain OpenAI-compatible API")
     app.state.serving = serving
     keys = frozenset(api_keys)
@@ -631,7 +652,7 @@ def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = Tru
     if keys:
         @app.middleware("http")
         async def _check_key(request: Request, call_next):
-            if request.url.path != "/health" and not key_ok(request.headers.get("authorization"), keys):
+            if not is_open(request.url.path) and not key_ok(request.headers.get("authorization"), keys):
                 return APIError("invalid or missing API key; send the header 'Authorization: Bearer <key>' with "
                                 "one of the server's api_keys", status=401, code="invalid_api_key").response()
             return await call_next(request)
@@ -647,7 +668,8 @@ def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = Tru
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         msg = exc.detail if exc.status_code != 404 else f"no route {request.method} {request.url.path}; " \
-            "use /v1/chat/completions, /v1/completions, /v1/models, /tokenize, /detokenize, /metrics or /health"
+            "use /v1/chat/completions, /v1/completions, /v1/models, /v1/agent/chat, /tokenize, /detokenize, " \
+            "/metrics, /health or the console at /ui/"
         return APIError(str(msg), status=exc.status_code).response()
 
     @app.exception_handler(Exception)
@@ -690,6 +712,10 @@ def create_app(engine, tokenizer, model_name: str, guided_tool_calls: bool = Tru
     async def metrics():
         return Response(await serving.metrics(), media_type=METRICS_TYPE)
 
+    if console:
+        add_console(app, serving, runs_root, agent)
+    else:
+        add_agent_routes(app, serving, agent)
     return app
 
 

@@ -367,6 +367,28 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     root: str | None = None           # vLLM: the base model's name, or an adapter's folder
     parent: str | None = None         # vLLM: an adapter's base model
+    # where the weights come from (actors/common/runs.py `lineage`): checkpoint, training run and config, base,
+    # data shards and card, eval scores
+    lineage: dict | None = None
+
+
+class AgentChatRequest(_Strict):
+    """POST /v1/agent/chat: one user turn run through the agent's tool loop on the server."""
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    max_steps: int | None = Field(None, ge=1, le=16, description="model calls: tool rounds plus the answer")
+    tool_choice: str = Field(
+        "auto", description="auto, required, none or one tool's name, for the first reply of the turn; once a tool "
+                            "answered the agent goes on with auto")
+    tools: list[str] | None = Field(None, description="a subset of the agent's tools (GET /v1/agent lists them)")
+
+    @model_validator(mode="after")
+    def _ends_with_user(self):
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's turn (role 'user') for the agent to answer")
+        return self
 
 
 class TokenizeRequest(_Strict):
