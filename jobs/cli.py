@@ -75,22 +75,21 @@ def runs_main(argv: list[str] | None = None, prog: str = "fullchain runs") -> in
     if "://" in str(a.root) or not root.is_dir():
         print(f"fullchain runs: {a.root} is not a local folder; pass --root DIR", file=sys.stderr)
         return 2
+    from actors.common.runs import list_runs
+
     found = 0
-    for m in sorted(root.glob("*/manifest.json")):
-        try:
-            data = json.loads(m.read_text())
-        except ValueError as e:
-            print(f"{m.parent.name}: unreadable manifest ({e})", file=sys.stderr)
+    for run in sorted(list_runs(root), key=lambda r: r["name"]):
+        if "error" in run:
+            print(f"{run['name']}: {run['error']}", file=sys.stderr)
             continue
         found += 1
-        stages = {n: {"status": s.get("status"), "seconds": s.get("seconds")}
-                  for n, s in data.get("stages", {}).items()}
+        stages = {s["stage"]: {"status": s["status"], "seconds": s["seconds"]} for s in run["stages"]}
         if a.json:
-            print(json.dumps({"run": m.parent.name, "path": str(m.parent), "stages": stages}))
+            print(json.dumps({"run": run["name"], "path": run["path"], "stages": stages}))
         else:
             line = "  ".join(f"{n}:{s['status']}" + (f"({s['seconds']:.0f}s)" if s["seconds"] else "")
                              for n, s in stages.items())
-            print(f"{m.parent.name}\t{line}")
+            print(f"{run['name']}\t{line}")
     if not found and not a.json:
         print(f"no runs under {root} (a run folder holds manifest.json; `fullchain demo` makes one)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from actors.common.runs import STAGE_ORDER, eval_results
 from jobs.manifest import Manifest
 
 
@@ -21,7 +22,7 @@ def build_summary(manifest: Manifest) -> str:
     lines = [f"# fullchain run `{manifest.data.get('run', manifest.run_dir.name)}`", "",
              f"Run dir: `{manifest.run_dir}`", "", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     total = 0.0
-    for name in ("data", "pretrain", "finetune", "evaluate", "serve", "agent"):
+    for name in STAGE_ORDER:
         s = st.get(name, {})
         total += s.get("seconds", 0.0) or 0.0
         lines.append(f"| {name} | {s.get('status', 'not run')} | {_fmt(s.get('seconds'), 1)} |")
@@ -130,10 +131,7 @@ def _demo_expression(serve_outputs: dict) -> str | None:
 def build_headline(manifest: Manifest) -> dict:
     """The run's key numbers as one flat object (None where a stage did not run)."""
     st = manifest.data["stages"]
-    results = {}
-    e = st.get("evaluate", {}).get("outputs", {})
-    if e.get("results_json") and Path(e["results_json"]).exists():
-        results = json.loads(Path(e["results_json"]).read_text()).get("results", {})
+    results = eval_results(manifest)
     base = "base" if "base" in results else "pretrain"
     am = st.get("agent", {}).get("metrics", {})
     ao = st.get("agent", {}).get("outputs", {})

@@ -94,6 +94,9 @@ def test_run_view_has_curves_eval_table_and_data_card(console):
     assert set(v["eval"]["models"]) >= {"finetune", "pretrain"}
     card = v["data_card"]
     assert card["status"] == "complete" and card["metrics"]["train_tokens"] > 0
+    m = card["metrics"]
+    assert f"read {m['read']} = kept {m['kept']}" in card["markdown"] and "(reconciles)" in card["markdown"]
+    assert card["card"]["by_source"] == m["by_source"]
     assert set(v["models"]) >= {"pretrain.hf", "finetune.adapter"}
 
 

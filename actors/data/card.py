@@ -80,3 +80,43 @@ def write_card(out: str | Path, result: dict, title: str = "curation run") -> di
         md += ["", f"![lengths]({png.name})"]
     (out / "card.md").write_text("\n".join(md) + "\n")
     return card
+
+
+def write_pack_card(out: str | Path, metrics: dict, outputs: dict, title: str = "pretraining data") -> dict:
+    """The data card of a pack run (`run_data_stage`): `card.json` + `card.md` beside `stats.json`. Sources with
+    what each kept, dropped and quarantined (read = kept + dropped + quarantined per source and in all), the rules
+    that dropped, the quarantine's reasons, the tokenizer and the packed splits, and the fine-tuning sets made."""
+    out = Path(out)
+    dropped, quarantined = metrics.get("dropped") or {}, metrics.get("quarantined") or {}
+    n_drop, n_quar = sum(dropped.values()), sum(quarantined.values())
+    card = {"read": metrics.get("read"), "kept": metrics.get("kept"), "dropped": n_drop, "quarantined": n_quar,
+            "dropped_by_rule": dropped, "quarantined_by_reason": quarantined,
+            "reconciles": metrics.get("read") == (metrics.get("kept") or 0) + n_drop + n_quar,
+            "by_source": metrics.get("by_source") or {},
+            "tokens": {k: metrics.get(k) for k in ("train_tokens", "val_tokens", "train_sequences", "val_sequences",
+                                                  "tokens_dropped_tail", "vocab_size", "seq_len",
+                                                  "unigram_entropy_nats")},
+            "sft": metrics.get("sft") or {}, "synthetic": metrics.get("synthetic") or {},
+            "files": {k: v for k, v in outputs.items() if k != "card"}}
+    (out / "card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False))
+    t = card["tokens"]
+    md = [f"# Data card: {title}", "",
+          f"read {card['read']} = kept {card['kept']} + dropped {n_drop} + quarantined {n_quar}"
+          f" ({'reconciles' if card['reconciles'] else 'DOES NOT reconcile'})", "",
+          "## Sources", "", "| source | read | kept | dropped | quarantined | kept chars |", "|---|---:|---:|---:|---:|---:|"]
+    md += [f"| {name} | {s.get('read')} | {s.get('kept')} | {s.get('dropped')} | {s.get('quarantined')} | "
+           f"{s.get('kept_chars')} |" for name, s in card["by_source"].items()]
+    md += ["", "## Dropped by rule", "", "| rule | documents |", "|---|---:|"]
+    md += [f"| {k} | {v} |" for k, v in dropped.items()] or ["| (none) | 0 |"]
+    md += ["", "## Quarantined (unreadable records, with their reasons in quarantine.jsonl)", "",
+           "| reason | records |", "|---|---:|"]
+    md += [f"| {k} | {v} |" for k, v in quarantined.items()] or ["| (none) | 0 |"]
+    md += ["", "## Tokens", "",
+           f"tokenizer: BPE, vocabulary {t['vocab_size']}; rows of {t['seq_len']} tokens; train {t['train_tokens']} "
+           f"tokens in {t['train_sequences']} rows, val {t['val_tokens']} in {t['val_sequences']} "
+           f"({t['tokens_dropped_tail']} tail tokens dropped); unigram entropy {t['unigram_entropy_nats']} nats/token"]
+    if card["synthetic"] or card["sft"]:
+        md += ["", "## Fine-tuning sets", "", f"synthetic tool task: {card['synthetic']}", ""]
+        md += [f"- {name}: {json.dumps(c, ensure_ascii=False)}" for name, c in card["sft"].items()]
+    (out / "card.md").write_text("\n".join(md) + "\n")
+    return card

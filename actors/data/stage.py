@@ -311,6 +311,10 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path, data_root: str | Path,
     }
     (out / "stats.json").write_text(json.dumps({"metrics": metrics, "outputs": outputs, "config": asdict(cfg)},
                                                indent=2, ensure_ascii=False))
+    from actors.data.card import write_pack_card
+
+    write_pack_card(out, metrics, outputs)
+    outputs["card"] = str(out / "card.md")
     _progress(t0, f"done: {metrics['train_tokens']} train / {metrics['val_tokens']} val tokens, "
                   f"unigram CE {entropy if entropy is None else round(entropy, 4)} nats")
     return {"outputs": outputs, "metrics": metrics}

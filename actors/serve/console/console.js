@@ -279,10 +279,35 @@ function kvTable(obj, id) {
   return el("table", id ? { id } : {}, el("tbody", {}, ...rows));
 }
 
+// The data card's Markdown as elements: headings, pipe tables, list items and paragraphs (text only, no HTML).
+function markdown(md) {
+  const out = [];
+  const lines = md.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    const h = /^(#{1,4}) (.*)$/.exec(line);
+    if (h) { out.push(el("h" + (h[1].length + 2), { text: h[2] })); continue; }
+    if (line.startsWith("|")) {
+      const rows = [];
+      for (; i < lines.length && lines[i].startsWith("|"); i++) {
+        if (!/^\|[-:| ]+\|$/.test(lines[i])) rows.push(lines[i].slice(1, -1).split("|").map((c) => c.trim()));
+      }
+      i--;
+      const [head, ...body] = rows;
+      out.push(el("table", { class: "md" }, el("thead", {}, el("tr", {}, ...head.map((c) => el("th", { text: c })))),
+        el("tbody", {}, ...body.map((r) => el("tr", {}, ...r.map((c) => el("td", { class: /^[-\d.,]+$/.test(c) ? "num" : "", text: c })))))));
+      continue;
+    }
+    if (line.startsWith("- ")) { out.push(el("li", { text: line.slice(2) })); continue; }
+    if (line.trim()) out.push(el("p", { text: line }));
+  }
+  return out;
+}
+
 function dataCard(card) {
   const box = el("div", { id: "data-card" });
   if (!card.status) { box.append(el("p", { class: "muted", text: "this run has no data stage" })); return box; }
-  if (card.markdown) box.append(el("pre", { class: "card-md", text: card.markdown }));
+  if (card.markdown) box.append(el("div", { class: "card-md" }, ...markdown(card.markdown)));
   const m = card.metrics || {};
   const counts = {};
   for (const k of ["read", "kept", "dropped", "quarantined", "train_tokens", "val_tokens", "train_rows", "val_rows",
