@@ -120,6 +120,7 @@ async function send(text) {
   const temperature = parseFloat($("#temperature").value) || 0;
   const maxTokens = parseInt($("#max-tokens").value, 10) || 256;
   let answer = "";
+  let agentMessages = null;
   try {
     if ($("#use-tools").checked && state.config && state.config.agent) {
       status("agent working…");
@@ -132,6 +133,7 @@ async function send(text) {
           out.content.append(...toolBox(ev));
         } else if (ev.type === "done") {
           answer = ev.final_answer || "";
+          agentMessages = ev.messages.filter((m) => m.role !== "system");   // calls and results kept for the next turn
           out.box.dataset.stopped = ev.stopped_reason;
           if (ev.stopped_reason !== "answer") out.content.append(el("div", { class: "muted", text: "stopped: " + ev.stopped_reason }));
         } else if (ev.type === "error" || ev.error) {
@@ -151,7 +153,8 @@ async function send(text) {
         if (ev.usage) status(ev.usage.completion_tokens + " tokens");
       });
     }
-    state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+    if (agentMessages) state.history = agentMessages;
+    else state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
     if (!$("#status").textContent.endsWith("tokens")) status("");
   } catch (e) {
     if (e.name === "AbortError") {
