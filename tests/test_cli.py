@@ -16,8 +16,10 @@ BIN = Path(sys.executable).parent / "fullchain"
 
 
 def fullchain(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    exe = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "jobs.cli"]
-    return subprocess.run(exe + list(args), capture_output=True, text=True, timeout=120,
+    """The installed script itself (what users run), never a stand-in."""
+    exe = str(BIN) if BIN.exists() else shutil.which("fullchain")
+    assert exe, "the `fullchain` script is not installed: `make install` (pip install -e .) installs it"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120,
                           cwd=cwd or Path(__file__).parents[1])
 
 

@@ -161,10 +161,10 @@ def outlier_channels(twin: nn.Module, k: int | None = None, seed: int = 0) -> di
     picked on Wikipedia (+0.90% vs +0.82% perplexity) and need no calibration data shipped."""
     amax: dict[int, torch.Tensor] = {}
 
-    def hook_for(pid: int):
+    def hook_for(proj_id: int):   # id(Proj): the key of the result
         def hook(mod, args):
             a = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
-            amax[pid] = torch.maximum(amax[pid], a) if pid in amax else a
+            amax[proj_id] = torch.maximum(amax[proj_id], a) if proj_id in amax else a
         return hook
 
     # a plain forward runs each Proj itself, except fused q|k|v: attention without the engine's backend runs
