@@ -104,11 +104,12 @@ def _first_line(text: str | None) -> str | None:
     return lines[0][:300] if lines else None
 
 
-def stage_rows(manifest: Manifest) -> list[dict]:
-    """Each stage the run has, in pipeline order: status, seconds, start and finish times, error or stop reason."""
+def stage_rows(stages: dict) -> list[dict]:
+    """Each stage of a manifest's `stages`, in pipeline order: status, seconds, start and finish times, error or
+    stop reason."""
     rows = []
-    for name in [*STAGE_ORDER, *(s for s in manifest.data.get("stages", {}) if s not in STAGE_ORDER)]:
-        s = manifest.stage(name)
+    for name in [*STAGE_ORDER, *(s for s in stages if s not in STAGE_ORDER)]:
+        s = stages.get(name)
         if s:
             rows.append({"stage": name, "status": s.get("status"), "seconds": s.get("seconds"),
                          "started": s.get("started"), "finished": str(s.get("finished") or "")[:19] or None,
@@ -125,11 +126,9 @@ def list_runs(root: str | Path) -> list[dict]:
         if data is None:
             out.append({"name": m.parent.name, "path": str(m.parent), "error": f"unreadable {MANIFEST}"})
             continue
-        man = Manifest.__new__(Manifest)
-        man.run_dir, man.path, man.data = m.parent, m, {"stages": {}, **data}
         out.append({"name": m.parent.name, "path": str(m.parent.resolve()), "run": data.get("run"),
                     "modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(m.stat().st_mtime)),
-                    "stages": stage_rows(man)})
+                    "stages": stage_rows(data.get("stages") or {})})
     return sorted(out, key=lambda r: r.get("modified", ""), reverse=True)
 
 
@@ -311,7 +310,8 @@ def run_view(run_dir: str | Path) -> dict:
     summary = _json(m.run_dir / "summary.json") or {}
     return {"name": m.run_dir.name, "path": str(m.run_dir.resolve()), "run": m.data.get("run"),
             "hardware": m.data.get("hardware", {}), "pipeline_seconds": m.data.get("pipeline_seconds"),
-            "stages": stage_rows(m), "curves": curves(m), "eval": eval_table(m), "data_card": data_card(m),
+            "stages": stage_rows(m.data.get("stages", {})), "curves": curves(m), "eval": eval_table(m),
+            "data_card": data_card(m),
             "models": models, "headline": summary.get("headline", {}),
             "serve": {k: v for k, v in m.stage("serve").get("outputs", {}).items() if k != "demo_chat"},
             "agent": m.stage("agent").get("metrics", {})}
