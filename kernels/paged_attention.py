@@ -7,22 +7,18 @@ moving data and blocks holding a shared prefix can sit in several tables at once
 
 `paged_decode_attention` is the Triton kernel on CUDA (one program per (sequence, query head), an online softmax
 over the sequence's blocks, grouped-query heads read their KV head's blocks directly); on CPU in fp32 a C++
-kernel (csrc/paged_decode_cpu.cpp, built by torch's extension loader on first use and cached) that reads each
+kernel (csrc/paged_decode_cpu.cpp, built with the other C++ operators by kernels/cpu_ops.py) that reads each
 sequence's keys and values once in place, per (sequence, KV head) for all query heads sharing it; and the torch
 reference elsewhere: gather the sequences' blocks once into (n_kv, B, S, hd) and run two batched matmuls whose
 batch dims are (kv head, sequence), so no repeat of K/V per query head and no further copy.
 """
 from __future__ import annotations
 
-import logging
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-_CPU_KERNEL: bool | None = None    # the C++ decode kernel: None = not tried yet
+from kernels.cpu_ops import cpu_ops_available
 
 try:
     import triton
@@ -165,30 +161,9 @@ def paged_decode_attention_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
     return out
 
 
-def cpu_kernel_available() -> bool:
-    """Build (once per machine: torch caches it under its extensions dir, ~20 s) and load the C++ decode kernel;
-    False, logged, where it cannot be built (no compiler): the gather path serves then."""
-    global _CPU_KERNEL
-    if _CPU_KERNEL is None:
-        try:
-            from torch.utils.cpp_extension import load
-
-            # -fopenmp: at::parallel_for is an OpenMP pragma in the header, serial without it (2.4 vs 4.0 ms a
-            # layer for 64 sequences of ~350 tokens on 2 threads)
-            flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma", "-mf16c"]
-                                           if platform.machine() in ("x86_64", "AMD64") else [])
-            load(name="fullchain_paged_decode", sources=[str(Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp")],
-                 extra_cflags=flags, is_python_module=False, verbose=False)
-            _CPU_KERNEL = True
-        except (OSError, RuntimeError, ImportError) as e:
-            log.warning("the C++ paged decode kernel could not be built (%s); decode attention gathers blocks", e)
-            _CPU_KERNEL = False
-    return _CPU_KERNEL
-
-
 def in_place_cpu(pool: torch.Tensor) -> bool:
     """Decode attention for this pool runs the C++ kernel (CPU, fp32): no gather buffers, no padding."""
-    return pool.device.type == "cpu" and pool.dtype == torch.float32 and cpu_kernel_available()
+    return pool.device.type == "cpu" and pool.dtype == torch.float32 and cpu_ops_available()
 
 
 def paged_decode_attention_cpu(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: DecodeMeta,

@@ -39,6 +39,7 @@ def _dispatch_cases():
     """(module, dispatcher, triton fn name, reference fn name, args on DEVICE) for every dispatcher."""
     import kernels.fused_linear_ce as ce
     import kernels.int4 as i4
+    import kernels.lora as lo
     import kernels.paged_attention as pa
     import kernels.rmsnorm as rn
 
@@ -55,19 +56,23 @@ def _dispatch_cases():
          (q.to(DEVICE), s.to(DEVICE), m.to(DEVICE), 4)),
         (pa, pa.paged_decode_attention, "paged_decode_attention_triton", "paged_decode_attention_reference",
          (torch.randn(1, 2, 4, device=DEVICE), pool_k, pool_v, pa.decode_meta(tables, lens, 4, pool_k), 0.5)),
+        (lo, lo.lora_apply, "lora_apply_triton", "lora_apply_reference",
+         (torch.zeros(5, 6, device=DEVICE), torch.randn(5, 4, device=DEVICE), [0, 2, 3, 5],
+          [torch.randn(2, 4, device=DEVICE)] * 2, [torch.randn(6, 2, device=DEVICE)] * 2, [None, None], [6])),
     ]
 
 
 def test_dispatch_picks_triton_on_cuda_tensors_and_the_reference_elsewhere(monkeypatch):
     """Each public entry point runs the Triton kernel for CUDA tensors and the torch reference for any other
     (TRITON_INTERPRET=1, set for this test session, must not send CPU tensors to the interpreter), except paged
-    decode attention in fp32 on CPU, which runs its C++ kernel."""
+    decode attention in fp32 and the LoRA update on CPU, which run their C++ operators."""
+    cpu_ops = {"kernels.paged_attention": "paged_decode_attention_cpu", "kernels.lora": "lora_apply_cpu"}
     for mod, dispatch, t_name, r_name, args in _dispatch_cases():
         calls = []
         kinds = [("triton", t_name), ("reference", r_name)]
         want = "triton" if DEVICE == "cuda" else "reference"
-        if mod.__name__ == "kernels.paged_attention":
-            kinds.append(("cpu", "paged_decode_attention_cpu"))
+        if mod.__name__ in cpu_ops:
+            kinds.append(("cpu", cpu_ops[mod.__name__]))
             want = "cpu" if DEVICE == "cpu" else want
         for kind, name in kinds:
             real = getattr(mod, name)
@@ -233,3 +238,66 @@ def test_int8_linear_kernels_match_the_dequantized_reference(m, n, k):
     with pytest.raises(ValueError, match="int8 kernel"):
         Int8Weight(w, "nope")
     assert set(INT8_CPU_KERNELS) >= {"auto", "int_mm", "dynamic", "weight_only"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slices, runs", [([7], [3, 0, 5]), ([9, 5, 5], [1, 70, 2]), ([13, 13], [130, 4])])
+def test_lora_apply_kernels_match_the_block_diagonal_update(slices, runs, dtype):
+    """Many adapters over one projection, in place: the torch reference, the C++ operator (CPU) and the Triton
+    kernel (interpreted on CPU, fp32) all equal the update written out with a block-diagonal B, y[run] += x[run]
+    A^T Bd^T (then x g for DoRA). Odd sizes, an empty run, runs longer than a tile (C++ 64 rows, Triton 16), a fused
+    projection's slices, a different rank per adapter, and rows outside every run left exactly as they were.
+    Inference only: no gradients flow through served adapters."""
+    from kernels.cpu_ops import cpu_ops_available
+    from kernels.lora import lora_apply, lora_apply_cpu, lora_apply_reference, lora_apply_triton
+
+    torch.manual_seed(len(runs) + sum(slices))
+    k, out, d_in = len(slices), sum(slices), 11
+    bounds, start = [], 2                      # rows 0-1 and the last 3 belong to no adapter (base requests)
+    for n in runs:
+        bounds += [start, start + n]
+        start += n
+    N = start + 3
+    ranks = [2 + i for i in range(len(runs))]
+    a = [torch.randn(k * r, d_in, dtype=dtype) for r in ranks]
+    b = [torch.randn(out, r, dtype=dtype) for r in ranks]
+    g = [None] * len(runs)
+    g[-1] = torch.rand(out, dtype=dtype) + 0.5     # DoRA on the last adapter
+    x, y0 = torch.randn(N, d_in, dtype=dtype), torch.randn(N, out, dtype=dtype)
+    want = y0.double().clone()
+    for i, r in enumerate(ranks):
+        bd, off = torch.zeros(out, k * r, dtype=torch.float64), 0
+        for j, n in enumerate(slices):
+            bd[off:off + n, j * r:(j + 1) * r] = b[i][off:off + n].double()
+            off += n
+        s, e = bounds[2 * i], bounds[2 * i + 1]
+        want[s:e] += x[s:e].double() @ a[i].double().t() @ bd.t()
+        if g[i] is not None:
+            want[s:e] *= g[i].double()
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.25, rtol=0.02)
+    impls = [lora_apply_reference, lora_apply]
+    assert cpu_ops_available()
+    impls += [lora_apply_cpu, lambda *args: lora_apply_cpu(*args, tile=1)]
+    if HAVE_TRITON and dtype == torch.float32:
+        impls.append(lambda y, *args: _on_device(lora_apply_triton, y, *args))
+    for impl in impls:
+        y = y0.clone()
+        got = impl(y, x, bounds, a, b, g, slices)
+        y = y if got is None else got
+        torch.testing.assert_close(y.double().cpu(), want, **tol)
+        assert torch.equal(y[:2].cpu(), y0[:2]) and torch.equal(y[-3:].cpu(), y0[-3:])
+
+
+def _on_device(fn, y, *args):
+    """`fn` run in place on a DEVICE copy of `y`; that copy."""
+    yd = y.to(DEVICE)
+    fn(yd, *(_to(t) for t in args))
+    return yd
+
+
+def _to(t):
+    if isinstance(t, torch.Tensor):
+        return t.to(DEVICE)
+    if isinstance(t, list):
+        return [_to(v) for v in t]
+    return t

@@ -14,8 +14,9 @@ from actors.engine.kv_cache import BlockManager
 from actors.engine.runner import kv_bytes_per_block
 from actors.engine.sampling import SampleRow, sample
 from actors.engine.scheduler import Request, Scheduler
+from kernels.cpu_ops import cpu_ops_available
 from kernels.paged_attention import (
-    HAVE_TRITON, DecodeMeta, cpu_kernel_available, decode_meta, paged_decode_attention_cpu,
+    HAVE_TRITON, DecodeMeta, decode_meta, paged_decode_attention_cpu,
     paged_decode_attention_reference, paged_decode_attention_triton, write_kv,
 )
 
@@ -173,7 +174,7 @@ def test_paged_decode_attention_matches_plain_attention(lens, nh, nkv, hd, bs):
     if HAVE_TRITON:
         tri = paged_decode_attention_triton(q, k_pool, v_pool, DecodeMeta(bt, seq_lens, bs), scale)
         torch.testing.assert_close(tri, expected, atol=1e-5, rtol=1e-5)
-    assert cpu_kernel_available()  # g++ is on every machine here: the C++ kernel must build
+    assert cpu_ops_available()  # g++ is on every machine here: the C++ operators must build
     cpp = paged_decode_attention_cpu(q, k_pool, v_pool, DecodeMeta(bt, seq_lens, bs), scale)
     torch.testing.assert_close(cpp, expected, atol=1e-5, rtol=1e-5)
     # fp16 pools: the same attention over the fp16-rounded keys and values

@@ -5,10 +5,10 @@ that rows of this step use, the low-rank update of those rows only:
 
     y = x W^T;   y[run_a] += (x[run_a] A_a^T) B_a^T          (scale folded into B_a; DoRA: y[run_a] *= g_a)
 
-A fused projection (q|k|v, gate|up) keeps one A per adapter stacked over its slices, (k r, in), and a block-diagonal
-B, (out, k r): two matmuls per adapter instead of 2k (the zero blocks cost k r out multiply-adds a row, ~3% of the
-base matmul at r = 16). The runner orders each step's rows by adapter, so an adapter's rows are contiguous runs
-(`LoRABatch`, shared by every projection) updated in place; a step without adapters costs nothing extra.
+A fused projection (q|k|v, gate|up) keeps one A per adapter stacked over its slices, (k r, in), and B compact,
+(out, r), each slice's rows against its own r columns of x A^T (kernels.lora). The runner orders each step's rows by
+adapter, so an adapter's rows are contiguous runs (`LoRABatch`, shared by every projection) updated in place by one
+`kernels.lora.lora_apply` call per projection; a step without adapters costs nothing extra.
 
 `LoRAManager` keeps at most `max_loras` adapters loaded (LRU over those no unfinished request uses), each read once
 from a peft folder (actors.model.lora). A request names its adapter by `AdapterRef` (name, path, version): a new
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kernels.lora import lora_apply
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ class AdapterRef:
 
 class LoRABatch:
     """This step's rows per adapter, shared by every `Proj` of the engine's twin (set by the runner). The runner
-    orders a step's requests by adapter, so each adapter's rows are a few contiguous runs: a run is a view of the
-    activations and its update one `addmm_` in place, with no gather or scatter."""
+    orders a step's requests by adapter, so each adapter's rows are a few contiguous runs."""
 
     def __init__(self):
         self.active: list[tuple[int, int, "LoadedAdapter"]] = []   # (first row, end row, adapter), runs merged
+        self._per_proj: dict[int, tuple | None] = {}
 
     def set(self, spans: list[tuple[int, int, "LoadedAdapter"]]) -> None:
         """`spans`: (first row, rows, adapter) of the step's requests that use an adapter, in row order."""
@@ -57,6 +59,22 @@ class LoRABatch:
             else:
                 runs.append([start, start + n, a])
         self.active = [tuple(r) for r in runs]
+        self._per_proj = {}
+
+    def runs_for(self, pid: int) -> tuple | None:
+        """(bounds, A, B, g) lists over this step's runs whose adapter adapts projection `pid`; None for none."""
+        got = self._per_proj.get(pid, False)
+        if got is False:
+            bounds, a, b, g = [], [], [], []
+            for start, end, adapter in self.active:
+                w = adapter.weights.get(pid)
+                if w is not None:
+                    bounds += (start, end)
+                    a.append(w[0])
+                    b.append(w[1])
+                    g.append(w[2])
+            got = self._per_proj[pid] = (bounds, a, b, g) if a else None
+        return got
 
 
 def adapter_order(adapter) -> tuple[int, int]:
@@ -83,18 +101,11 @@ class Proj(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.int8.linear(x) if self.int8 is not None else F.linear(x, self.weight)
-        if not self.batch.active:
+        runs = self.batch.runs_for(self.pid) if self.batch.active else None
+        if runs is None:
             return y
-        x2, y2 = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])  # (N, in), (N, out)
-        for start, end, adapter in self.batch.active:
-            w = adapter.weights.get(self.pid)
-            if w is None:
-                continue
-            a, b, g = w
-            ys = y2[start:end]
-            ys.addmm_(x2[start:end] @ a.t(), b.t())     # (n, k r) @ (k r, out), into the rows' own view
-            if g is not None:   # DoRA: the adapted rows rescaled to the learned magnitude
-                ys.mul_(g)
+        bounds, a, b, g = runs
+        lora_apply(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), bounds, a, b, g, self.slices)
         return y
 
 
@@ -102,7 +113,7 @@ class Proj(nn.Module):
 class LoadedAdapter:
     ref: AdapterRef
     rank: int
-    # Proj id -> (A (k r, in), B (out, k r) with the scale folded in, DoRA magnitude / norm (out,) or None)
+    # Proj id -> (A (k r, in), B (out, r) compact with the scale folded in, DoRA magnitude / norm (out,) or None)
     weights: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
     refs: int = 0                       # unfinished requests that use it
     root: int = 0                       # the prefix-cache chain's root for its requests
@@ -209,7 +220,7 @@ class LoRAManager:
             rank = max(rank, r)
             k, d_in = len(proj.slices), proj.weight.shape[1]
             a = torch.zeros(k * r, d_in)
-            b = torch.zeros(proj.weight.shape[0], k * r)
+            b = torch.zeros(proj.weight.shape[0], r)   # slice i's rows use A's rows i r .. i r + r
             g = None
             row = 0
             for i, out in enumerate(proj.slices):
@@ -217,7 +228,7 @@ class LoRAManager:
                 if e is not None:
                     ri = e["A"].shape[0]
                     a[i * r:i * r + ri] = e["A"]
-                    b[row:row + out, i * r:i * r + ri] = scale * e["B"]
+                    b[row:row + out, :ri] = scale * e["B"]
                     if "magnitude" in e:
                         if g is None:
                             g = torch.ones(proj.weight.shape[0])

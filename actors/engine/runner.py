@@ -274,7 +274,7 @@ class ModelRunner:
             logits = self.model(torch.tensor([ids], device=dev), positions=torch.tensor([positions], device=dev),
                                 logits_mask=mask, attention=attention)  # (len(need), V)
         finally:
-            lora.active = []
+            lora.set([])
         if not need:
             return out
         logits = logits.float()
