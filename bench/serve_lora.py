@@ -2,13 +2,17 @@
 alone (the cost of per-row adapters in one batch), and, in fp32, each adapter's requests against that adapter
 merged into the base and served alone (greedy tokens, first-step logprobs).
 
-    .venv/bin/python -m bench.serve_lora [--rank 16] [--num-prompts 64]
+    .venv/bin/python -m bench.serve_lora [--rank 16] [--num-prompts 64] [--rounds 2]
 
 Adapters: peft LoRA on every projection of SmolLM2-135M (rank `--rank`, random A and B at a scale that moves the
 outputs) saved under runs/bench/lora-adapters. Requests: bench/serve.py's (random prompts 32-512 tokens, outputs
-16-256, greedy, `ignore_eos`), sent at once through HTTP after one warm-up request on the base and each adapter. Last line: JSON with `ratio` (adapters' output tok/s over
-the base's), `adapters`, `greedy_agreement` (token share equal to the merged adapter's), `max_logit_diff` (largest
-first-step logprob difference over the top 5), `passes` (ratio >= 0.8, agreement >= 0.98, diff <= 1e-3).
+16-256, greedy, `ignore_eos`), sent at once through HTTP after one warm-up request on the base and each adapter.
+Rounds: each round has its own request list (seed + round), run once on the base and once over the adapters, in the
+order base, adapters | adapters, base | base, adapters ... so a slow spell of a shared machine falls on both sides;
+the ratio is over the rounds' summed times (each round's is reported too). Last line: JSON with `ratio` (adapters'
+output tok/s over the base's), `adapters`, `greedy_agreement` (token share equal to the merged adapter's),
+`max_logit_diff` (largest first-step logprob difference over the top 5), `passes` (ratio >= 0.8, agreement >= 0.98,
+diff <= 1e-3).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bench.serve import _free_port, run_load, setup
+from bench.serve import _free_port, make_requests, run_load, setup
 from cluster.hardware import precision_info
 
 
@@ -32,9 +36,13 @@ def parse(argv=None):
     ap.add_argument("--input-len-max", type=int, default=512)
     ap.add_argument("--output-len-min", type=int, default=16)
     ap.add_argument("--output-len-max", type=int, default=256)
-    ap.add_argument("--merged-check", type=int, default=4, help="requests per adapter checked against the merge")
+    ap.add_argument("--merged-check", type=int, default=4,
+                    help="requests per adapter and round checked against the merge")
+    ap.add_argument("--rounds", type=int, default=2, help="request lists, each run on the base and on the adapters")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {a.rounds}")
     a.max_concurrency, a.request_rate, a.greedy_check = a.num_prompts, float("inf"), a.num_prompts
     return a
 
@@ -81,17 +89,27 @@ def main(argv=None) -> dict:
                       lora_modules={n: str(p) for n, p in zip(names, adapters)},
                       engine=EngineConfig(max_num_seqs=64, kv_cache_memory="3GiB", max_loras=a.adapters))
     url = start_server(cfg, app_name="bench-lora", timeout_s=600)
-    per = [f"bench:{names[i % a.adapters]}" for i in range(len(requests))]
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+    rounds = [requests] + [make_requests(argparse.Namespace(**{**vars(a), "seed": a.seed + r}), vocab)
+                           for r in range(1, a.rounds)]
+    base_s, lora_s, lora = [0.0] * a.rounds, [0.0] * a.rounds, [None] * a.rounds
     try:
         # warm-up: the base and each adapter once, so the timed runs compare batching, not the adapters' first
         # load from disk (a one-time cost per replica, ~20 ms each)
         for m in ["bench", *(f"bench:{n}" for n in names)]:
             asyncio.run(run_load(url, m, [(requests[0][0][:16], 4)], a))
-        base, base_s = asyncio.run(_run_models(url, ["bench"] * len(requests), requests, a))
-        lora, lora_s = asyncio.run(_run_models(url, per, requests, a))
+        for r, reqs in enumerate(rounds):
+            per = [f"bench:{names[i % a.adapters]}" for i in range(len(reqs))]
+            for side in (("base", "lora") if r % 2 == 0 else ("lora", "base")):
+                if side == "base":
+                    _, base_s[r] = asyncio.run(_run_models(url, ["bench"] * len(reqs), reqs, a))
+                else:
+                    lora[r], lora_s[r] = asyncio.run(_run_models(url, per, reqs, a))
+            print(f"round {r}: base {base_s[r]:.1f}s, adapters {lora_s[r]:.1f}s, ratio "
+                  f"{base_s[r] / lora_s[r]:.3f}", flush=True)
     finally:
         stop_server("bench-lora")
-    out_tokens = sum(n for _, n in requests)
+    out_tokens = sum(n for reqs in rounds for _, n in reqs)
     torch.set_num_threads(a.threads)
     tok = load_tokenizer(model_dir)
     same = total = 0
@@ -99,22 +117,24 @@ def main(argv=None) -> dict:
     for i, (name, path) in enumerate(zip(names, adapters)):
         merged = merge_lora_(load_hf(model_dir, dtype=torch.float32), path)
         engine = LLMEngine(merged, tok, EngineConfig(kv_cache_memory="2GiB"))
-        idx = [j for j in range(len(requests)) if j % a.adapters == i][:a.merged_check]
-        outs = engine.generate_many([requests[j][0] for j in idx], [SamplingParams(
-            temperature=0, max_tokens=requests[j][1], ignore_eos=True, logprobs=5) for j in idx])
-        for j, o in zip(idx, outs):
-            got = lora[j]["tokens"]
-            same += sum(x == y for x, y in zip(got, o.token_ids))
-            total += len(o.token_ids)
-            first = {t: v for t, v in o.logprobs[0].top}
-            served = lora[j]["first_top"]
-            d = max(abs(first[t] - v) for t, v in served.items() if t in first)
-            if d > max_diff:   # which request, to trace its first step's path when it is off
-                worst = {"request": j, "adapter": name, "prompt_len": len(requests[j][0]), "diff": d}
-            max_diff = max(max_diff, d)
-    s = {"ratio": round(base_s / lora_s, 3), "adapters": a.adapters, "rank": a.rank,
+        for r, reqs in enumerate(rounds):
+            idx = [j for j in range(len(reqs)) if j % a.adapters == i][:a.merged_check]
+            outs = engine.generate_many([reqs[j][0] for j in idx], [SamplingParams(
+                temperature=0, max_tokens=reqs[j][1], ignore_eos=True, logprobs=5) for j in idx])
+            for j, o in zip(idx, outs):
+                got = lora[r][j]["tokens"]
+                same += sum(x == y for x, y in zip(got, o.token_ids))
+                total += len(o.token_ids)
+                first = {t: v for t, v in o.logprobs[0].top}
+                served = lora[r][j]["first_top"]
+                d = max(abs(first[t] - v) for t, v in served.items() if t in first)
+                if d > max_diff:   # which request, to trace its first step's path when it is off
+                    worst = {"round": r, "request": j, "adapter": name, "prompt_len": len(reqs[j][0]), "diff": d}
+                max_diff = max(max_diff, d)
+    s = {"ratio": round(sum(base_s) / sum(lora_s), 3), "adapters": a.adapters, "rank": a.rank,
          "greedy_agreement": round(same / total, 4), "max_logit_diff": float(f"{max_diff:.3g}"),
-         "base_out_tok_s": round(out_tokens / base_s, 2), "lora_out_tok_s": round(out_tokens / lora_s, 2),
+         "base_out_tok_s": round(out_tokens / sum(base_s), 2), "lora_out_tok_s": round(out_tokens / sum(lora_s), 2),
+         "round_ratios": [round(b / x, 3) for b, x in zip(base_s, lora_s)],
          "threads": a.threads, **precision_info("float32")}
     s["passes"] = bool(s["ratio"] >= 0.8 and s["greedy_agreement"] >= 0.98 and max_diff <= 1e-3)
     out = Path("runs/bench/serve-lora.json")
